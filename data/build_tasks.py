@@ -81,6 +81,7 @@ def fetch_deb(package: str) -> Path:
         subprocess.run(["apt-get", "download", f"{package}={DEBS[package]}"], cwd=DOWNLOADS, check=True,
                        stdout=subprocess.DEVNULL)
         deb = sorted(DOWNLOADS.glob(f"{package}_*.deb"))[0]
+        root.parent.mkdir(parents=True, exist_ok=True)
         subprocess.run(["dpkg", "-x", str(deb), str(root)], check=True)
     return root
 
