@@ -134,7 +134,11 @@ class RunWriter:
         _validate(path)
         try:
             file = h5py.File(path, "a", libver="latest")
-        except OSError:
+        except OSError as error:
+            if "already open for write" not in str(error):
+                raise RecordsError(f"cannot open {path} for writing ({_first_line(error)}); "
+                                   "check its permissions or write to another file") from None
+            _refuse_live_writer(path)
             _recover(path)
             file = h5py.File(path, "a", libver="latest")
         return cls(file, flush_every_steps, flush_every_seconds)
@@ -198,6 +202,7 @@ class RunWriter:
 
     def start(self) -> None:
         """Switch to SWMR: from here readers may open the file while it grows; no new records can be declared."""
+        self._file.attrs["writer"] = f"{platform.node()}:{os.getpid()}"
         self._file.flush()
         self._file.swmr_mode = True
         self._started = True
@@ -358,6 +363,14 @@ def open_run(path: str | os.PathLike) -> RunRecords:
     """Read and validate a records file (also one still being written, or left by a killed writer)."""
     path = Path(path)
     _validate(path)
+    try:
+        return _read_run(path)
+    except (OSError, KeyError) as error:
+        raise RecordsError(f"{path} is truncated or corrupt ({_first_line(error)}); "
+                           "it cannot be read, rerun the command that made it") from None
+
+
+def _read_run(path: Path) -> RunRecords:
     with _open_for_reading(path) as file:
         meta = {key: _decode(value) for key, value in file.attrs.items()}
         summary = _attrs(file["summary"]) if "summary" in file else {}
@@ -415,7 +428,32 @@ def _validate(path: Path) -> None:
 
 
 def _open_for_reading(path: Path) -> h5py.File:
+    """Open read-only; a file a writer holds (or a killed writer left) is opened as an SWMR reader instead.
+
+    The plain open comes first because only it checks the file's length, which catches a truncated copy.
+    """
+    try:
+        return h5py.File(path, "r")
+    except OSError as error:
+        if "already open for write" not in str(error):
+            raise
     return h5py.File(path, "r", swmr=True)
+
+
+def _refuse_live_writer(path: Path) -> None:
+    """Raise if the process that holds ``path`` open for writing is still alive (only a dead one's file is recovered)."""
+    with _open_for_reading(path) as file:
+        host, _, pid = str(file.attrs.get("writer", ":")).rpartition(":")
+    if host != platform.node():
+        raise RecordsError(f"{path} is held open by a writer on host {host or 'unknown'}; "
+                           "wait for that run to finish or write to another file")
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, ValueError):
+        return
+    except PermissionError:
+        pass
+    raise RecordsError(f"{path} is being written by process {pid}; wait for it to finish or write to another file")
 
 
 def _recover(path: Path) -> None:
