@@ -1,0 +1,199 @@
+"""Small but realistic records files for the figure tests, written by the real ``records.RunWriter``.
+
+The numbers imitate what the papers report (see /work/shared/paper-facts.md), scaled down: a failed run whose
+encoder gradient norms collapse to ~1e-5 right after warm-up while its loss stays at ln 2; a successful run whose
+norms dip and then grow; forgetting curves that recover to the pre-trained perplexity; a loss plane from an
+analytic function with a barrier between the failed and the successful minimum; a multi-seed study. Not a test
+module: ``python3 -c "import sys; sys.path.insert(0, 'tests'); import records_factory as f; f.example_runs('out')"``
+writes a folder of them to look at.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from diagnostics.records import RunMeta, RunWriter, write_grid
+
+LN2 = float(np.log(2.0))
+MAJORITY = {"rte": 0.527, "mrpc": 0.684}
+COMPONENTS = {
+    "embeddings": ["word_embeddings.weight"],
+    "encoder": ["attention.self.query.weight", "attention.self.key.weight", "output.dense.weight"],
+    "pooler": ["dense.weight"],
+    "head": ["classifier.weight"],
+}
+
+
+def finetune_run(path: str | Path, *, failed: bool, seed: int = 1, depth: int = 6, steps: int = 300,
+                 task: str = "rte", recipe: str = "default", gradients: bool = True,
+                 forgetting: bool = True, final_loss: float | None = None) -> Path:
+    """One fine-tuning run: train/eval scalars, optionally gradient norms and a forgetting curve, a summary."""
+    rng = np.random.default_rng(seed)
+    warmup = int(0.1 * steps)
+    lr = _schedule(steps, warmup, 2e-5)
+    loss = _train_loss(steps, failed, rng, final_loss)
+    eval_steps = np.arange(0, steps + 1, max(1, steps // 10))
+    accuracy = _dev_accuracy(eval_steps / steps, failed, task, rng)
+    meta = RunMeta(model="tiny-bert", seed=seed, task=task, recipe=recipe, argv=["records_factory"],
+                   config={"lr": 2e-5, "epochs": 3, "warmup_ratio": 0.1, "total_steps": steps, "batch_size": 16})
+    with RunWriter.create(path, meta) as run:
+        run.set_summary({"final_dev_metric": float(accuracy[-1]), "metric": "accuracy",
+                         "majority": MAJORITY.get(task, 0.5), "failed": int(failed), "steps": steps})
+        run.add_series("train", ["loss", "lr"])
+        run.add_series("eval", ["accuracy", "loss"])
+        layers = _layer_names(depth)
+        if gradients:
+            run.add_series("layers", layers, kind="gradient_norms", attrs={"clipping": "pre"},
+                           axes={"depth": [_depth(name, depth) for name in layers]})
+            run.add_series("components", _component_names(layers), kind="gradient_norms",
+                           attrs={"clipping": "pre"})
+        run.start()
+        for step in range(steps):
+            run.append("train", step, [loss[step], lr[step]])
+        for step, value in zip(eval_steps, accuracy):
+            run.append("eval", int(step), [value, LN2 + 0.01 if failed else 0.7 - 0.3 * step / steps])
+        if gradients:
+            norms = _gradient_norms(steps, warmup, depth, failed, rng)
+            for step in range(steps):
+                run.append("layers", step, norms[step])
+                run.append("components", step, _split_components(norms[step], layers))
+    if forgetting:
+        _forgetting(path, depth, failed, rng)
+    return Path(path)
+
+
+def surface_records(path: str | Path, *, size: int = 25) -> Path:
+    """A file holding a loss plane (``surfaces/plane``) and a 1-D interpolation (``surfaces/line``)."""
+    axis = np.linspace(-1.5, 1.5, size)
+    a, b = np.meshgrid(axis, axis, indexing="ij")
+    loss, accuracy = _landscape(a, b)
+    attrs = {"labels": ["pre-trained", "failed", "successful"], "checkpoints": ["p", "f", "s"],
+             "task": "rte", "split": "train"}
+    meta = RunMeta(model="tiny-bert", task="rte", argv=["records_factory"])
+    write_grid(path, "plane", {"a": axis, "b": axis}, {"loss": loss, "accuracy": accuracy}, kind="surfaces",
+               attrs={**attrs, "kind": "plane"}, meta=meta)
+    line = np.linspace(-0.5, 1.5, 41)
+    loss, accuracy = _landscape(1 - line, line)
+    write_grid(path, "line", {"a": line}, {"loss": loss, "accuracy": accuracy}, kind="surfaces",
+               attrs={**attrs, "kind": "line", "labels": ["failed", "successful"]})
+    return Path(path)
+
+
+def study(folder: str | Path, *, tasks=("rte", "mrpc"), recipes=("default", "mosbach"), seeds: int = 5,
+          steps: int = 120) -> list[Path]:
+    """A multi-seed study: the default recipe fails on about half the seeds, the Mosbach baseline on none."""
+    folder = Path(folder)
+    paths = []
+    for task in tasks:
+        for recipe in recipes:
+            for seed in range(1, seeds + 1):
+                failed = recipe == "default" and seed % 2 == 1
+                out = folder / f"{task}-{recipe}-s{seed}"
+                out.mkdir(parents=True, exist_ok=True)
+                final_loss = None if failed else 10 ** -(1.5 + 1.5 * ((seed * 7919 + len(task)) % 11) / 10)
+                paths.append(finetune_run(out / "run.h5", failed=failed, seed=seed, steps=steps, task=task,
+                                          recipe=recipe, gradients=False, forgetting=False,
+                                          final_loss=final_loss))
+    return paths
+
+
+def example_runs(folder: str | Path) -> list[Path]:
+    """Everything above in one folder: two gradient runs with forgetting curves, a surface file and a study."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [finetune_run(folder / "failed.h5", failed=True, seed=3),
+             finetune_run(folder / "successful.h5", failed=False, seed=4),
+             finetune_run(folder / "failed-2.h5", failed=True, seed=5, gradients=False),
+             finetune_run(folder / "successful-2.h5", failed=False, seed=6, gradients=False),
+             surface_records(folder / "surface.h5")]
+    return paths + study(folder / "study")
+
+
+# ----------------------------------------------------------------------------------------------- the numbers
+
+
+def _schedule(steps: int, warmup: int, peak: float) -> np.ndarray:
+    step = np.arange(steps)
+    return np.where(step < warmup, peak * (step + 1) / warmup, peak * (steps - step) / (steps - warmup))
+
+
+def _train_loss(steps: int, failed: bool, rng: np.random.Generator, final: float | None) -> np.ndarray:
+    t = np.arange(steps) / steps
+    if failed:
+        return LN2 + 0.02 * np.exp(-10 * t) + 0.01 * rng.standard_normal(steps)
+    final = 0.05 if final is None else final
+    return final + (0.7 - final) * np.exp(-6 * t) * (1 + 0.15 * rng.standard_normal(steps)) ** 2
+
+
+def _dev_accuracy(t: np.ndarray, failed: bool, task: str, rng: np.random.Generator) -> np.ndarray:
+    majority = MAJORITY.get(task, 0.5)
+    if failed:
+        return majority + np.where(t < 0.15, 0.03, 0.0) * rng.random(len(t))
+    best = majority + 0.1 + 0.08 * rng.random()
+    return majority + (best - majority) * (1 - np.exp(-5 * t)) + 0.01 * rng.standard_normal(len(t))
+
+
+def _layer_names(depth: int) -> list[str]:
+    return ["embeddings", *(f"encoder.{d}" for d in range(1, depth + 1)), "pooler", "head"]
+
+
+def _depth(name: str, depth: int) -> int:
+    special = {"embeddings": 0, "pooler": depth + 1, "head": depth + 2}
+    return special[name] if name in special else int(name.split(".")[1])
+
+
+def _component_names(layers: list[str]) -> list[str]:
+    return [f"{layer}/{part}" for layer in layers for part in COMPONENTS[layer.split(".")[0]]]
+
+
+def _split_components(norms: np.ndarray, layers: list[str]) -> list[float]:
+    """Each layer's norm shared out over its matrices (the squares add up to the layer's square)."""
+    row = []
+    for norm, layer in zip(norms, layers):
+        parts = len(COMPONENTS[layer.split(".")[0]])
+        row += [norm * np.sqrt(w / sum(range(1, parts + 1))) for w in range(parts, 0, -1)]
+    return row
+
+
+def _gradient_norms(steps: int, warmup: int, depth: int, failed: bool, rng: np.random.Generator) -> np.ndarray:
+    """Rows of [embeddings, encoder.1..L, pooler, head] norms: the papers' Figure 4 in miniature."""
+    step = np.arange(steps)[:, None]
+    level = np.linspace(-1.8, -1.0, depth)[None, :]  # lower layers get smaller gradients
+    if failed:
+        collapse = np.clip((step - warmup) / 15, 0, 1)
+        log_encoder = level - collapse * (3.6 + 0.2 * np.arange(depth))[None, :]
+        log_head = 0.3 - 0.2 * collapse
+        log_pooler = -0.8 - 2.5 * collapse
+    else:
+        dip = np.exp(-((step - 2.3 * warmup) / (1.5 * warmup)) ** 2)
+        grow = np.clip((step - 2.3 * warmup) / (steps - 2.3 * warmup), 0, 1)
+        log_encoder = level - 1.2 * dip + 1.3 * grow
+        log_head = 0.2 - 0.6 * dip + 0.2 * grow
+        log_pooler = -0.6 - 0.8 * dip + 0.6 * grow
+    log_embeddings = log_encoder[:, :1] - 0.5
+    logs = np.hstack([log_embeddings, log_encoder, np.broadcast_to(log_pooler, (steps, 1)),
+                      np.broadcast_to(log_head, (steps, 1))])
+    return 10 ** (logs + 0.12 * rng.standard_normal(logs.shape))
+
+
+def _forgetting(path: str | Path, depth: int, failed: bool, rng: np.random.Generator) -> None:
+    pretrained = 9.4
+    k = np.arange(depth + 1)
+    start = 10 ** rng.uniform(4, 6.5) if failed else rng.uniform(13, 27)
+    recovered = np.clip(k / (depth / 2), 0, 1)
+    perplexity = np.exp(np.log(start) + (np.log(pretrained * 1.01) - np.log(start)) * recovered ** 0.7)
+    write_grid(path, "top", {"k": k}, {"perplexity": perplexity}, kind="forgetting",
+               attrs={"direction": "top", "pretrained_perplexity": pretrained, "masked_tokens": 4096})
+
+
+def _landscape(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Training loss and accuracy on the plane: a flat plateau at ln 2 around the failed model (1, 0), a deep
+    minimum at the successful one (0, 1), a ridge between them, a bowl around the pre-trained model (0, 0)."""
+    plateau = LN2 * (1 - 0.6 * np.exp(-((a - 0.0) ** 2 + b ** 2) / 0.3))
+    valley = np.exp(-((a - 0.0) ** 2 + (b - 1.0) ** 2) / 0.25)
+    ridge = 0.9 * np.exp(-((a - b + 0.35) ** 2) / 0.03) * np.exp(-((a + b - 0.8) ** 2) / 0.6)
+    bowl = 0.4 * (a ** 2 + b ** 2) ** 1.5
+    loss = (plateau * (1 - valley) + 0.01 * valley + ridge + bowl).astype("f8")
+    accuracy = np.clip(0.527 + 0.2 * valley - 0.05 * ridge, 0, 1)
+    return loss, accuracy
