@@ -1,0 +1,121 @@
+"""Multi-seed report: failed runs and the spread of the dev metric per task and recipe.
+
+    python -m diagnostics.report runs/study                 # every run.h5 below the folder
+    python -m diagnostics.report runs/study --json          # the rows as JSON, for scripts
+    python -m diagnostics.report runs/study --out report.md # also write the Markdown table
+
+A run failed when its final dev metric is at or below the majority-class baseline. Levene's test compares the
+variance of the dev metric between the recipes of each task (scipy). Unfinished runs (no summary yet) are listed
+and left out of the numbers.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from diagnostics.records import iter_runs, open_run
+from diagnostics.seed_statistics import GroupRow, Outcome, group_rows, levene_by_task
+
+
+@dataclass
+class ReportConfig:
+    runs: list[str]
+    json: bool = False
+    out: str | None = None
+
+
+@dataclass
+class Report:
+    rows: list[GroupRow]
+    levene: dict[str, tuple[float, float]]
+    unfinished: list[str] = field(default_factory=list)
+
+    def markdown(self) -> str:
+        lines = ["| task | recipe | seeds | failed | std | mean | median | max | majority |",
+                 "|---|---|---|---|---|---|---|---|---|"]
+        for r in self.rows:
+            lines.append(f"| {r.task} | {r.recipe} | {r.seeds} | {r.failed} | {_pct(r.std)} | {_pct(r.mean)} | "
+                         f"{_pct(r.median)} | {_pct(r.max)} | {_pct(r.majority)} |")
+        metrics = sorted({r.metric for r in self.rows})
+        lines.append("")
+        lines.append(f"Dev metric ({', '.join(metrics)}) in percent; a run failed when it ended at or below the "
+                     "majority-class baseline.")
+        for task, (statistic, p_value) in sorted(self.levene.items()):
+            lines.append(f"Levene's test across recipes on {task}: W = {statistic:.2f}, p = {p_value:.3g}.")
+        if self.unfinished:
+            lines.append(f"Unfinished runs left out: {', '.join(self.unfinished)}.")
+        return "\n".join(lines) + "\n"
+
+    def json_rows(self) -> list[dict]:
+        rows = []
+        for r in self.rows:
+            row = asdict(r)
+            row["levene_p"] = self.levene.get(r.task, (None, None))[1]
+            rows.append({k: None if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()})
+        return rows
+
+
+def load_outcomes(paths: list[str]) -> tuple[list[Outcome], list[str]]:
+    """Outcomes of every finished run under ``paths``, and the paths of the unfinished ones."""
+    outcomes, unfinished = [], []
+    for path in iter_runs(paths):
+        run = open_run(path)
+        summary = run.summary
+        if "final_dev_metric" not in summary:
+            unfinished.append(str(path))
+            continue
+        outcomes.append(Outcome(
+            task=run.meta.get("task", ""), recipe=run.meta.get("recipe", ""), seed=int(run.meta.get("seed", -1)),
+            metric=summary.get("metric", "accuracy"), value=float(summary["final_dev_metric"]),
+            majority=float(summary.get("majority", math.nan)),
+            final_train_loss=float(summary.get("final_train_loss", math.nan)), path=str(path)))
+    return outcomes, unfinished
+
+
+def run(config: ReportConfig) -> Report:
+    outcomes, unfinished = load_outcomes(config.runs)
+    if not outcomes:
+        raise ValueError(f"no finished runs under {', '.join(config.runs)}; "
+                         "pass run.h5 files or folders written by python -m diagnostics.finetune")
+    rows = group_rows(outcomes)
+    return Report(rows, levene_by_task(rows), unfinished)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m diagnostics.report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", help="run.h5 files or folders holding them")
+    parser.add_argument("--json", action="store_true", help="print the rows as one JSON list")
+    parser.add_argument("--out", help="also write the Markdown report to this file (refused if it exists)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    config = ReportConfig(runs=args.runs, json=args.json, out=args.out)
+    try:
+        for path in config.runs:
+            if not Path(path).exists():
+                raise ValueError(f"{path} does not exist; pass run.h5 files or folders of runs")
+        if config.out and Path(config.out).exists():
+            raise ValueError(f"{config.out} already exists; pass another --out path")
+        report = run(config)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    text = report.markdown()
+    print(json.dumps(report.json_rows(), indent=1) if config.json else text, end="" if not config.json else "\n")
+    if config.out:
+        Path(config.out).write_text(text)
+    return 0
+
+
+def _pct(value: float) -> str:
+    return "-" if math.isnan(value) else f"{100 * value:.1f}"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
