@@ -32,6 +32,10 @@ METRICS = ("accuracy", "f1", "mcc")
 KINDS = ("single", "pair")
 
 
+class TaskError(ValueError):
+    """A task that cannot be found, built or read; the message is one line naming the problem and the fix."""
+
+
 @dataclass(frozen=True)
 class Example:
     """One labelled example; `text_pair` is None for a single-sentence task."""
@@ -72,10 +76,10 @@ def _confusion(predictions: Sequence[int], labels: Sequence[int]) -> tuple[int, 
 def metric(name: str, predictions: Sequence[int], labels: Sequence[int]) -> float:
     """Accuracy, F1 of the positive label 1, or Matthews correlation; 0.0 where F1 or MCC is undefined."""
     if name not in METRICS:
-        raise ValueError(f"unknown metric {name!r}; known: {', '.join(METRICS)}")
+        raise TaskError(f"unknown metric {name!r}; known: {', '.join(METRICS)}")
     predictions, labels = [int(p) for p in predictions], [int(y) for y in labels]
     if len(predictions) != len(labels) or not labels:
-        raise ValueError(f"need as many predictions as labels, at least one (got {len(predictions)}, {len(labels)})")
+        raise TaskError(f"need as many predictions as labels, at least one (got {len(predictions)}, {len(labels)})")
     if name == "accuracy":
         return sum(p == y for p, y in zip(predictions, labels)) / len(labels)
     tp, fp, fn, tn = _confusion(predictions, labels)
@@ -98,25 +102,27 @@ def majority_baseline(metric_name: str, examples: Sequence[Example]) -> float:
 
 def _check_examples(examples: list[Example], kind: str, num_labels: int, where: str) -> None:
     if not examples:
-        raise ValueError(f"{where}: no examples")
+        raise TaskError(f"{where}: no examples")
     for i, e in enumerate(examples):
         if not isinstance(e.label, int) or isinstance(e.label, bool) or not 0 <= e.label < num_labels:
-            raise ValueError(f"{where}: example {i} has label {e.label!r}, expected an int in 0..{num_labels - 1}")
+            raise TaskError(f"{where}: example {i} has label {e.label!r}, expected an int in 0..{num_labels - 1}")
         if (e.text_pair is None) != (kind == "single"):
-            raise ValueError(f"{where}: example {i} does not fit a {kind} task (text_pair {e.text_pair!r})")
+            raise TaskError(f"{where}: example {i} does not fit a {kind} task (text_pair {e.text_pair!r})")
 
 
 def _read_jsonl(path: Path) -> list[Example]:
     if not path.is_file():
-        raise ValueError(f"{path}: missing")
+        raise TaskError(f"{path}: missing")
     examples = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if line.strip():
-            row = json.loads(line)
             try:
+                row = json.loads(line)
                 examples.append(Example(row["text"], row.get("text_pair"), row["label"]))
+            except json.JSONDecodeError as error:
+                raise TaskError(f"{path}:{number}: not JSON ({error.msg})") from None
             except KeyError as missing:
-                raise ValueError(f"{path}:{number}: no field {missing}") from None
+                raise TaskError(f"{path}:{number}: no field {missing}") from None
     return examples
 
 
@@ -124,10 +130,10 @@ def read_task(folder: Path) -> Task:
     """Load and validate one task folder."""
     meta_path = folder / "task.json"
     if not meta_path.is_file():
-        raise ValueError(f"{folder}: not a task folder (no task.json)")
+        raise TaskError(f"{folder}: not a task folder (no task.json)")
     meta = json.loads(meta_path.read_text())
     if meta.get("kind") not in KINDS or meta.get("metric") not in METRICS:
-        raise ValueError(f"{meta_path}: kind must be one of {KINDS} and metric one of {METRICS}")
+        raise TaskError(f"{meta_path}: kind must be one of {KINDS} and metric one of {METRICS}")
     splits = {}
     for split in ("train", "dev"):
         splits[split] = _read_jsonl(folder / f"{split}.jsonl")
@@ -159,12 +165,12 @@ def task_names() -> list[str]:
 def _build_on_demand(name: str) -> None:
     command = f"python {BUILD_SCRIPT} --only {name}"
     if not BUILD_SCRIPT.is_file():
-        raise RuntimeError(f"task {name!r} is not built and {BUILD_SCRIPT} is missing; build it with: {command}")
+        raise TaskError(f"task {name!r} is not built and {BUILD_SCRIPT} is missing; build it with: {command}")
     print(f"building task {name!r} (first use): {command}", file=sys.stderr)
     done = subprocess.run([sys.executable, str(BUILD_SCRIPT), "--only", name], capture_output=True, text=True)
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise RuntimeError(f"building task {name!r} failed ({last}); run: {command}")
+        raise TaskError(f"building task {name!r} failed ({last}); run: {command}")
 
 
 def load_task(name_or_path: str | Path) -> Task:
@@ -179,7 +185,7 @@ def load_task(name_or_path: str | Path) -> Task:
     if name in BUILT_ON_DEMAND:
         _build_on_demand(name)
         return read_task(CACHED_TASKS_DIR / name)
-    raise ValueError(f"unknown task {name!r}; known: {', '.join(task_names())} (or give a task folder)")
+    raise TaskError(f"unknown task {name!r}; known: {', '.join(task_names())} (or give a task folder)")
 
 
 # ---------------------------------------------------------------- encoding
@@ -188,11 +194,11 @@ def load_task(name_or_path: str | Path) -> Task:
 def encode(examples: Sequence[Example], tokenizer, max_length: int) -> dict[str, torch.Tensor]:
     """Tokenise a batch (pairs as two segments), pad to its longest, truncate to max_length; adds `labels`."""
     if not examples:
-        raise ValueError("encode: no examples")
+        raise TaskError("encode: no examples")
     pairs = [e.text_pair for e in examples]
     has_pairs = pairs[0] is not None
     if any((p is not None) != has_pairs for p in pairs):
-        raise ValueError("encode: a batch mixes single sentences and pairs")
+        raise TaskError("encode: a batch mixes single sentences and pairs")
     batch = tokenizer([e.text for e in examples], pairs if has_pairs else None, truncation=True,
                       max_length=max_length, padding="longest", return_tensors="pt")
     encoded = {key: value for key, value in batch.items()}

@@ -1,0 +1,341 @@
+"""Fine-tune one seed of one recipe on one task, recording everything the diagnostics need.
+
+    python -m diagnostics.finetune --task wordnet-entail --recipe default --seed 3 --out runs/
+    python -m diagnostics.finetune --task hedge --recipe zhang --seed 0 --out runs/ --lr 5e-4 --epochs 4
+
+Writes ``OUT/<task>-<recipe>-s<seed>/``:
+
+* ``step0/``: the model right after the seed's head initialisation (and Zhang's re-initialisation), before any
+  update, with its tokenizer: the loss-surface diagnostic needs the pre-trained encoder plus this head;
+* ``final/``: the fine-tuned model and tokenizer;
+* ``run.h5``: the records (``diagnostics.records``): series ``train`` (loss, lr per optimiser step) and ``eval``
+  (dev metric and dev loss, ``--evals`` times evenly and at the end), and a summary (final dev metric, majority
+  baseline, failed flag = final metric at or below the majority baseline, Dodge et al. 2020).
+
+The seed sets the classifier (and pooler) initialisation, dropout and the data order. Re-running a finished run
+prints "already finished, skipping" and exits 0 (seed sweeps rely on this); a folder holding an unfinished run is
+refused. Recipes are in ``diagnostics.recipes``; any recipe field can be overridden here.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from diagnostics import records
+from diagnostics.bert_adam import BertAdam
+from diagnostics.embedded import DEFAULT_MODEL
+from diagnostics.recipes import RECIPES, Recipe, get_recipe
+from diagnostics.tasks import Example, Task, TaskError, encode, load_task, metric
+from probes.layers import find_layers
+
+REINIT_STD = 0.02  # Zhang et al.: N(0, 0.02) for re-initialised weights
+EVAL_BATCH = 64
+
+# A probe set is entered before records start (so it can declare its series) and exited after training.
+Probes = Callable[[nn.Module, torch.optim.Optimizer, records.RunWriter], contextlib.AbstractContextManager]
+
+
+class FinetuneError(ValueError):
+    """Bad input or an output folder that cannot be used; the message is one line naming the fix."""
+
+
+@dataclass
+class FinetuneConfig:
+    """One run. Recipe fields left as None take the recipe's value (see `resolved_recipe`)."""
+
+    task: str
+    recipe: str
+    seed: int
+    out: Path
+    model: Path = DEFAULT_MODEL
+    max_length: int = 128
+    evals: int = 10
+    threads: int | None = None
+    bf16: bool = True
+    lr: float | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    warmup_ratio: float | None = None
+    weight_decay: float | None = None
+    max_grad_norm: float | None = None
+    correct_bias: bool | None = None
+    reinit_layers: int | None = None
+    layerwise_lr_decay: float | None = None
+
+    def resolved_recipe(self) -> Recipe:
+        overrides = {f.name: getattr(self, f.name) for f in fields(Recipe) if hasattr(self, f.name)
+                     and f.name != "name"}
+        return get_recipe(self.recipe).replace(**overrides)
+
+    def run_dir(self, task_name: str) -> Path:
+        return Path(self.out) / f"{task_name}-{self.recipe}-s{self.seed}"
+
+
+@dataclass(frozen=True)
+class FinetuneResult:
+    """What a run ended with (`skipped` when it had finished before)."""
+
+    run_dir: Path
+    skipped: bool
+    final_dev_metric: float
+    metric: str
+    majority: float
+    failed: bool
+    steps: int
+    seconds: float
+
+
+# ---------------------------------------------------------------- model set-up
+
+
+def load_model(path: Path, num_labels: int, seed: int):
+    """The pre-trained encoder with a fresh classification head drawn from `seed`, and its tokenizer."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # "newly initialized weights" is exactly what we want here
+    hf_logging.disable_progress_bar()
+    torch.manual_seed(seed)
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels)
+    return model, AutoTokenizer.from_pretrained(path)
+
+
+def reinit_(module: nn.Module) -> None:
+    """Zhang et al.'s re-initialisation: Linear/Embedding weights N(0, 0.02), biases 0, LayerNorm 1 and 0."""
+    for sub in module.modules():
+        if isinstance(sub, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(sub.weight, 0.0, REINIT_STD)
+        if isinstance(sub, nn.LayerNorm):
+            nn.init.ones_(sub.weight)
+        if isinstance(getattr(sub, "bias", None), nn.Parameter):
+            nn.init.zeros_(sub.bias)
+
+
+def reinit_top(model: nn.Module, layers: int, pooler: bool) -> None:
+    """Re-initialise the top `layers` encoder blocks and, if asked, the pooler."""
+    layer_map = find_layers(model)
+    if layers > layer_map.depth:
+        raise FinetuneError(f"cannot re-initialise {layers} blocks of a {layer_map.depth}-block model")
+    for block in layer_map.blocks[layer_map.depth - layers:]:
+        reinit_(block)
+    if pooler and layer_map.pooler_prefix:
+        reinit_(model.get_submodule(layer_map.pooler_prefix))
+
+
+def parameter_groups(model: nn.Module, recipe: Recipe) -> list[dict]:
+    """BERT's groups: no weight decay on biases and LayerNorm weights; lr scaled by depth if layer-wise decay."""
+    layer_map = find_layers(model)
+    groups: dict[tuple[float, float], list[nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        no_decay = name.endswith("bias") or "LayerNorm" in name or "layer_norm" in name
+        group = layer_map.group_of(name)
+        depth = 0 if group == "embeddings" else int(group.split(".")[1]) if group.startswith("encoder.") else None
+        scale = 1.0 if depth is None else recipe.layerwise_lr_decay ** (layer_map.depth + 1 - depth)
+        key = (0.0 if no_decay else recipe.weight_decay, scale)
+        groups.setdefault(key, []).append(param)
+    return [{"params": params, "weight_decay": decay, "lr": recipe.lr * scale, "lr_scale": scale}
+            for (decay, scale), params in groups.items()]
+
+
+def linear_schedule(step: int, total: int, warmup: int) -> float:
+    """The lr multiplier: linear warm-up over `warmup` steps, then linear decay to 0 at `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return max(0.0, (total - step) / max(1, total - warmup))
+
+
+# ---------------------------------------------------------------- training and evaluation
+
+
+def batches(examples: list[Example], size: int, generator: torch.Generator) -> Iterator[list[Example]]:
+    """One epoch in a random order drawn from `generator` (the last batch may be smaller)."""
+    order = torch.randperm(len(examples), generator=generator).tolist()
+    for start in range(0, len(order), size):
+        yield [examples[i] for i in order[start:start + size]]
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, tokenizer, task: Task, max_length: int, bf16: bool) -> tuple[float, float]:
+    """(dev metric, mean dev loss)."""
+    model.eval()
+    predictions, total_loss = [], 0.0
+    for start in range(0, len(task.dev), EVAL_BATCH):
+        batch = encode(task.dev[start:start + EVAL_BATCH], tokenizer, max_length)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = model(**batch)
+        total_loss += float(out.loss) * len(batch["labels"])
+        predictions += out.logits.argmax(-1).tolist()
+    model.train()
+    return metric(task.metric, predictions, [e.label for e in task.dev]), total_loss / len(task.dev)
+
+
+def eval_steps(total: int, evals: int) -> set[int]:
+    """`evals` optimiser steps spread evenly over the run, the last one included."""
+    return {round(total * k / evals) for k in range(1, evals + 1)} | {total}
+
+
+def train(model, tokenizer, task: Task, recipe: Recipe, config: FinetuneConfig,
+          run: records.RunWriter) -> tuple[int, float]:
+    """The training loop; appends `train` and `eval` rows; returns (optimiser steps, final dev metric)."""
+    optimizer = BertAdam(parameter_groups(model, recipe), lr=recipe.lr, betas=recipe.adam_betas,
+                         eps=recipe.adam_eps, correct_bias=recipe.correct_bias)
+    steps_per_epoch = -(-len(task.train) // recipe.batch_size)
+    total = steps_per_epoch * recipe.epochs
+    warmup = max(1, round(recipe.warmup_ratio * total))
+    scheduled = eval_steps(total, config.evals)
+    generator = torch.Generator().manual_seed(config.seed)
+    probes = contextlib.nullcontext()  # the lead wires probes here: entered before run.start() to declare series
+    with probes, tqdm(total=total, desc=config.run_dir(task.name).name, disable=not sys.stderr.isatty()) as bar:
+        run.start()
+        step = 0
+        model.train()
+        for _ in range(recipe.epochs):
+            for examples in batches(task.train, recipe.batch_size, generator):
+                lr_scale = linear_schedule(step, total, warmup)
+                for group in optimizer.param_groups:
+                    group["lr"] = recipe.lr * group["lr_scale"] * lr_scale
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
+                    loss = model(**encode(examples, tokenizer, config.max_length)).loss
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                run.append("train", step, [float(loss.detach()), recipe.lr * lr_scale])
+                if step in scheduled:
+                    dev_metric, dev_loss = evaluate(model, tokenizer, task, config.max_length, config.bf16)
+                    run.append("eval", step, [dev_metric, dev_loss])
+                bar.update()
+    return total, dev_metric
+
+
+# ---------------------------------------------------------------- the run and its folder
+
+
+def finished_summary(run_dir: Path) -> dict | None:
+    """The summary of a finished run in `run_dir`, None if there is none."""
+    path = run_dir / "run.h5"
+    if not path.is_file():
+        return None
+    try:
+        summary = records.open_run(path).summary
+    except (records.RecordsError, OSError):
+        return None
+    return summary if "final_dev_metric" in summary else None
+
+
+def run(config: FinetuneConfig) -> FinetuneResult:
+    """Fine-tune one seed (or skip a finished run) and return how it ended."""
+    started = time.monotonic()
+    task = load_task(config.task)
+    recipe = config.resolved_recipe()
+    run_dir = config.run_dir(task.name)
+    done = finished_summary(run_dir)
+    if done is not None:
+        return FinetuneResult(run_dir, True, float(done["final_dev_metric"]), str(done["metric"]),
+                              float(done["majority"]), bool(done["failed"]), int(done["steps"]), 0.0)
+    if run_dir.exists():
+        raise FinetuneError(f"{run_dir} holds an unfinished run; delete it or pick another --out")
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    model, tokenizer = load_model(Path(config.model), task.num_labels, config.seed)
+    reinit_top(model, recipe.reinit_layers, recipe.reinit_pooler)
+    run_dir.mkdir(parents=True)
+    save(model, tokenizer, run_dir / "step0")
+    meta = records.RunMeta(model=str(config.model), seed=config.seed, task=task.name, recipe=recipe.name,
+                           config={**_plain(asdict(config)), "resolved_recipe": _plain(asdict(recipe))},
+                           argv=list(sys.argv))
+    with records.RunWriter.create(run_dir / "run.h5", meta, flush_every_steps=50, flush_every_seconds=30.0) as rw:
+        rw.add_series("train", ["loss", "lr"], kind="scalars")
+        rw.add_series("eval", [task.metric, "loss"], kind="scalars")
+        steps, final = train(model, tokenizer, task, recipe, config, rw)
+    save(model, tokenizer, run_dir / "final")
+    result = FinetuneResult(run_dir, False, float(final), task.metric, task.majority_baseline,
+                            bool(final <= task.majority_baseline + 1e-9), steps, time.monotonic() - started)
+    records.write_summary(run_dir / "run.h5", {
+        "final_dev_metric": result.final_dev_metric, "metric": result.metric, "majority": result.majority,
+        "failed": result.failed, "steps": steps, "seconds": round(result.seconds, 1)})
+    return result
+
+
+def save(model: nn.Module, tokenizer, folder: Path) -> None:
+    """`save_pretrained` the model and its tokenizer into `folder`."""
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+def _plain(values: dict) -> dict:
+    """A config dict with paths as strings and tuples as lists (what the records' attributes hold)."""
+    return {k: str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+
+
+# ---------------------------------------------------------------- command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m diagnostics.finetune", description=__doc__.splitlines()[0])
+    parser.add_argument("--task", required=True, help="task name (see diagnostics.tasks.task_names) or folder")
+    parser.add_argument("--recipe", required=True, choices=sorted(RECIPES))
+    parser.add_argument("--seed", type=int, required=True)
+    parser.add_argument("--out", type=Path, required=True, help="runs go to OUT/<task>-<recipe>-s<seed>/")
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="pre-trained checkpoint folder")
+    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--evals", type=int, default=10, help="dev evaluations per run (the last at the end)")
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads (1 for parallel seed sweeps)")
+    parser.add_argument("--fp32", dest="bf16", action="store_false", help="no bf16 autocast (the default uses it)")
+    overrides = parser.add_argument_group("recipe overrides (default: the recipe's value)")
+    overrides.add_argument("--lr", type=float)
+    overrides.add_argument("--epochs", type=int)
+    overrides.add_argument("--batch-size", type=int)
+    overrides.add_argument("--warmup-ratio", type=float)
+    overrides.add_argument("--weight-decay", type=float)
+    overrides.add_argument("--max-grad-norm", type=float)
+    overrides.add_argument("--correct-bias", type=lambda s: s.lower() in ("1", "true", "yes"),
+                           help="true/false: switch Adam's bias correction")
+    overrides.add_argument("--reinit-layers", type=int, help="re-initialise the top N encoder blocks")
+    overrides.add_argument("--layerwise-lr-decay", type=float, help="lr x decay^(L+1-depth) per encoder block")
+    return parser
+
+
+def check(config: FinetuneConfig) -> None:
+    """Reject impossible values before any work is done."""
+    if not Path(config.model).is_dir():
+        raise FinetuneError(f"model folder {config.model} not found; build it (data/README.md) or pass --model")
+    positive = {"evals": config.evals, "max_length": config.max_length, "epochs": config.epochs,
+                "batch_size": config.batch_size, "lr": config.lr}
+    bad = [k for k, v in positive.items() if v is not None and v <= 0]
+    if bad:
+        raise FinetuneError(f"{', '.join('--' + k.replace('_', '-') for k in bad)} must be positive")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    config = FinetuneConfig(**vars(args))
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        check(config)
+        result = run(config)
+    except (FinetuneError, records.RecordsError, TaskError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    if result.skipped:
+        print(f"{result.run_dir}: already finished, skipping")
+    else:
+        print(f"{result.run_dir}: dev {result.metric} {result.final_dev_metric:.4f} (majority "
+              f"{result.majority:.4f}){' FAILED' if result.failed else ''}, {result.steps} steps, "
+              f"{result.seconds:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
