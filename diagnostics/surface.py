@@ -1,0 +1,395 @@
+"""Loss surfaces: training loss and accuracy on the line through two checkpoints or the plane through three.
+
+    python -m diagnostics.surface --plane RUN_A/step0 RUN_A/final RUN_B/final --task wordnet-entail --out s.h5
+    python -m diagnostics.surface --line RUN_A/final RUN_B/final --task wordnet-entail --json
+    torchrun --nproc_per_node 2 -m diagnostics.surface --plane P F S --task wordnet-entail --out s.h5
+
+The plane is theta_p + a (theta_f - theta_p) + b (theta_s - theta_p) (Mosbach et al. 2020, Fig. 7): P the
+pre-trained model, F a failed and S a successful fine-tuning run; a and b span ``--range`` (default -1.5 .. 1.5)
+in ``--grid`` points each, raw differences, neither normalised nor orthogonalised. A classifier's pre-trained point
+needs a head: the fine-tuning runs of this toolkit save their step-0 checkpoint (the pre-trained encoder with the
+seed's initial head) as ``<run>/step0/``, and that folder is P. The line is theta_a + a (theta_b - theta_a),
+``--range`` -0.5 .. 1.5 by default. Every checkpoint is a ``save_pretrained`` folder of a sequence classification
+model, all of the same architecture and size; the tokenizer is read from the first folder that holds one.
+
+Each point is the mean cross-entropy and the accuracy over the first ``--max-examples`` examples of the task's
+``--split``, tokenised once. Under torchrun the points are shared out over the ranks and rank 0 writes them;
+with ``--out`` each point is flushed to the records file as it arrives, and running the same command again
+computes only the points still missing (after Ctrl-C or a kill). The model is moved in place and its weights are
+restored exactly before the command returns.
+"""
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import os
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from diagnostics.distributed import Ranks, broadcast, map_sharded, process_group
+from diagnostics.interpolation import Subspace, SubspaceError, grid_axis, grid_indices
+from diagnostics.records import RecordsError, RunMeta, RunWriter
+from diagnostics.tasks import Example, encode, load_task
+
+FIELDS = ("loss", "accuracy")
+DEFAULT_RANGE = {"line": (-0.5, 1.5), "plane": (-1.5, 1.5)}
+DEFAULT_GRID = {"line": 21, "plane": 13}
+DEFAULT_LABELS = {"line": ["start", "end"], "plane": ["pre-trained", "failed", "successful"]}
+
+Batch = tuple[dict[str, torch.Tensor], torch.Tensor]
+
+
+class SurfaceError(ValueError):
+    """Input the command cannot use; the message is one line naming the problem and the fix."""
+
+
+@dataclass
+class SurfaceConfig:
+    """Everything one surface run depends on (stored with the record)."""
+
+    checkpoints: list[str]
+    task: str
+    split: str = "train"
+    range: list[float] | None = None
+    grid: int | None = None
+    max_examples: int | None = 256
+    batch_size: int = 32
+    max_length: int = 128
+    out: str | None = None
+    name: str | None = None
+    labels: list[str] | None = None
+    device: str = "auto"
+
+    @property
+    def kind(self) -> str:
+        return "plane" if len(self.checkpoints) == 3 else "line"
+
+
+@dataclass(frozen=True)
+class Surface:
+    """The grid: ``loss[i, j]`` and ``accuracy[i, j]`` at ``axes["a"][i]``, ``axes["b"][j]`` (a line has only a)."""
+
+    name: str
+    axes: dict[str, np.ndarray]
+    loss: np.ndarray
+    accuracy: np.ndarray
+    attrs: dict[str, Any]
+    computed: int = 0
+    out: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        plain = {axis: values.tolist() for axis, values in self.axes.items()}
+        for name, values in (("loss", self.loss), ("accuracy", self.accuracy)):
+            plain[name] = np.where(np.isnan(values), None, values).tolist()
+        return {"name": self.name, **self.attrs, **plain, "computed": self.computed, "out": self.out}
+
+
+# ----------------------------------------------------------------------------------------------- inputs
+
+
+def load_classifier(folder: str) -> nn.Module:
+    """A ``save_pretrained`` sequence classification model, in eval mode; one-line errors for anything else."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    path = Path(folder)
+    if not path.is_dir():
+        raise SurfaceError(f"checkpoint folder {folder} does not exist; pass a save_pretrained folder")
+    if not (path / "config.json").is_file():
+        raise SurfaceError(f"{folder} is not a checkpoint (no config.json); pass a save_pretrained folder")
+    try:
+        config = AutoConfig.from_pretrained(path)
+        architectures = config.architectures or ["an unnamed model"]
+        if not any(name.endswith("ForSequenceClassification") for name in architectures):
+            raise SurfaceError(f"{folder} holds {architectures[0]}, not a sequence classification model; pass "
+                               "fine-tuning checkpoints (for the pre-trained point, the run's step0/ folder)")
+        return AutoModelForSequenceClassification.from_pretrained(path, config=config).eval()
+    except (OSError, ValueError, RuntimeError) as error:
+        if isinstance(error, SurfaceError):
+            raise
+        raise SurfaceError(f"cannot load {folder} ({_first_line(error)}); pass a save_pretrained folder") from None
+
+
+def load_tokenizer(folders: Sequence[str]):
+    """The tokenizer of the first folder that holds one."""
+    from transformers import AutoTokenizer
+
+    for folder in folders:
+        try:
+            return AutoTokenizer.from_pretrained(folder)
+        except (OSError, ValueError, TypeError):
+            continue
+    raise SurfaceError(f"none of {', '.join(folders)} holds a tokenizer; save_pretrained the tokenizer into one")
+
+
+def load_subspace(folders: Sequence[str], labels: Sequence[str], device: torch.device) -> tuple[nn.Module, Subspace]:
+    """The first checkpoint as the model to move, and the line or plane through all of them."""
+    models = [load_classifier(folder) for folder in folders]
+    types = [m.config.model_type for m in models]
+    for label, kind in zip(labels[1:], types[1:]):
+        if kind != types[0]:
+            raise SurfaceError(f"{labels[0]} is a {types[0]} model but {label} is a {kind} model; "
+                               "pass checkpoints of the same architecture")
+    models = [m.to(device) for m in models]
+    try:
+        space = Subspace.from_models(models, labels)
+    except SubspaceError as error:
+        raise SurfaceError(str(error)) from None
+    return models[0], space
+
+
+def load_examples(task_name: str, split: str, max_examples: int | None) -> tuple[str, list[Example]]:
+    """The task's name and the first ``max_examples`` examples of ``split`` (a thin adapter over diagnostics.tasks)."""
+    given = Path(task_name)
+    task = load_task(given.parent if given.is_file() and given.name == "task.json" else task_name)
+    examples = list(getattr(task, split))[:max_examples]
+    if not examples:
+        raise SurfaceError(f"task {task.name} has no {split} examples; pick the other --split or another task")
+    return task.name, examples
+
+
+def prepare_batches(examples: Sequence[Example], tokenizer, model: nn.Module, *, max_length: int,
+                    batch_size: int, device: torch.device) -> list[Batch]:
+    """Tokenise once, sort by length and cut into batches trimmed to their longest example, on ``device``."""
+    positions = getattr(model.config, "max_position_embeddings", None)
+    if positions:  # RoBERTa's positions start after the padding index, so keep two spare
+        max_length = min(max_length, int(positions) - 2)
+    encoded = encode(examples, tokenizer, max_length)
+    labels = encoded.pop("labels")
+    num_labels = int(model.config.num_labels)
+    if int(labels.max()) >= num_labels:
+        raise SurfaceError(f"the task has label {int(labels.max())} but the checkpoints' head has {num_labels} "
+                           "outputs; pass a task with as many labels as the models")
+    accepted = inspect.signature(model.forward).parameters
+    inputs = {key: value for key, value in encoded.items() if key in accepted}
+    lengths = encoded["attention_mask"].sum(dim=1)
+    order = torch.argsort(lengths, descending=True, stable=True)
+    batches = []
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        width = int(lengths[rows].max()) if tokenizer.padding_side == "right" else None
+        batch = {key: value[rows][:, :width].to(device) for key, value in inputs.items()}
+        batches.append((batch, labels[rows].to(device)))
+    return batches
+
+
+# ----------------------------------------------------------------------------------------------- maths
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, batches: Sequence[Batch]) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of ``model`` over ``batches`` (one host sync at the end)."""
+    device = batches[0][1].device
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    count = 0
+    for inputs, labels in batches:
+        logits = model(**inputs).logits.float()
+        loss_sum += F.cross_entropy(logits, labels, reduction="sum").double()
+        correct += (logits.argmax(dim=-1) == labels).sum()
+        count += labels.numel()
+    return float(loss_sum) / count, int(correct) / count
+
+
+# ----------------------------------------------------------------------------------------------- the command
+
+
+def resolve(config: SurfaceConfig) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The grid's axes and the attributes that identify it (a resumed run must match them)."""
+    kind = config.kind
+    for name, value in (("--max-examples", config.max_examples), ("--batch-size", config.batch_size),
+                        ("--max-length", config.max_length)):
+        if value is not None and value < 1:
+            raise SurfaceError(f"{name} must be at least 1, got {value}")
+    if config.split not in ("train", "dev"):
+        raise SurfaceError(f"unknown split {config.split!r}; pass --split train or --split dev")
+    lo, hi = config.range or DEFAULT_RANGE[kind]
+    points = config.grid if config.grid is not None else DEFAULT_GRID[kind]
+    try:
+        axis = grid_axis(lo, hi, points)
+    except ValueError as error:
+        raise SurfaceError(str(error)) from None
+    labels = list(config.labels or DEFAULT_LABELS[kind])
+    if len(labels) != len(config.checkpoints):
+        raise SurfaceError(f"--labels names {len(labels)} checkpoints but the {kind} has "
+                           f"{len(config.checkpoints)}; give one label per checkpoint")
+    attrs = {"kind": kind, "checkpoints": [str(Path(c).resolve()) for c in config.checkpoints], "labels": labels,
+             "split": config.split, "max_examples": config.max_examples, "max_length": config.max_length,
+             "range": [float(lo), float(hi)], "grid": int(points)}
+    return ({"a": axis} if kind == "line" else {"a": axis, "b": axis}), attrs
+
+
+def open_record(config: SurfaceConfig, name: str, axes: dict[str, np.ndarray],
+                attrs: dict[str, Any]) -> tuple[RunWriter, dict[str, np.ndarray]]:
+    """Open or create ``config.out`` with the grid declared; returns the writer and the values already there."""
+    meta = RunMeta(model=config.checkpoints[0], task=attrs["task"], recipe=f"surface-{config.kind}",
+                   config=asdict(config))
+    writer = RunWriter.open_or_create(config.out, meta)
+    try:
+        existing = writer.add_grid(name, axes, list(FIELDS), kind="surfaces", attrs=attrs)
+        writer.start()
+    except BaseException:
+        writer.close()
+        raise
+    shape = tuple(len(v) for v in axes.values())
+    values = dict(existing.fields) if existing else {f: np.full(shape, np.nan) for f in FIELDS}
+    return writer, values
+
+
+def run(config: SurfaceConfig) -> Surface | None:
+    """Compute the missing points of the surface (all of them without ``--out``); returns it on rank 0."""
+    axes, attrs = resolve(config)
+    name = config.name or config.kind
+    task_name, examples = load_examples(config.task, config.split, config.max_examples)
+    attrs["task"] = task_name
+    with process_group(prefer_cuda=config.device != "cpu") as ranks:
+        if config.device == "cuda" and ranks.device.type != "cuda":
+            raise SurfaceError("--device cuda but torch sees no GPU; pass --device cpu")
+        model, space = load_subspace(config.checkpoints, attrs["labels"], ranks.device)
+        batches = prepare_batches(examples, load_tokenizer(config.checkpoints), model,
+                                  max_length=config.max_length, batch_size=config.batch_size, device=ranks.device)
+        writer, values, error = None, {}, None
+        if ranks.is_main:
+            try:
+                if config.out:
+                    writer, values = open_record(config, name, axes, attrs)
+                else:
+                    values = {f: np.full(tuple(len(v) for v in axes.values()), np.nan) for f in FIELDS}
+            except RecordsError as failure:
+                error = str(failure)
+        missing = [i for i in grid_indices(values["loss"].shape)
+                   if any(np.isnan(values[f][i]) for f in FIELDS)] if error is None and ranks.is_main else None
+        error, missing = broadcast((error, missing), ranks)
+        if error:
+            raise SurfaceError(error)
+        try:
+            computed = _fill(model, space, batches, axes, missing, values, writer, name, ranks)
+        finally:
+            if writer is not None:
+                writer.close()
+    if not ranks.is_main:
+        return None
+    return Surface(name, axes, values["loss"], values["accuracy"], attrs, computed, config.out)
+
+
+def _fill(model: nn.Module, space: Subspace, batches: list[Batch], axes: dict[str, np.ndarray],
+          missing: list[tuple[int, ...]], values: dict[str, np.ndarray], writer: RunWriter | None, name: str,
+          ranks: Ranks) -> int:
+    """Compute ``missing`` points over the ranks; rank 0 stores (and flushes) each one as it arrives."""
+    axis_values = list(axes.values())
+    total = values["loss"].size
+    computed = 0
+    with space.moving(model) as move_to, tqdm(total=total, initial=total - len(missing), unit="point",
+                                               disable=not ranks.is_main, desc=f"surface {name}") as bar:
+        def compute(index: tuple[int, ...]) -> tuple[float, float]:
+            move_to([float(axis[i]) for axis, i in zip(axis_values, index)])
+            return evaluate(model, batches)
+
+        for index, (loss, accuracy) in map_sharded(missing, compute, ranks):
+            values["loss"][index], values["accuracy"][index] = loss, accuracy
+            if writer is not None:
+                writer.write_point(name, index, {"loss": loss, "accuracy": accuracy})
+            computed += 1
+            bar.update()
+    return computed
+
+
+# ----------------------------------------------------------------------------------------------- CLI
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:
+        self.exit(2, f"{self.prog}: {message}; see --help\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _OneLineParser(prog="python -m diagnostics.surface",
+                            description="Loss and accuracy on the line or plane through fine-tuning checkpoints.")
+    through = parser.add_mutually_exclusive_group(required=True)
+    through.add_argument("--line", nargs=2, metavar=("A", "B"), help="two checkpoint folders")
+    through.add_argument("--plane", nargs=3, metavar=("P", "F", "S"),
+                         help="pre-trained (a run's step0/), failed and successful checkpoint folders")
+    parser.add_argument("--task", required=True, help="task name (data/tasks) or task folder")
+    parser.add_argument("--split", choices=("train", "dev"), default="train")
+    parser.add_argument("--range", nargs=2, type=float, metavar=("LO", "HI"),
+                        help="axis range (default -0.5 1.5 for a line, -1.5 1.5 for a plane)")
+    parser.add_argument("--grid", type=int, help="points per axis, LO and HI included (default 21 line, 13 plane)")
+    parser.add_argument("--max-examples", type=int, default=256, help="first N examples of the split (default 256)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--max-length", type=int, default=128, help="truncate examples to this many tokens")
+    parser.add_argument("--out", help="records file (.h5) to write to, or to resume")
+    parser.add_argument("--name", help="grid name in the records file (default: line or plane)")
+    parser.add_argument("--labels", nargs="+", help="one label per checkpoint (default: pre-trained failed successful)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--json", action="store_true", help="print the grid as JSON on stdout")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> SurfaceConfig:
+    return SurfaceConfig(checkpoints=list(args.plane or args.line), task=args.task, split=args.split,
+                         range=list(args.range) if args.range else None, grid=args.grid,
+                         max_examples=args.max_examples, batch_size=args.batch_size, max_length=args.max_length,
+                         out=args.out, name=args.name, labels=args.labels, device=args.device)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    quiet = os.environ.get("RANK", "0") != "0"
+    _quiet_transformers()
+    try:
+        surface = run(config_from_args(args))
+    except (SurfaceError, RecordsError, ValueError) as error:
+        if not quiet:
+            print(f"surface: {_first_line(error)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        if not quiet:
+            print("surface: interrupted; every finished point is saved, run the same command to resume",
+                  file=sys.stderr)
+        return 130
+    if surface is None:
+        return 0
+    if args.json:
+        print(json.dumps(surface.to_json()))
+    else:
+        print(_table(surface))
+    return 0
+
+
+def _table(surface: Surface) -> str:
+    """The loss grid as text: one row per a (and one column per b for a plane)."""
+    a = surface.axes["a"]
+    lines = [f"{surface.attrs['kind']} {surface.name}: loss (accuracy) on {surface.attrs['task']} "
+             f"{surface.attrs['split']}" + (f", stored in {surface.out}" if surface.out else "")]
+    if "b" in surface.axes:
+        lines.append("a \\ b " + " ".join(f"{b:>7.2f}" for b in surface.axes["b"]))
+        for i, value in enumerate(a):
+            lines.append(f"{value:>5.2f} " + " ".join(f"{x:>7.4f}" for x in surface.loss[i]))
+    else:
+        lines += [f"a={value:>6.2f}  loss {surface.loss[i]:.4f}  accuracy {surface.accuracy[i]:.3f}"
+                  for i, value in enumerate(a)]
+    return "\n".join(lines)
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
