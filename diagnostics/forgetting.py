@@ -1,0 +1,337 @@
+"""Forgetting: MLM perplexity of a fine-tuned checkpoint as its top k encoder blocks are reset, k = 0..L.
+
+    python -m diagnostics.forgetting runs/rte-s1/final                       # pre-trained model from the run
+    python -m diagnostics.forgetting CKPT --pretrained data/model --json     # one JSON object on stdout
+    python -m diagnostics.forgetting CKPT --out runs/rte-s1/run.h5           # also add a forgetting record
+
+The encoder comes from CKPT (a ``save_pretrained`` folder of any head), the MLM head from the pre-trained model.
+For each k the blocks L-k+1..L are replaced by their pre-trained weights (``--direction bottom``: blocks 1..k);
+the input stage (embeddings) goes with block 1, so k = L is the pre-trained model itself. The held-out text is cut
+into blocks of ``--block-length`` tokens (capped by the model's positions), and 15% of the non-special tokens are
+masked once from ``--seed`` (80% [MASK], 10% random, 10% kept; ``diagnostics.mlm``), the same masking for every k.
+Perplexity is exp(summed NLL / masked tokens) from ``cross_entropy``. A failed run starts orders of magnitude above
+the pre-trained perplexity and recovers only when about the top 40% of blocks are reset; a successful one starts a
+little above it (Mosbach et al. 2020, Fig. 2).
+
+The pre-trained model is ``--pretrained``, else the one the checkpoint's config names, else the ``model`` of the
+run's records file next to the checkpoint (``CKPT/../run.h5``), else the embedded default if it is the same
+architecture. The record is written only once the sweep is complete, never over an existing record.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from diagnostics import records
+from diagnostics.embedded import DEFAULT_MODEL, HELDOUT_TEXT
+from diagnostics.mlm import masked_corpus, read_text
+from probes.mlm_sweep import DIRECTIONS, layer_reset_sweep
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class ForgettingConfig:
+    checkpoint: Path
+    pretrained: Path | None = None
+    corpus: Path = HELDOUT_TEXT
+    direction: str = "top"
+    max_tokens: int | None = None
+    seed: int = 0
+    batch_size: int = 16
+    block_length: int = 128
+    out: Path | None = None
+    name: str | None = None
+    json: bool = False
+
+
+@dataclass
+class ForgettingResult:
+    direction: str
+    k: list[int]
+    perplexity: list[float]
+    pretrained_perplexity: float
+    masked_tokens: int
+    checkpoint: str
+    pretrained: str
+    corpus: str
+    seed: int
+    max_tokens: int | None
+    block_length: int
+    step: int | None = None
+    out: str | None = None
+    record: str | None = None
+    argv: list[str] = field(default_factory=lambda: list(sys.argv))
+
+    def table(self) -> str:
+        which = "top" if self.direction == "top" else "bottom"
+        lines = [f"forgetting of {self.checkpoint}: {which} k blocks reset to {self.pretrained}",
+                 f"{self.masked_tokens} masked tokens of {self.corpus} (seed {self.seed})",
+                 f"{'k':>4} {'perplexity':>12} {'x pre-trained':>14}"]
+        for k, value in zip(self.k, self.perplexity):
+            lines.append(f"{k:>4} {_number(value):>12} {value / self.pretrained_perplexity:>14.2f}")
+        lines.append(f"pre-trained {_number(self.pretrained_perplexity)}")
+        if self.record:
+            lines.append(f"record forgetting/{self.record} added to {self.out}")
+        return "\n".join(lines)
+
+
+def run(config: ForgettingConfig) -> ForgettingResult:
+    """Load, sweep k = 0..L, and (with ``out``) write the record; raises ValueError for bad input."""
+    checkpoint = _checkpoint_folder(config.checkpoint, "checkpoint")
+    pretrained = _checkpoint_folder(_pretrained_path(config), "pre-trained model")
+    name = _record_name(config)
+    text = read_text(config.corpus)
+    finetuned, pretrained_mlm, tokenizer = _load(checkpoint, pretrained)
+    positions = int(getattr(pretrained_mlm.config, "max_position_embeddings", config.block_length + 2))
+    block_length = min(config.block_length, positions - 2)  # two left for RoBERTa's position offset
+    corpus = masked_corpus(text, tokenizer, block_length=block_length, max_tokens=config.max_tokens,
+                           seed=config.seed)
+    batches = -(-len(corpus.input_ids) // config.batch_size)
+    totals = layer_reset_sweep(finetuned, pretrained_mlm, corpus, direction=config.direction,
+                               batch_size=config.batch_size,
+                               progress=lambda it: tqdm(it, total=batches, desc="forgetting", unit="batch",
+                                                        leave=False))
+    result = ForgettingResult(config.direction, totals.k, totals.perplexity, totals.pretrained_perplexity,
+                              totals.masked_tokens, str(checkpoint), str(pretrained), str(config.corpus),
+                              config.seed, config.max_tokens, block_length, _step(checkpoint))
+    if config.out is not None:
+        _write(config, result, name)
+        result.out, result.record = str(config.out), name
+    return result
+
+
+def _write(config: ForgettingConfig, result: ForgettingResult, name: str) -> None:
+    attrs = {key: getattr(result, key) for key in ("direction", "pretrained_perplexity", "masked_tokens",
+                                                    "checkpoint", "pretrained", "corpus", "seed", "max_tokens",
+                                                    "block_length")}
+    if result.step is not None:
+        attrs["step"] = result.step
+    attrs["config"] = _plain(asdict(config))
+    attrs["argv"] = result.argv
+    meta = records.RunMeta(model=result.pretrained, config=_plain(asdict(config)), argv=result.argv)
+    records.write_grid(config.out, name, {"k": result.k}, {"perplexity": np.array(result.perplexity)},
+                       kind="forgetting", attrs=attrs, meta=meta)
+
+
+# ----------------------------------------------------------------------------------------------- inputs
+
+
+def _checkpoint_folder(path: Path, what: str) -> Path:
+    """``path`` if it is a ``save_pretrained`` folder (config and weights), else a one-line error."""
+    if not path.exists():
+        raise ValueError(f"{what} {path} does not exist; pass a save_pretrained folder")
+    if not path.is_dir() or not (path / "config.json").is_file():
+        raise ValueError(f"{what} {path} is not a checkpoint folder (no config.json); "
+                         "pass a folder written by save_pretrained")
+    _config_json(path)
+    if not any((path / name).is_file() for name in WEIGHT_FILES):
+        raise ValueError(f"{what} {path} has no weights file ({WEIGHT_FILES[0]}); "
+                         "pass a folder written by save_pretrained")
+    return path
+
+
+def _config_json(folder: Path) -> dict:
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{folder / 'config.json'} cannot be read ({type(error).__name__}); "
+                         "pass a folder written by save_pretrained") from None
+    if not isinstance(config, dict) or "model_type" not in config:
+        raise ValueError(f"{folder / 'config.json'} names no model_type; pass a folder written by save_pretrained")
+    return config
+
+
+def _pretrained_path(config: ForgettingConfig) -> Path:
+    """--pretrained, else what the checkpoint or its run names, else the embedded default of the same kind."""
+    if config.pretrained is not None:
+        return config.pretrained
+    checkpoint = config.checkpoint
+    model_type = _config_json(checkpoint)["model_type"]
+    for candidate in _named_pretrained(checkpoint):
+        if candidate.resolve() != checkpoint.resolve() and (candidate / "config.json").is_file():
+            return candidate
+    if (DEFAULT_MODEL / "config.json").is_file() and _config_json(DEFAULT_MODEL)["model_type"] == model_type:
+        return DEFAULT_MODEL
+    raise ValueError(f"{checkpoint} does not name its pre-trained {model_type} model; pass --pretrained DIR")
+
+
+def _named_pretrained(checkpoint: Path) -> list[Path]:
+    """Folders the checkpoint's config or its run's records file name as the pre-trained model."""
+    config = _config_json(checkpoint)
+    names = [config.get(key) for key in ("_name_or_path", "name_or_path")]
+    run_file = checkpoint.parent / "run.h5"
+    if run_file.is_file():
+        try:
+            names.append(records.open_run(run_file).meta.get("model"))
+        except ValueError:
+            pass
+    found = []
+    for name in filter(None, names):
+        path = Path(str(name))
+        found += [path] if path.is_absolute() else [path, REPO_ROOT / path]
+    return found
+
+
+def _record_name(config: ForgettingConfig) -> str:
+    """The record's name, checked against the output file before any work is done ("" without --out)."""
+    if config.out is None:
+        return ""
+    out = config.out
+    if out.exists():
+        taken = records.open_run(out).names("forgetting")
+        name = config.name or records.next_name(out, "forgetting", "final")
+        if name in taken:
+            raise ValueError(f"{out} already holds forgetting/{name}; records are never overwritten: "
+                             "pass another --name")
+        return name
+    if not out.parent.is_dir():
+        raise ValueError(f"folder {out.parent} does not exist; create it or pass another --out")
+    try:
+        with tempfile.TemporaryFile(dir=out.parent):
+            pass
+    except OSError:
+        raise ValueError(f"cannot write to folder {out.parent}; pass --out in a writable folder") from None
+    return config.name or "final"
+
+
+def _load(checkpoint: Path, pretrained: Path):
+    """The fine-tuned base model, the pre-trained MLM model (both in eval mode) and the tokenizer."""
+    from transformers import AutoModel, AutoModelForMaskedLM
+
+    finetuned = _from_pretrained(AutoModel, checkpoint, "checkpoint")
+    pretrained_mlm = _from_pretrained(AutoModelForMaskedLM, pretrained, "pre-trained model")
+    tokenizer = _tokenizer(checkpoint, pretrained, pretrained_mlm.config.vocab_size)
+    return finetuned.eval(), pretrained_mlm.eval(), tokenizer
+
+
+def _from_pretrained(auto_class, folder: Path, what: str):
+    """``auto_class.from_pretrained(folder)``, refusing a checkpoint that lacks any weight the model needs."""
+    try:
+        model, info = auto_class.from_pretrained(folder, output_loading_info=True)
+    except Exception as error:  # transformers raises many kinds for a broken folder; all mean the same here
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"cannot load {what} {folder} ({message}); pass a folder written by save_pretrained") \
+            from None
+    missing = sorted(key for key in info["missing_keys"] if "pooler" not in key)
+    if missing:
+        base = model.base_model_prefix if getattr(model, model.base_model_prefix, None) is not None else ""
+        in_base = not base or any(key.startswith(base + ".") for key in missing)
+        part, fix = ("encoder", "a checkpoint of the whole model") if in_base else \
+            ("MLM head", "a *ForMaskedLM pre-trained model")
+        raise ValueError(f"{what} {folder} has no {part} weights ({len(missing)} missing, first {missing[0]}); "
+                         f"pass {fix}")
+    return model
+
+
+def _tokenizer(checkpoint: Path, pretrained: Path, vocab_size: int):
+    """The pre-trained model's tokenizer, checked against the model's vocabulary and the checkpoint's tokenizer."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(pretrained)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"cannot load the tokenizer of {pretrained} ({type(error).__name__}); "
+                         "save the tokenizer next to the pre-trained model") from None
+    if len(tokenizer) > vocab_size:
+        raise ValueError(f"the tokenizer of {pretrained} has {len(tokenizer)} tokens but the model only "
+                         f"{vocab_size}; pass the tokenizer's own model")
+    if tokenizer.mask_token_id is None or tokenizer.cls_token_id is None or tokenizer.sep_token_id is None:
+        raise ValueError(f"the tokenizer of {pretrained} has no mask, cls or sep token; pass an MLM tokenizer")
+    if (checkpoint / "tokenizer_config.json").is_file():
+        try:
+            own = AutoTokenizer.from_pretrained(checkpoint).get_vocab()
+        except (OSError, ValueError, KeyError, TypeError):
+            own = None
+        if own is not None and own != tokenizer.get_vocab():
+            raise ValueError(f"the tokenizer of {checkpoint} has another vocabulary than {pretrained}'s; "
+                             "pass the pre-trained model the checkpoint was fine-tuned from")
+    return tokenizer
+
+
+def _step(checkpoint: Path) -> int | None:
+    """The training step of a checkpoint: trainer_state.json, a ``checkpoint-N`` folder name, else unknown."""
+    state = checkpoint / "trainer_state.json"
+    if state.is_file():
+        try:
+            return int(json.loads(state.read_text())["global_step"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    match = re.fullmatch(r"checkpoint-(\d+)", checkpoint.name)
+    return int(match.group(1)) if match else None
+
+
+# ----------------------------------------------------------------------------------------------- command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m diagnostics.forgetting",
+                                     description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", type=Path, help="fine-tuned save_pretrained folder (any head)")
+    parser.add_argument("--pretrained", type=Path, help="pre-trained *ForMaskedLM folder (default: see above)")
+    parser.add_argument("--corpus", type=Path, default=HELDOUT_TEXT, help="held-out UTF-8 text")
+    parser.add_argument("--direction", choices=DIRECTIONS, default="top", help="reset the top or bottom k blocks")
+    parser.add_argument("--max-tokens", type=_positive, help="use only the first N tokens of the corpus")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the masking (default 0)")
+    parser.add_argument("--batch-size", type=_positive, default=16, help="blocks of text per batch (default 16)")
+    parser.add_argument("--block-length", type=_positive, default=128, help="tokens per block (default 128)")
+    parser.add_argument("--out", type=Path, help="records file to add a forgetting record to (created if absent)")
+    parser.add_argument("--name", help="record name (default final, final-1, ...)")
+    parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    config = ForgettingConfig(**vars(args))
+    _quiet_transformers()
+    try:
+        result = run(config)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; nothing written", file=sys.stderr)
+        return 130
+    print(json.dumps(asdict(result)) if config.json else result.table())
+    return 0
+
+
+def _quiet_transformers() -> None:
+    """Keep stderr for our own messages: no load reports or download bars from transformers."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
+    return value
+
+
+def _plain(values: dict) -> dict:
+    return {key: str(value) if isinstance(value, Path) else value for key, value in values.items()}
+
+
+def _number(value: float) -> str:
+    return f"{value:.2f}" if value < 1e5 else f"{value:.3e}"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
