@@ -162,7 +162,7 @@ def _gradient_norms(steps: int, warmup: int, depth: int, failed: bool, rng: np.r
     level = np.linspace(-1.8, -1.0, depth)[None, :]  # lower layers get smaller gradients
     if failed:
         collapse = np.clip((step - warmup) / 15, 0, 1)
-        log_encoder = level - collapse * (3.6 + 0.2 * np.arange(depth))[None, :]
+        log_encoder = level - collapse * (3.1 + 0.15 * np.arange(depth))[None, :]
         log_head = 0.3 - 0.2 * collapse
         log_pooler = -0.8 - 2.5 * collapse
     else:

@@ -1,0 +1,82 @@
+"""The runs a figure is drawn from: records files (or already-read records) with their verdict, failed or not.
+
+The verdict comes from the run's summary (``failed``) unless the caller names runs as failed or successful
+(``--failed RUN --successful RUN`` on the command line); a named run not among the records is added. Not a
+command; every figure function starts with :func:`load_runs`.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, TypeVar
+
+from diagnostics.records import RunRecords, open_run
+
+from plots import sources
+from plots.sources import MissingRecord
+
+RecordsLike = RunRecords | str | os.PathLike
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run's records and whether it failed (None: neither the summary nor the caller says)."""
+
+    records: RunRecords
+    failed: bool | None
+
+    @property
+    def label(self) -> str:
+        seed = sources.seed(self.records)
+        return f"seed {seed}" if seed is not None else self.records.path.stem
+
+
+def load_runs(records: RecordsLike | Iterable[RecordsLike], failed: Iterable[RecordsLike] = (),
+              successful: Iterable[RecordsLike] = ()) -> list[Run]:
+    """Read what is not read yet and attach verdicts; ``failed``/``successful`` override the summaries."""
+    if isinstance(records, (RunRecords, str, os.PathLike)):
+        records = [records]
+    verdicts: dict[Path, bool] = {}
+    ordered: dict[Path, RunRecords] = {}
+    for verdict, group in ((None, records), (True, failed), (False, successful)):
+        for item in group:
+            run = item if isinstance(item, RunRecords) else open_run(item)
+            key = run.path.resolve()
+            ordered.setdefault(key, run)
+            if verdict is not None:
+                verdicts[key] = verdict
+    return [Run(run, verdicts.get(key, sources.failed_flag(run))) for key, run in ordered.items()]
+
+
+def by_outcome(runs: list[Run]) -> tuple[list[Run], list[Run]]:
+    """The failed runs and the successful ones (runs without a verdict are in neither)."""
+    return [r for r in runs if r.failed is True], [r for r in runs if r.failed is False]
+
+
+def require_verdicts(runs: list[Run], figure: str) -> None:
+    """Refuse runs with no verdict where a figure splits failed from successful."""
+    unknown = [r.records.path.name for r in runs if r.failed is None]
+    if unknown:
+        raise MissingRecord(f"{', '.join(unknown)} has no summary 'failed' for the {figure} figure; "
+                            f"finish the run with {sources.FINETUNE}, or pass --failed RUN / --successful RUN")
+
+
+def fetch_each(runs: list[Run], fetch: Callable[[RunRecords], T], what: str) -> list[tuple[Run, T]]:
+    """``fetch`` from every run that has the data; the others are left out with a warning, and if none has it
+    the first run's :class:`MissingRecord` is raised (its message names the command that makes the data)."""
+    found, missing = [], []
+    for run in runs:
+        try:
+            found.append((run, fetch(run.records)))
+        except MissingRecord as error:
+            missing.append(error)
+    if not runs:
+        raise MissingRecord(f"no records given for the {what}; pass one or more records files")
+    if not found:
+        raise missing[0]
+    for error in missing:
+        warnings.warn(f"left out of the {what}: {error}", stacklevel=2)
+    return found

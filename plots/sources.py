@@ -1,0 +1,215 @@
+"""Where each figure's data lives in a records file: every record, column and attribute name ``plots`` reads.
+
+A renamed record is one edit here. Each fetcher takes a :class:`~diagnostics.records.RunRecords` and returns plain
+numpy data, or raises :class:`MissingRecord` whose one-line message names the record needed and the command that
+writes it. Not a command; imported by the figure modules.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from diagnostics.records import Grid, RunRecords, Series
+
+# The commands that write each record (shown in "missing record" messages).
+FINETUNE = "python -m diagnostics.finetune (it records scalars and, with probes attached, gradient norms)"
+FORGETTING = "python -m diagnostics.forgetting RUN.h5 (layer-reset perplexity)"
+SURFACE = "python -m diagnostics.surface (loss surface between checkpoints)"
+
+TRAIN = ("scalars", "train")  # columns: loss, lr
+EVAL = ("scalars", "eval")  # columns: accuracy and/or the task metric, loss
+LAYER_NORMS = ("gradient_norms", "layers")  # columns: embeddings, encoder.1..L (or encoder.shared), pooler, head
+COMPONENT_NORMS = ("gradient_norms", "components")  # columns: "<layer>/<parameter path>"
+FORGETTING_KIND = "forgetting"  # grids over k with field perplexity
+SURFACES_KIND = "surfaces"  # grids over a (and b) with fields loss, accuracy
+DEFAULT_SURFACE_LABELS = ("pre-trained", "failed", "successful")
+LAYER_ORDER = ("embeddings", "encoder", "pooler", "head")
+
+
+class MissingRecord(LookupError):
+    """A run lacks what a figure needs; the message names the record and the command that makes it."""
+
+
+@dataclass(frozen=True)
+class Curve:
+    """One quantity against optimiser steps."""
+
+    steps: np.ndarray
+    values: np.ndarray
+
+
+@dataclass(frozen=True)
+class ForgettingCurve:
+    """Perplexity after resetting the top (or bottom) k blocks to their pre-trained weights, k = 0..L."""
+
+    k: np.ndarray
+    perplexity: np.ndarray
+    pretrained: float | None
+    direction: str
+
+
+def name_of(run: RunRecords) -> str:
+    return run.path.name
+
+
+def _series(run: RunRecords, where: tuple[str, str], command: str) -> Series:
+    kind, name = where
+    record = run.records.get(kind, {}).get(name)
+    if not isinstance(record, Series):
+        raise MissingRecord(f"{name_of(run)} has no {kind}/{name} record; make it with {command}")
+    return record
+
+
+def _column(run: RunRecords, where: tuple[str, str], column: str, command: str) -> Curve:
+    series = _series(run, where, command)
+    if column not in series.columns:
+        raise MissingRecord(f"{name_of(run)}: {'/'.join(where)} has no column {column!r} "
+                            f"(it has {', '.join(series.columns)}); make it with {command}")
+    values = series.column(column).astype("f8")
+    keep = np.isfinite(values)
+    return Curve(series.steps[keep], values[keep])
+
+
+def train_loss(run: RunRecords) -> Curve:
+    return _column(run, TRAIN, "loss", FINETUNE)
+
+
+def learning_rate(run: RunRecords) -> Curve:
+    return _column(run, TRAIN, "lr", FINETUNE)
+
+
+def dev_metric(run: RunRecords) -> tuple[Curve, str]:
+    """The dev metric over training and its name: ``accuracy`` when recorded, else the summary's metric."""
+    series = _series(run, EVAL, FINETUNE)
+    for column in ("accuracy", run.summary.get("metric")):
+        if column and column in series.columns:
+            return _column(run, EVAL, column, FINETUNE), column
+    raise MissingRecord(f"{name_of(run)}: scalars/eval has no accuracy or task-metric column "
+                        f"(it has {', '.join(series.columns)}); make it with {FINETUNE}")
+
+
+def _summary(run: RunRecords, key: str) -> Any:
+    if key not in run.summary:
+        raise MissingRecord(f"{name_of(run)} has no summary {key!r} (a run killed before its end has none); "
+                            f"finish the run with {FINETUNE}")
+    return run.summary[key]
+
+
+def final_metric(run: RunRecords) -> tuple[float, str]:
+    """The final dev metric and its name (accuracy, f1 or mcc)."""
+    return float(_summary(run, "final_dev_metric")), str(run.summary.get("metric", "accuracy"))
+
+
+def majority(run: RunRecords) -> float | None:
+    """The majority-class baseline of the run's metric, if the summary has it."""
+    value = run.summary.get("majority")
+    return None if value is None else float(value)
+
+
+def final_train_loss(run: RunRecords) -> float:
+    """From the summary, else the last recorded training loss."""
+    if "final_train_loss" in run.summary:
+        return float(run.summary["final_train_loss"])
+    loss = train_loss(run)
+    if not len(loss.values):
+        raise MissingRecord(f"{name_of(run)} has an empty scalars/train record; make it with {FINETUNE}")
+    return float(loss.values[-1])
+
+
+def failed_flag(run: RunRecords) -> bool | None:
+    """The summary's verdict on the run, None when it has none."""
+    value = run.summary.get("failed")
+    return None if value is None else bool(value)
+
+
+def task(run: RunRecords) -> str:
+    return str(run.meta.get("task") or "task?")
+
+
+def recipe(run: RunRecords) -> str:
+    return str(run.meta.get("recipe") or "recipe?")
+
+
+def seed(run: RunRecords) -> int | None:
+    value = run.meta.get("seed")
+    return None if value is None or int(value) < 0 else int(value)
+
+
+def warmup_end(run: RunRecords) -> float | None:
+    """The step where warm-up ends: the config's ``warmup_steps``, or ``warmup_ratio`` times the total steps."""
+    config = run.meta.get("config") or {}
+    if config.get("warmup_steps"):
+        return float(config["warmup_steps"])
+    ratio = config.get("warmup_ratio")
+    total = config.get("total_steps") or config.get("max_steps") or run.summary.get("steps")
+    return float(ratio) * float(total) if ratio and total else None
+
+
+def layer_norms(run: RunRecords) -> tuple[dict[str, Curve], str]:
+    """Gradient norm per layer (``embeddings``, ``encoder.d``, ``pooler``, ``head``) and the clipping side."""
+    series = _series(run, LAYER_NORMS, FINETUNE)
+    return _by_layer(run, LAYER_NORMS, series.columns), str(series.attrs.get("clipping", ""))
+
+
+def component_norms(run: RunRecords, component: str | None = None) -> tuple[dict[str, Curve], str]:
+    """One weight matrix per layer from the per-parameter norms: the named one (``attention.self.query.weight``)
+    where a layer has it, else the layer's first matrix (the papers drew one matrix per layer)."""
+    series = _series(run, COMPONENT_NORMS, FINETUNE)
+    chosen: dict[str, str] = {}
+    for column in series.columns:
+        layer, _, part = column.partition("/")
+        if part == component or (layer not in chosen and part.endswith("weight")):
+            chosen[layer] = column
+    if not chosen:
+        raise MissingRecord(f"{name_of(run)}: gradient_norms/components has no weight columns; "
+                            f"make it with {FINETUNE}")
+    curves = _by_layer(run, COMPONENT_NORMS, list(chosen.values()))
+    return {column.partition("/")[0]: curve for column, curve in curves.items()}, str(series.attrs.get("clipping", ""))
+
+
+def _by_layer(run: RunRecords, where: tuple[str, str], columns: list[str]) -> dict[str, Curve]:
+    ordered = sorted(columns, key=lambda c: layer_rank(c.partition("/")[0]))
+    return {c: _column(run, where, c, FINETUNE) for c in ordered}
+
+
+def layer_rank(layer: str) -> tuple[int, int]:
+    """Sort key: embeddings, encoder.1 .. encoder.L (encoder.shared), pooler, head, anything else."""
+    family, _, depth = layer.partition(".")
+    rank = LAYER_ORDER.index(family) if family in LAYER_ORDER else len(LAYER_ORDER)
+    return rank, int(depth) if depth.isdigit() else 0
+
+
+def forgetting_curve(run: RunRecords, name: str | None = None) -> ForgettingCurve:
+    """The run's layer-reset perplexity curve: ``name``, else the first resetting the top blocks, else the first."""
+    grids = run.grids(FORGETTING_KIND)
+    if name is not None and name not in grids:
+        raise MissingRecord(f"{name_of(run)} has no forgetting/{name} record (it has {', '.join(grids) or 'none'}); "
+                            f"make it with {FORGETTING}")
+    if not grids:
+        raise MissingRecord(f"{name_of(run)} has no forgetting record; make it with {FORGETTING}")
+    if name is None:
+        tops = [n for n, g in grids.items() if g.attrs.get("direction", "top") == "top"]
+        name = (tops or list(grids))[0]
+    grid = grids[name]
+    pretrained = grid.attrs.get("pretrained_perplexity")
+    return ForgettingCurve(grid.axes["k"], grid.fields["perplexity"],
+                           None if pretrained is None else float(pretrained), str(grid.attrs.get("direction", "top")))
+
+
+def surface(run: RunRecords, kind: str, name: str | None = None) -> tuple[Grid, list[str]]:
+    """A loss surface of ``kind`` ("plane" or "line") and the labels of its checkpoints."""
+    grids = {n: g for n, g in run.grids(SURFACES_KIND).items() if _surface_kind(g) == kind}
+    if name is not None:
+        grids = {n: g for n, g in grids.items() if n == name}
+    if not grids:
+        which = f"surfaces/{name}" if name else "surfaces"
+        raise MissingRecord(f"{name_of(run)} has no {which} record of kind {kind!r}; make it with {SURFACE}")
+    grid = next(iter(grids.values()))
+    labels = list(grid.attrs.get("labels") or DEFAULT_SURFACE_LABELS)
+    return grid, labels
+
+
+def _surface_kind(grid: Grid) -> str:
+    return str(grid.attrs.get("kind") or ("plane" if len(grid.axes) == 2 else "line"))
