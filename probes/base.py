@@ -1,0 +1,84 @@
+"""The one base class every probe derives from, and the record of the torch hook handles a session holds.
+
+A probe is a small object that a :class:`probes.session.ProbeSession` drives through a run. Every lifecycle method
+does nothing by default, so a probe overrides only what it needs. The session owns one device buffer of rows (one
+row per recorded optimiser step); each probe owns ``width`` columns of it and gets its slice, ``row``, a 1-D tensor
+on the gradients' device. Nothing here may read a value back to the host: the session copies the whole buffer once
+per flush and hands each probe its block in :meth:`Probe.write`.
+
+Order of calls, for a recorded step: ``on_backward`` at the end of each backward (micro-batch) of the step, after
+DDP's all-reduce; ``on_step`` inside ``optimizer.step()``, before the update (gradients clipped by then);
+``after_step`` after the update; or ``on_skip`` instead of both when the step was skipped (a GradScaler found
+inf/NaN, or the loop zeroed the gradients without stepping). To add a probe (forgetting, early warning...):
+subclass :class:`Probe`, set ``width``, declare your series in ``declare``, fill ``row`` in the hooks, append in
+``write``; set ``session.stop_requested`` to ask a Hugging Face ``Trainer`` to stop.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+if TYPE_CHECKING:
+    from diagnostics.records import RunWriter
+    from probes.session import ProbeSession
+
+
+class Probe:
+    """Base probe: ``width`` buffer columns, lifecycle methods that do nothing until overridden."""
+
+    width: int = 0
+
+    def bind(self, session: "ProbeSession") -> None:
+        """Learn the model (``session.table``, ``session.layers``) and set ``width``; called once, first."""
+
+    def declare(self, writer: "RunWriter") -> None:
+        """Declare this probe's series on ``writer`` (rank 0 only, before the writer starts)."""
+
+    def attach(self, session: "ProbeSession") -> None:
+        """Register extra torch hooks through ``session.hooks.add(handle, why)``."""
+
+    def on_backward(self, session: "ProbeSession", row: torch.Tensor, first: bool) -> None:
+        """End of a backward of a recorded step; ``first`` is True for the step's first recorded backward."""
+
+    def on_step(self, session: "ProbeSession", row: torch.Tensor) -> None:
+        """Inside ``optimizer.step()`` of a recorded step, before the parameters change."""
+
+    def after_step(self, session: "ProbeSession", row: torch.Tensor) -> None:
+        """After the parameters changed, on a recorded step."""
+
+    def on_skip(self, session: "ProbeSession", row: torch.Tensor) -> None:
+        """A recorded step ended without ``optimizer.step()``."""
+
+    def reduce(self, session: "ProbeSession", block: torch.Tensor) -> None:
+        """Combine this probe's block across ranks in place before it is copied to the host (a collective)."""
+
+    def write(self, writer: "RunWriter", steps: list[int], block: np.ndarray) -> None:
+        """Append the host copy of this probe's rows (rank 0 only)."""
+
+    def detach(self, session: "ProbeSession") -> None:
+        """Last call, after the final write; hooks are removed by the session."""
+
+
+@dataclass
+class HookRecord:
+    """Torch hook handles with the reason each exists; :meth:`remove_all` removes exactly these."""
+
+    handles: list[tuple[Any, str]] = field(default_factory=list)
+
+    def add(self, handle: Any, why: str) -> Any:
+        self.handles.append((handle, why))
+        return handle
+
+    def remove_all(self) -> None:
+        while self.handles:
+            handle, _ = self.handles.pop()
+            handle.remove()
+
+    def __len__(self) -> int:
+        return len(self.handles)
+
+    def __repr__(self) -> str:
+        return "HookRecord(" + "; ".join(why for _, why in self.handles) + ")"

@@ -1,0 +1,58 @@
+"""What probes need from torch.distributed and the wrappers around a model or optimiser (DDP, Accelerate).
+
+Collectives run only at a flush, once per block, never per step: per-rank quantities (activation gradients, the
+loss) and sharded ones (FSDP2 gradients) are combined there. Replicated gradients (DDP after its all-reduce) are
+the same on every rank and need no collective.
+"""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+def rank_and_world() -> tuple[int, int]:
+    """``(rank, world size)`` of the default process group, ``(0, 1)`` without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The module inside DDP / DataParallel wrappers (their ``.module``), else ``model``."""
+    while isinstance(getattr(model, "module", None), nn.Module):
+        model = model.module
+    return model
+
+
+def unwrap_optimizer(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """The torch optimiser inside wrappers such as Accelerate's ``AcceleratedOptimizer`` (its ``.optimizer``)."""
+    while isinstance(getattr(optimizer, "optimizer", None), torch.optim.Optimizer):
+        optimizer = optimizer.optimizer
+    return optimizer
+
+
+def scaler_of(optimizer: torch.optim.Optimizer, scaler=None):
+    """The enabled GradScaler that scales this run's gradients: the one given, else an Accelerate wrapper's."""
+    scaler = scaler if scaler is not None else getattr(optimizer, "scaler", None)
+    return scaler if scaler is not None and scaler.is_enabled() else None
+
+
+def is_sharded(params: list[nn.Parameter]) -> bool:
+    """Whether parameters are sharded across ranks (FSDP2 ``DTensor`` parameters)."""
+    return any(hasattr(param, "to_local") for param in params)
+
+
+def sum_norms_(block: torch.Tensor, world: int) -> None:
+    """Norms of parts spread over ranks -> norms of the whole: root of the summed squares, in place."""
+    if world > 1:
+        squares = block.double().square()
+        dist.all_reduce(squares)
+        block.copy_(squares.sqrt())
+
+
+def mean_(block: torch.Tensor, world: int) -> None:
+    """Average ``block`` over ranks, in place."""
+    if world > 1:
+        dist.all_reduce(block)
+        block.div_(world)

@@ -1,0 +1,48 @@
+"""Parameter-gradient L2 norms per layer and per parameter tensor (kind ``gradient_norms``).
+
+Series ``layers``: one column per layer of :func:`probes.layers.find_layers` (``embeddings``, ``encoder.1`` ...,
+``pooler``, ``head``) with a ``depth`` axis; series ``components``: one column per parameter tensor
+(``encoder.3/attention.self.query.weight``) with ``depth``, ``layer`` and ``component`` axes, for the papers'
+one-matrix-per-layer curves. Both are pre-clipping norms read at the end of the step's last backward (after
+accumulation and all-reduce, unscaled from AMP). ALBERT's shared block appears once, as ``encoder.shared``: its
+gradient sums over depths (use ``activation_gradients`` for per-depth signals).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from probes import distributed
+from probes.base import Probe
+
+ATTRS = {"clipping": "pre", "norm": "l2",
+         "read_at": "end of the step's last backward: after accumulation and all-reduce, unscaled, before clipping"}
+
+
+class GradientNorms(Probe):
+    """Per-layer and per-tensor parameter-gradient norms, before clipping."""
+
+    def bind(self, session) -> None:
+        self.table = session.table
+        self.width = len(self.table.params)
+
+    def declare(self, writer) -> None:
+        table = self.table
+        writer.add_series("layers", table.layers, kind="gradient_norms", axes={"depth": table.layer_depth},
+                          attrs=ATTRS)
+        layer_of = [component.split("/")[0] for component in table.components]
+        writer.add_series("components", table.components, kind="gradient_norms", attrs=ATTRS, axes={
+            "depth": table.component_depth, "layer": np.array(layer_of), "component": np.array(table.component_path)})
+
+    def on_backward(self, session, row: torch.Tensor, first: bool) -> None:
+        row.copy_(session.grad_norms)
+
+    def reduce(self, session, block: torch.Tensor) -> None:
+        if session.sharded:
+            distributed.sum_norms_(block, session.world)
+
+    def write(self, writer, steps: list[int], block: np.ndarray) -> None:
+        layers = self.table.layer_norms(block)
+        for step, per_layer, per_tensor in zip(steps, layers, block):
+            writer.append("layers", step, per_layer)
+            writer.append("components", step, per_tensor)
