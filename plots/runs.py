@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, TypeVar
 
-from diagnostics.records import RunRecords, open_run
+from diagnostics.records import RunRecords, iter_runs, open_run
 
 from plots import sources
 from plots.sources import MissingRecord
@@ -36,19 +36,29 @@ class Run:
 
 def load_runs(records: RecordsLike | Iterable[RecordsLike], failed: Iterable[RecordsLike] = (),
               successful: Iterable[RecordsLike] = ()) -> list[Run]:
-    """Read what is not read yet and attach verdicts; ``failed``/``successful`` override the summaries."""
+    """Read what is not read yet (a folder: every ``*.h5`` in it) and attach verdicts; ``failed`` and
+    ``successful`` override the summaries."""
     if isinstance(records, (RunRecords, str, os.PathLike)):
         records = [records]
     verdicts: dict[Path, bool] = {}
     ordered: dict[Path, RunRecords] = {}
     for verdict, group in ((None, records), (True, failed), (False, successful)):
-        for item in group:
+        for item in _expand(group):
             run = item if isinstance(item, RunRecords) else open_run(item)
             key = run.path.resolve()
             ordered.setdefault(key, run)
             if verdict is not None:
                 verdicts[key] = verdict
     return [Run(run, verdicts.get(key, sources.failed_flag(run))) for key, run in ordered.items()]
+
+
+def _expand(items: Iterable[RecordsLike]) -> Iterable[RunRecords | Path]:
+    """Read records as they are; folders become every ``*.h5`` inside them."""
+    for item in items:
+        if isinstance(item, RunRecords):
+            yield item
+        else:
+            yield from iter_runs([item])
 
 
 def by_outcome(runs: list[Run]) -> tuple[list[Run], list[Run]]:
@@ -58,7 +68,7 @@ def by_outcome(runs: list[Run]) -> tuple[list[Run], list[Run]]:
 
 def require_verdicts(runs: list[Run], figure: str) -> None:
     """Refuse runs with no verdict where a figure splits failed from successful."""
-    unknown = [r.records.path.name for r in runs if r.failed is None]
+    unknown = [sources.name_of(r.records) for r in runs if r.failed is None]
     if unknown:
         raise MissingRecord(f"{', '.join(unknown)} has no summary 'failed' for the {figure} figure; "
                             f"finish the run with {sources.FINETUNE}, or pass --failed RUN / --successful RUN")

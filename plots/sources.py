@@ -51,7 +51,8 @@ class ForgettingCurve:
 
 
 def name_of(run: RunRecords) -> str:
-    return run.path.name
+    """How messages name a run's file: its folder and name (runs of a study are all called run.h5)."""
+    return f"{run.path.parent.name}/{run.path.name}"
 
 
 def _series(run: RunRecords, where: tuple[str, str], command: str) -> Series:

@@ -188,12 +188,11 @@ def _forgetting(path: str | Path, depth: int, failed: bool, rng: np.random.Gener
 
 
 def _landscape(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Training loss and accuracy on the plane: a flat plateau at ln 2 around the failed model (1, 0), a deep
-    minimum at the successful one (0, 1), a ridge between them, a bowl around the pre-trained model (0, 0)."""
-    plateau = LN2 * (1 - 0.6 * np.exp(-((a - 0.0) ** 2 + b ** 2) / 0.3))
-    valley = np.exp(-((a - 0.0) ** 2 + (b - 1.0) ** 2) / 0.25)
-    ridge = 0.9 * np.exp(-((a - b + 0.35) ** 2) / 0.03) * np.exp(-((a + b - 0.8) ** 2) / 0.6)
-    bowl = 0.4 * (a ** 2 + b ** 2) ** 1.5
-    loss = (plateau * (1 - valley) + 0.01 * valley + ridge + bowl).astype("f8")
-    accuracy = np.clip(0.527 + 0.2 * valley - 0.05 * ridge, 0, 1)
+    """Training loss and accuracy on the plane: flat at ln 2 around the pre-trained (0, 0) and the failed (1, 0)
+    model, a deep minimum at the successful one (0, 1), a barrier between failed and successful, rising far out."""
+    valley = np.exp(-(a ** 2 + (b - 1.0) ** 2) / 0.12)
+    barrier = 0.6 * np.exp(-((a - b + 0.2) ** 2) / 0.02) * np.exp(-((a + b - 1.0) ** 2) / 0.4)
+    bowl = 0.8 * np.clip(np.hypot(a, b - 0.5) - 1.2, 0, None) ** 2
+    loss = ((LN2 + bowl) * (1 - valley) + 0.01 * valley + barrier).astype("f8")
+    accuracy = np.clip(0.527 + 0.2 * valley - 0.05 * barrier, 0, 1)
     return loss, accuracy

@@ -1,0 +1,90 @@
+"""Forgetting (Mosbach et al., Fig. 2): MLM perplexity after resetting the top k blocks to pre-trained weights.
+
+(a) failed runs on a log axis, (b) successful runs on a linear one, one line per run, the pre-trained model's
+perplexity dashed; (c) the failed runs' training loss and dev accuracy over training, mean +/- std, when their
+scalars are there. From the command line: ``python -m plots forgetting RUNS... -o forgetting.pdf``.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from plots import sources
+from plots.runs import RecordsLike, Run, fetch_each, load_runs, require_verdicts
+from plots.sources import Curve, MissingRecord
+from plots.style import NEUTRAL, PAGE, PALETTE, panel_title, panels, styled
+
+
+@styled
+def plot_forgetting(records: RecordsLike | Sequence[RecordsLike], ax: Axes | Sequence[Axes] | None = None, *,
+                    failed: Sequence[RecordsLike] = (), successful: Sequence[RecordsLike] = (),
+                    name: str | None = None, training: bool | None = None) -> Figure:
+    """``name`` picks the forgetting record (default: the top-k one); ``training`` forces the (c) panel on or off
+    (default: drawn when the failed runs have training loss and dev accuracy)."""
+    runs = load_runs(records, failed, successful)
+    curves = fetch_each(runs, lambda r: sources.forgetting_curve(r, name), "forgetting figure")
+    require_verdicts([run for run, _ in curves], "forgetting")
+    groups = [(verdict, [(r, c) for r, c in curves if r.failed is verdict]) for verdict in (True, False)]
+    groups = [(verdict, members) for verdict, members in groups if members]
+    history = _failed_history(runs, training)
+    figure, axes = panels(ax, len(groups) + bool(history), (PAGE if len(groups) + bool(history) > 1 else 3.3, 2.4))
+    for index, (axis, (verdict, members)) in enumerate(zip(axes, groups)):
+        _draw_curves(axis, members, log=verdict)
+        panel_title(axis, index, "failed runs" if verdict else "successful runs")
+    if history:
+        _draw_history(axes[-1], *history)
+        panel_title(axes[-1], len(axes) - 1, f"training of {len(history[0])} failed runs")
+    return figure
+
+
+def _draw_curves(axis: Axes, members: list[tuple[Run, sources.ForgettingCurve]], *, log: bool) -> None:
+    for run, curve in members:
+        axis.plot(curve.k, curve.perplexity, marker="o", markersize=2.5, label=run.label)
+    pretrained = [c.pretrained for _, c in members if c.pretrained is not None]
+    if pretrained:
+        axis.axhline(float(np.median(pretrained)), color=NEUTRAL, linestyle="--", linewidth=1, label="pre-trained")
+    axis.set_yscale("log" if log else "linear")
+    axis.set_xlabel(f"{members[0][1].direction} layers reset")
+    axis.set_ylabel("MLM perplexity")
+    axis.xaxis.get_major_locator().set_params(integer=True)
+    axis.legend(fontsize="small")
+
+
+def _failed_history(runs: list[Run], wanted: bool | None) -> tuple[list[Curve], list[Curve]] | None:
+    """Training loss and dev accuracy of the failed runs that have both, or None when the panel is not drawn."""
+    if wanted is False:
+        return None
+    failed = [run for run in runs if run.failed]
+    try:
+        pairs = fetch_each(failed, lambda r: (sources.train_loss(r), sources.dev_metric(r)[0]),
+                           "failed runs' training panel")
+    except MissingRecord:
+        if wanted:
+            raise
+        return None
+    return [loss for _, (loss, _) in pairs], [metric for _, (_, metric) in pairs]
+
+
+def _draw_history(axis: Axes, losses: list[Curve], metrics: list[Curve]) -> None:
+    """Both on one axis, as in the paper: a loss stuck at ln 2 next to an accuracy stuck at the majority class."""
+    for curves, colour, label in ((losses, PALETTE[0], "training loss"), (metrics, PALETTE[2], "dev accuracy")):
+        steps, mean, std = mean_band(curves)
+        axis.plot(steps, mean, color=colour, label=label)
+        axis.fill_between(steps, mean - std, mean + std, color=colour, alpha=0.25, linewidth=0)
+    axis.axhline(np.log(2), color=NEUTRAL, linestyle=":", linewidth=1, label="ln 2")
+    low, high = axis.get_ylim()
+    axis.set_ylim(min(low, 0.4), max(high, 0.8))
+    axis.set_xlabel("iteration")
+    axis.set_ylabel("mean +/- std over runs")
+    axis.legend(fontsize="small")
+
+
+def mean_band(curves: list[Curve]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean and standard deviation over runs on the first run's steps (up to the shortest run's end)."""
+    end = min(c.steps[-1] for c in curves)
+    steps = curves[0].steps[curves[0].steps <= end].astype("f8")
+    stacked = np.stack([np.interp(steps, c.steps, c.values) for c in curves])
+    return steps, stacked.mean(axis=0), stacked.std(axis=0)
