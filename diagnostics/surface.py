@@ -239,9 +239,10 @@ def open_record(config: SurfaceConfig, name: str, axes: dict[str, np.ndarray],
     except BaseException:
         writer.close()
         raise
+    if existing is not None:
+        return writer, {f: np.array(existing.fields[f], dtype="f8") for f in FIELDS}
     shape = tuple(len(v) for v in axes.values())
-    values = dict(existing.fields) if existing else {f: np.full(shape, np.nan) for f in FIELDS}
-    return writer, values
+    return writer, {f: np.full(shape, np.nan) for f in FIELDS}
 
 
 def run(config: SurfaceConfig) -> Surface | None:
@@ -256,13 +257,11 @@ def run(config: SurfaceConfig) -> Surface | None:
         model, space = load_subspace(config.checkpoints, attrs["labels"], ranks.device)
         batches = prepare_batches(examples, load_tokenizer(config.checkpoints), model,
                                   max_length=config.max_length, batch_size=config.batch_size, device=ranks.device)
-        writer, values, error = None, {}, None
-        if ranks.is_main:
+        shape = tuple(len(v) for v in axes.values())
+        writer, values, error = None, {f: np.full(shape, np.nan) for f in FIELDS}, None
+        if ranks.is_main and config.out:
             try:
-                if config.out:
-                    writer, values = open_record(config, name, axes, attrs)
-                else:
-                    values = {f: np.full(tuple(len(v) for v in axes.values()), np.nan) for f in FIELDS}
+                writer, values = open_record(config, name, axes, attrs)
             except RecordsError as failure:
                 error = str(failure)
         missing = [i for i in grid_indices(values["loss"].shape)
