@@ -1,1 +1,19 @@
-"""Redraw the papers' figures as PDF from HDF5 records. Never imports torch."""
+"""Redraw the papers' figures as PDF from HDF5 records; never imports torch.
+
+Command line: ``python -m plots FIGURE RECORDS... -o FILE.pdf`` or ``python -m plots all RUNS_DIR -o DIR`` (see
+:mod:`plots.cli`). In a notebook each figure is a function ``plot_<figure>(records, ax=None, ...) -> Figure``
+taking records files, folders or :class:`diagnostics.records.RunRecords`::
+
+    from plots import plot_gradients
+    plot_gradients(["runs/rte-default-s1/run.h5", "runs/rte-default-s2/run.h5"], layers="all")
+"""
+from plots.forgetting import plot_forgetting
+from plots.generalisation import plot_generalisation
+from plots.gradients import plot_gradients
+from plots.line import plot_line
+from plots.seeds import plot_seeds
+from plots.surface import plot_surface
+from plots.training import plot_training
+
+__all__ = ["plot_forgetting", "plot_generalisation", "plot_gradients", "plot_line", "plot_seeds", "plot_surface",
+           "plot_training"]

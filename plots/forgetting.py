@@ -29,7 +29,8 @@ def plot_forgetting(records: RecordsLike | Sequence[RecordsLike], ax: Axes | Seq
     require_verdicts([run for run, _ in curves], "forgetting")
     groups = [(verdict, [(r, c) for r, c in curves if r.failed is verdict]) for verdict in (True, False)]
     groups = [(verdict, members) for verdict, members in groups if members]
-    history = _failed_history(runs, training)
+    tasks = {sources.task(run.records) for run, _ in curves}
+    history = _failed_history([run for run in runs if sources.task(run.records) in tasks], training)
     figure, axes = panels(ax, len(groups) + bool(history), (PAGE if len(groups) + bool(history) > 1 else 3.3, 2.4))
     for index, (axis, (verdict, members)) in enumerate(zip(axes, groups)):
         _draw_curves(axis, members, log=verdict)
@@ -54,7 +55,8 @@ def _draw_curves(axis: Axes, members: list[tuple[Run, sources.ForgettingCurve]],
 
 
 def _failed_history(runs: list[Run], wanted: bool | None) -> tuple[list[Curve], list[Curve]] | None:
-    """Training loss and dev accuracy of the failed runs that have both, or None when the panel is not drawn."""
+    """Training loss and dev accuracy of the failed runs that have both (runs of the tasks in the other panels),
+    or None when the panel is not drawn."""
     if wanted is False:
         return None
     failed = [run for run in runs if run.failed]

@@ -20,10 +20,11 @@ from plots.style import FAILED_COLOUR, PAGE, SUCCESS_COLOUR, panel_title, panels
 
 @styled
 def plot_generalisation(records: RecordsLike | Sequence[RecordsLike], ax: Sequence[Axes] | None = None, *,
+                        failed: Sequence[RecordsLike] = (), successful: Sequence[RecordsLike] = (),
                         task: str | None = None, successful_only: bool = False) -> Figure:
     """The runs of one ``task`` (default: the task with the most runs); ``successful_only`` leaves failed runs
     out (the paper's panels show the successful baseline runs)."""
-    runs = [run for run in load_runs(records) if not (successful_only and run.failed)]
+    runs = [run for run in load_runs(records, failed, successful) if not (successful_only and run.failed)]
     tasks = Counter(sources.task(run.records) for run in runs)
     task = task or min(tasks, key=lambda t: (-tasks[t], t), default=None)
     if runs and task not in tasks:

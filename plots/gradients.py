@@ -16,11 +16,14 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from plots import sources
-from plots.runs import RecordsLike, Run, by_outcome, load_runs
+from diagnostics.records import RunRecords
+
+from plots.runs import RecordsLike, Run, by_outcome, fetch_each, load_runs
 from plots.style import COLUMN, NEUTRAL, PAGE, PALETTE, panel_title, panels, styled
 
 SPECIAL = {"embeddings": ("embeddings", "0.55", ":"), "pooler": ("pooler", PALETTE[1], "--"),
-           "head": ("head (classifier)", PALETTE[3], "-"), "encoder.shared": ("encoder (shared)", PALETTE[0], "-")}
+           "head": ("head (classifier)", PALETTE[3], "-"), "encoder.shared": ("encoder (shared)", PALETTE[0], "-"),
+           "other": ("other (in the base model)", "0.7", "-.")}
 
 
 @styled
@@ -32,8 +35,10 @@ def plot_gradients(records: RecordsLike | Sequence[RecordsLike], ax: Axes | Sequ
     ``layers``: "subset" (depth 1 and about six evenly spaced depths, the pooler and the head), "all" (every
     layer, embeddings included) or a list of encoder depths (plus the pooler and the head).
     """
-    chosen = _panel_runs(load_runs(records, failed, successful))
-    data = [_norms(run, matrix) for run in chosen]
+    found = fetch_each(load_runs(records, failed, successful), lambda r: _norms(r, matrix), "gradients figure")
+    norms = {id(run): data for run, data in found}
+    chosen = _panel_runs([run for run, _ in found])
+    data = [norms[id(run)] for run in chosen]
     figure, axes = panels(ax, len(chosen), (PAGE if len(chosen) > 1 else COLUMN, 2.6), sharey=True)
     handles: dict[str, Line2D] = {}
     for index, (axis, run, (curves, clipping)) in enumerate(zip(axes, chosen, data)):
@@ -75,10 +80,10 @@ def _panel_runs(runs: list[Run]) -> list[Run]:
     return (failed[:1] + successful[:1]) or runs[:2]
 
 
-def _norms(run: Run, matrix: str | None) -> tuple[dict[str, sources.Curve], str]:
+def _norms(run: RunRecords, matrix: str | None) -> tuple[dict[str, sources.Curve], str]:
     if matrix:
-        return sources.component_norms(run.records, None if matrix == "first" else matrix)
-    return sources.layer_norms(run.records)
+        return sources.component_norms(run, None if matrix == "first" else matrix)
+    return sources.layer_norms(run)
 
 
 def _line_styles(names: list[str]) -> list[tuple[str, object, str, str]]:

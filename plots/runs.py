@@ -15,7 +15,7 @@ from typing import Callable, Iterable, TypeVar
 from diagnostics.records import RunRecords, iter_runs, open_run
 
 from plots import sources
-from plots.sources import MissingRecord
+from plots.sources import MissingRecord, NotApplicable
 
 RecordsLike = RunRecords | str | os.PathLike
 T = TypeVar("T")
@@ -74,19 +74,28 @@ def require_verdicts(runs: list[Run], figure: str) -> None:
                             f"finish the run with {sources.FINETUNE}, or pass --failed RUN / --successful RUN")
 
 
+class LeftOut(UserWarning):
+    """Some records lacked what a figure needs and were left out of it (the figure was drawn from the rest)."""
+
+
 def fetch_each(runs: list[Run], fetch: Callable[[RunRecords], T], what: str) -> list[tuple[Run, T]]:
-    """``fetch`` from every run that has the data; the others are left out with a warning, and if none has it
-    the first run's :class:`MissingRecord` is raised (its message names the command that makes the data)."""
-    found, missing = [], []
+    """``fetch`` from every run that has the data. Runs without it are left out, with one :class:`LeftOut`
+    warning naming those that should have had it (not :class:`NotApplicable` ones); if none has it, :class:`MissingRecord` is raised naming the record and the command that makes it."""
+    if not runs:
+        raise MissingRecord(f"no records given for the {what}; pass one or more records files")
+    found, errors = [], []
     for run in runs:
         try:
             found.append((run, fetch(run.records)))
         except MissingRecord as error:
-            missing.append(error)
-    if not runs:
-        raise MissingRecord(f"no records given for the {what}; pass one or more records files")
+            errors.append(error)
+    if not found and len(runs) == 1:
+        raise errors[0]
     if not found:
-        raise missing[0]
-    for error in missing:
-        warnings.warn(f"left out of the {what}: {error}", stacklevel=2)
+        raise MissingRecord(f"none of the {len(runs)} records has what the {what} needs; the first: {errors[0]}")
+    errors = [error for error in errors if not isinstance(error, NotApplicable)]
+    if errors:
+        reasons = [str(error).split(";")[0] for error in errors]
+        shown = "; ".join(reasons[:3]) + ("; ..." if len(reasons) > 3 else "")
+        warnings.warn(LeftOut(f"{what}: left out {len(errors)} of {len(runs)} records ({shown})"), stacklevel=2)
     return found

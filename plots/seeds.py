@@ -18,9 +18,10 @@ from plots.style import COLUMN, FAILED_COLOUR, NEUTRAL, PAGE, SUCCESS_COLOUR, pa
 
 
 @styled
-def plot_seeds(records: RecordsLike | Sequence[RecordsLike], ax: Axes | Sequence[Axes] | None = None) -> Figure:
+def plot_seeds(records: RecordsLike | Sequence[RecordsLike], ax: Axes | Sequence[Axes] | None = None, *,
+               failed: Sequence[RecordsLike] = (), successful: Sequence[RecordsLike] = ()) -> Figure:
     """Every run with a final dev metric in its summary, grouped by task (panels) and recipe (boxes)."""
-    runs = load_runs(records)
+    runs = load_runs(records, failed, successful)
     finals = fetch_each(runs, sources.final_metric, "seeds figure")
     tasks = sorted({sources.task(run.records) for run, _ in finals})
     figure, axes = panels(ax, len(tasks), (min(PAGE, 0.6 * COLUMN + 1.6 * len(tasks)), 2.4))

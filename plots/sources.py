@@ -7,18 +7,20 @@ writes it. Not a command; imported by the figure modules.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from diagnostics.records import Grid, RunRecords, Series
+from diagnostics.records import Grid, RecordsError, RunRecords, Series, open_run
 
 # The commands that write each record (shown in "missing record" messages).
 FINETUNE = "python -m diagnostics.finetune (it records scalars and, with probes attached, gradient norms)"
 FORGETTING = "python -m diagnostics.forgetting RUN.h5 (layer-reset perplexity)"
 SURFACE = "python -m diagnostics.surface (loss surface between checkpoints)"
 
-TRAIN = ("scalars", "train")  # columns: loss, lr
+TRAIN = ("scalars", "train")  # columns: loss, lr (written by diagnostics.finetune)
+PROBE = ("scalars", "probe")  # columns: loss, lr, grad_norm_pre_clip... (written by probes on any training loop)
 EVAL = ("scalars", "eval")  # columns: accuracy and/or the task metric, loss
 LAYER_NORMS = ("gradient_norms", "layers")  # columns: embeddings, encoder.1..L (or encoder.shared), pooler, head
 COMPONENT_NORMS = ("gradient_norms", "components")  # columns: "<layer>/<parameter path>"
@@ -30,6 +32,11 @@ LAYER_ORDER = ("embeddings", "encoder", "pooler", "head")
 
 class MissingRecord(LookupError):
     """A run lacks what a figure needs; the message names the record and the command that makes it."""
+
+
+class NotApplicable(MissingRecord):
+    """The file holds no record of that kind at all (a surface file asked for training loss, a run never probed
+    asked for gradient norms): a figure drawn from many files leaves it out without a note."""
 
 
 @dataclass(frozen=True)
@@ -59,7 +66,8 @@ def _series(run: RunRecords, where: tuple[str, str], command: str) -> Series:
     kind, name = where
     record = run.records.get(kind, {}).get(name)
     if not isinstance(record, Series):
-        raise MissingRecord(f"{name_of(run)} has no {kind}/{name} record; make it with {command}")
+        error = MissingRecord if kind in run.records else NotApplicable
+        raise error(f"{name_of(run)} has no {kind}/{name} record; make it with {command}")
     return record
 
 
@@ -74,11 +82,17 @@ def _column(run: RunRecords, where: tuple[str, str], column: str, command: str) 
 
 
 def train_loss(run: RunRecords) -> Curve:
-    return _column(run, TRAIN, "loss", FINETUNE)
+    return _column(run, _train_series(run), "loss", FINETUNE)
 
 
 def learning_rate(run: RunRecords) -> Curve:
-    return _column(run, TRAIN, "lr", FINETUNE)
+    return _column(run, _train_series(run), "lr", FINETUNE)
+
+
+def _train_series(run: RunRecords) -> tuple[str, str]:
+    """The fine-tuning runner's ``train`` series, else the probes' ``probe`` series (a loop of the user's own)."""
+    kind, name = PROBE
+    return PROBE if name in run.records.get(kind, {}) and TRAIN[1] not in run.records.get(kind, {}) else TRAIN
 
 
 def dev_metric(run: RunRecords) -> tuple[Curve, str]:
@@ -93,7 +107,8 @@ def dev_metric(run: RunRecords) -> tuple[Curve, str]:
 
 def _summary(run: RunRecords, key: str) -> Any:
     if key not in run.summary:
-        raise MissingRecord(f"{name_of(run)} has no summary {key!r} (a run killed before its end has none); "
+        error = MissingRecord if "scalars" in run.records else NotApplicable  # a fine-tuning run killed early
+        raise error(f"{name_of(run)} has no summary {key!r} (a run killed before its end has none); "
                             f"finish the run with {FINETUNE}")
     return run.summary[key]
 
@@ -120,9 +135,22 @@ def final_train_loss(run: RunRecords) -> float:
 
 
 def failed_flag(run: RunRecords) -> bool | None:
-    """The summary's verdict on the run, None when it has none."""
+    """The summary's verdict on the run; for a file of forgetting records only, the verdict of the run whose
+    checkpoint they measured (``<checkpoint>/../run.h5``); None when neither says."""
     value = run.summary.get("failed")
-    return None if value is None else bool(value)
+    if value is not None:
+        return bool(value)
+    for grid in run.grids(FORGETTING_KIND).values():
+        checkpoint = grid.attrs.get("checkpoint")
+        sibling = Path(str(checkpoint)).parent / "run.h5" if checkpoint else None
+        if sibling and sibling.is_file() and sibling.resolve() != run.path.resolve():
+            try:
+                value = open_run(sibling).summary.get("failed")
+            except RecordsError:
+                continue
+            if value is not None:
+                return bool(value)
+    return None
 
 
 def task(run: RunRecords) -> str:
@@ -139,13 +167,16 @@ def seed(run: RunRecords) -> int | None:
 
 
 def warmup_end(run: RunRecords) -> float | None:
-    """The step where warm-up ends: the config's ``warmup_steps``, or ``warmup_ratio`` times the total steps."""
-    config = run.meta.get("config") or {}
-    if config.get("warmup_steps"):
-        return float(config["warmup_steps"])
-    ratio = config.get("warmup_ratio")
-    total = config.get("total_steps") or config.get("max_steps") or run.summary.get("steps")
-    return float(ratio) * float(total) if ratio and total else None
+    """The step where warm-up ends: ``warmup_steps``, or ``warmup_ratio`` times the total steps, from the run's
+    config or the recipe it resolved (diagnostics.finetune stores ``resolved_recipe``); None when not known."""
+    config = dict(run.meta.get("config") or {})
+    recipe = config.get("resolved_recipe") if isinstance(config.get("resolved_recipe"), dict) else {}
+    settings = {**recipe, **{k: v for k, v in config.items() if v is not None}}
+    if settings.get("warmup_steps"):
+        return float(settings["warmup_steps"])
+    ratio = settings.get("warmup_ratio")
+    total = settings.get("total_steps") or settings.get("max_steps") or run.summary.get("steps")
+    return float(max(1, round(float(ratio) * float(total)))) if ratio and total else None
 
 
 def layer_norms(run: RunRecords) -> tuple[dict[str, Curve], str]:
@@ -189,7 +220,7 @@ def forgetting_curve(run: RunRecords, name: str | None = None) -> ForgettingCurv
         raise MissingRecord(f"{name_of(run)} has no forgetting/{name} record (it has {', '.join(grids) or 'none'}); "
                             f"make it with {FORGETTING}")
     if not grids:
-        raise MissingRecord(f"{name_of(run)} has no forgetting record; make it with {FORGETTING}")
+        raise NotApplicable(f"{name_of(run)} has no forgetting record; make it with {FORGETTING}")
     if name is None:
         tops = [n for n, g in grids.items() if g.attrs.get("direction", "top") == "top"]
         name = (tops or list(grids))[0]
@@ -206,7 +237,7 @@ def surface(run: RunRecords, kind: str, name: str | None = None) -> tuple[Grid, 
         grids = {n: g for n, g in grids.items() if n == name}
     if not grids:
         which = f"surfaces/{name}" if name else "surfaces"
-        raise MissingRecord(f"{name_of(run)} has no {which} record of kind {kind!r}; make it with {SURFACE}")
+        raise NotApplicable(f"{name_of(run)} has no {which} record of kind {kind!r}; make it with {SURFACE}")
     grid = next(iter(grids.values()))
     labels = list(grid.attrs.get("labels") or DEFAULT_SURFACE_LABELS)
     return grid, labels

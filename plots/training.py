@@ -18,9 +18,10 @@ LEGEND_RUNS = 8  # more runs than this get no legend entries
 
 @styled
 def plot_training(records: RecordsLike | Sequence[RecordsLike], ax: Sequence[Axes] | None = None, *,
+                  failed: Sequence[RecordsLike] = (), successful: Sequence[RecordsLike] = (),
                   log_loss: bool = False) -> Figure:
     """Loss (left panel; ``log_loss`` for a log axis) and learning rate (right panel); failed runs dashed."""
-    runs = load_runs(records)
+    runs = load_runs(records, failed, successful)
     found = fetch_each(runs, lambda r: (sources.train_loss(r), sources.learning_rate(r)), "training figure")
     figure, (loss_axis, lr_axis) = panels(ax, 2, (2 * COLUMN, 2.3), sharex=True)
     for index, (run, (loss, lr)) in enumerate(found):

@@ -1,0 +1,32 @@
+"""The figures ``plots`` can draw, by command-line name, each with its function and a line on what it shows."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from matplotlib.figure import Figure
+
+from plots.forgetting import plot_forgetting
+from plots.generalisation import plot_generalisation
+from plots.gradients import plot_gradients
+from plots.line import plot_line
+from plots.seeds import plot_seeds
+from plots.surface import plot_surface
+from plots.training import plot_training
+
+
+@dataclass(frozen=True)
+class FigureKind:
+    draw: Callable[..., Figure]
+    shows: str
+
+
+FIGURES = {
+    "gradients": FigureKind(plot_gradients, "gradient norm per layer over training, a failed and a successful run"),
+    "forgetting": FigureKind(plot_forgetting, "MLM perplexity against the number of top layers reset to pre-trained"),
+    "surface": FigureKind(plot_surface, "training loss on the plane through pre-trained, failed, successful"),
+    "line": FigureKind(plot_line, "loss and accuracy along the line between two checkpoints"),
+    "seeds": FigureKind(plot_seeds, "final dev metric over seeds per recipe and task, majority baseline"),
+    "generalisation": FigureKind(plot_generalisation, "dev accuracy over training, and against final loss"),
+    "training": FigureKind(plot_training, "training loss and learning rate per run"),
+}
