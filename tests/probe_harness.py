@@ -1,0 +1,150 @@
+"""The shared probe harness: a real tiny training loop, an independent norm oracle, and a hook counter.
+
+``run_loop(LoopConfig(...), path)`` trains a tiny real model (``tests/tiny.py``) for a few steps with or without
+probes and returns the losses, final weights, RNG state and, per step, the oracle's pre-clip norms computed
+straight from ``param.grad`` (float64, grouped with plain Python), so every probe test compares against the same
+reference. Run as a script under torchrun it is the DDP worker of ``tests/test_probes_ddp.py``:
+``python -m torch.distributed.run --nproc_per_node 2 tests/probe_harness.py OUT.h5 [--oracle ORACLE.json]``.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
+
+import tiny  # noqa: E402
+import probes  # noqa: E402
+from diagnostics.records import RunRecords, open_run  # noqa: E402
+
+
+@dataclass
+class LoopConfig:
+    """One tiny training run: ``accumulation`` micro-batches per step, optional clipping, bf16 autocast, a
+    GradScaler (its initial scale), a NaN loss at ``nan_at`` (and whether the loop then skips the step)."""
+
+    arch: str = "bert"
+    steps: int = 5
+    batch: int = 8
+    length: int = 12
+    accumulation: int = 1
+    clip: float | None = None
+    lr: float = 1e-3
+    bf16: bool = False
+    scale: float | None = None
+    nan_at: int | None = None
+    skip_nonfinite: bool = False
+    probe: bool = True
+    schedule: probes.Schedule = field(default_factory=lambda: probes.Schedule(every=1, dense=0))
+    probe_list: list | None = None
+
+
+@dataclass
+class LoopResult:
+    losses: list[float]
+    oracle: list[dict[str, float]]
+    oracle_total: list[float]
+    weights: dict[str, torch.Tensor]
+    rng: torch.Tensor
+    hooks_inside: int
+    records: RunRecords | None
+
+
+def oracle_layers(model, layer_map) -> dict[str, float]:
+    """Per-layer L2 norms of ``param.grad`` (float64 per tensor, summed in Python)."""
+    sums: dict[str, float] = {}
+    for name, param in model.named_parameters():
+        if param.grad is not None:
+            group = layer_map.group_of(name)
+            sums[group] = sums.get(group, 0.0) + float(param.grad.double().norm()) ** 2
+    return {group: total ** 0.5 for group, total in sums.items()}
+
+
+def count_hooks(model, optimizer) -> int:
+    """Every module and optimiser hook currently registered."""
+    kinds = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+    modules = sum(len(getattr(module, kind)) for module in model.modules() for kind in kinds)
+    return modules + len(optimizer._optimizer_step_pre_hooks) + len(optimizer._optimizer_step_post_hooks)
+
+
+def run_loop(config: LoopConfig, path: Path | None = None, model=None, batches=None) -> LoopResult:
+    """Train; with ``config.probe`` a probe session records to ``path`` (None: compute without writing)."""
+    model = model if model is not None else tiny.classifier(config.arch, seed=0)
+    model.train()
+    layer_map = probes.find_layers(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr)
+    scaler = torch.amp.GradScaler("cpu", init_scale=config.scale) if config.scale else None
+    torch.manual_seed(1)
+    losses, oracle, totals, inside = [], [], [], 0
+    session = (probes.attach(model, optimizer, path, schedule=config.schedule, probes=config.probe_list,
+                             scaler=scaler, strict=True) if config.probe else None)
+    try:
+        for step in range(config.steps):
+            for micro in range(config.accumulation):
+                batch = batches[step][micro] if batches else tiny.batch(config.batch, config.length,
+                                                                         seed=step * 100 + micro)
+                torch.rand(())  # a draw from the global RNG: probes must leave the RNG where it was
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
+                    loss = model(**batch).loss / config.accumulation
+                if step == config.nan_at:
+                    loss = loss * float("nan")
+                losses.append(float(loss))
+                (scaler.scale(loss) if scaler else loss).backward()
+            if scaler:
+                scaler.unscale_(optimizer)
+            oracle.append(oracle_layers(model, layer_map))
+            totals.append(float(np.sqrt(sum(v ** 2 for v in oracle[-1].values()))))
+            inside = count_hooks(model, optimizer)
+            if config.skip_nonfinite and not np.isfinite(totals[-1]):
+                optimizer.zero_grad()
+                continue
+            if config.clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip)
+            if scaler:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            optimizer.zero_grad()
+    finally:
+        if session is not None:
+            session.close()
+    weights = {name: value.detach().clone() for name, value in model.state_dict().items()}
+    records = open_run(path) if config.probe and path is not None and Path(path).exists() else None
+    return LoopResult(losses, oracle, totals, weights, torch.get_rng_state(), inside, records)
+
+
+def ddp_worker(out: str, oracle_path: str | None) -> None:
+    """Each rank trains on its half of every global batch under DDP (gloo); rank 0 writes the records."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    model = tiny.classifier("bert", seed=0)
+    ddp = DistributedDataParallel(model)
+    optimizer = torch.optim.AdamW(ddp.parameters(), lr=1e-3)
+    layer_map = probes.find_layers(model)
+    oracle = []
+    with probes.attach(ddp, optimizer, out, schedule=probes.Schedule(every=1, dense=0), strict=True):
+        for step in range(4):
+            batch = tiny.batch(8, 12, seed=step * 100)
+            half = {key: value.chunk(world)[rank] for key, value in batch.items()}
+            ddp(**half).loss.backward()
+            oracle.append(oracle_layers(model, layer_map))
+            torch.nn.utils.clip_grad_norm_(ddp.parameters(), 0.1)
+            optimizer.step()
+            optimizer.zero_grad()
+    if rank == 0 and oracle_path:
+        Path(oracle_path).write_text(json.dumps(oracle))
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    arguments = sys.argv[1:]
+    ddp_worker(arguments[0], arguments[arguments.index("--oracle") + 1] if "--oracle" in arguments else None)
