@@ -1,0 +1,287 @@
+"""Figures: every figure drawn from real records files (written by records_factory through RunWriter), checked for
+what it shows; valid PDFs; refusals; missing-record messages; torch never imported; the CLI end to end.
+
+    python3 -m pytest tests/test_plots.py            # add -m "not slow" to skip `plots all` in a subprocess
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+
+import records_factory as factory
+from diagnostics.records import RunMeta, RunWriter, open_run, write_grid, write_summary
+from plots import (plot_forgetting, plot_generalisation, plot_gradients, plot_line, plot_seeds, plot_surface,
+                   plot_training, sources)
+from plots.batch import draw_figures
+from plots.cli import main
+from plots.gradients import select_layers
+from plots.registry import FIGURES
+from plots.runs import LeftOut, load_runs
+from plots.sources import MissingRecord
+from plots.style import FigureError, save
+
+REPO = Path(__file__).resolve().parents[1]
+PLOT_MODULES = ["plots", *(f"plots.{p.stem}" for p in sorted((REPO / "plots").glob("*.py")) if p.stem != "__init__")]
+
+
+@pytest.fixture(scope="module")
+def example(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("records")
+    factory.example_runs(folder)
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    yield
+    plt.close("all")
+
+
+def assert_pdf(path: Path) -> None:
+    data = path.read_bytes()
+    assert data.startswith(b"%PDF-") and data.rstrip().endswith(b"%%EOF")
+    assert data.count(b"/Type /Page") - data.count(b"/Type /Pages") == 1
+    assert len(data) > 8_000
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "plots", *map(str, args)], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+
+
+# ----------------------------------------------------------------------------------------------- figures
+
+
+def test_gradients_failed_and_successful_panels(example):
+    figure = plot_gradients([example / "successful.h5", example / "failed.h5"])
+    left, right = figure.axes[:2]
+    assert left.get_title(loc="left").startswith("(a) failed run") and "successful" in right.get_title(loc="left")
+    assert left.get_yscale() == "log" and left.get_shared_y_axes().joined(left, right)
+    labels = [line.get_label() for line in left.get_lines()]
+    assert labels[:6] == [f"layer {d}" for d in range(1, 7)] and {"pooler", "head (classifier)"} <= set(labels)
+    warmup = [line for line in left.get_lines() if line.get_linestyle() == ":"]
+    assert [line.get_xdata()[0] for line in warmup] == [30]  # 10% of 300 steps
+    failed = open_run(example / "failed.h5").series("layers")
+    layer1 = next(line for line in left.get_lines() if line.get_label() == "layer 1")
+    np.testing.assert_allclose(layer1.get_ydata(), failed.column("encoder.1"), rtol=1e-6)
+    assert np.nanmax(layer1.get_ydata()[100:]) < 1e-4 < np.nanmin(layer1.get_ydata()[:20])  # the collapse
+
+
+def test_gradients_one_matrix_per_layer(example):
+    figure = plot_gradients([example / "failed.h5"], matrix="attention.self.key.weight", layers="all")
+    lines = {line.get_label(): line for line in figure.axes[0].get_lines()}
+    components = open_run(example / "failed.h5").series("components")
+    np.testing.assert_allclose(lines["layer 2"].get_ydata(), components.column("encoder.2/attention.self.key.weight"))
+    np.testing.assert_allclose(lines["pooler"].get_ydata(), components.column("pooler/dense.weight"))
+    assert "embeddings" in lines and "matrix" in figure.axes[0].get_ylabel()
+
+
+def test_layer_subset_like_the_paper():
+    names = ["embeddings", *(f"encoder.{d}" for d in range(1, 25)), "pooler", "head"]
+    assert select_layers(names, "subset") == ["encoder.1", *(f"encoder.{d}" for d in range(4, 25, 4)),
+                                              "pooler", "head"]
+    assert select_layers(names, [2, 3]) == ["encoder.2", "encoder.3", "pooler", "head"]
+    assert select_layers(names, "all") == names
+    assert select_layers(["encoder.shared", "pooler", "head"], "subset") == ["encoder.shared", "pooler", "head"]
+
+
+def test_forgetting_panels_scales_and_pretrained_line(example):
+    figure = plot_forgetting(sorted(example.glob("*.h5")))
+    failed, successful, history = figure.axes[:3]
+    assert failed.get_yscale() == "log" and successful.get_yscale() == "linear"
+    assert len([l for l in failed.get_lines() if l.get_label().startswith("seed")]) == 2
+    dashed = [l for l in successful.get_lines() if l.get_label() == "pre-trained"]
+    assert dashed[0].get_linestyle() == "--" and dashed[0].get_ydata()[0] == pytest.approx(9.4)
+    loss = next(l for l in history.get_lines() if l.get_label() == "training loss")
+    assert np.mean(loss.get_ydata()) == pytest.approx(np.log(2), abs=0.03)
+    assert len(plot_forgetting(sorted(example.glob("*.h5")), training=False).axes) == 2
+
+
+def test_surface_contours_log_levels_and_models_marked(example):
+    figure = plot_surface(example / "surface.h5")
+    axis = figure.axes[0]
+    levels = axis.collections[0].levels
+    np.testing.assert_allclose(np.diff(np.log(levels)), np.diff(np.log(levels))[0])  # log-spaced
+    marks = [tuple(l.get_xydata()[0]) for l in axis.get_lines()]
+    assert marks == [(0, 0), (1, 0), (0, 1)]
+    assert [t.get_text() for t in axis.texts] == ["pre-trained", "failed", "successful"]
+
+
+def test_surface_with_points_still_missing(tmp_path):
+    axis = np.linspace(-1, 1, 5)
+    loss = np.full((5, 5), np.nan)
+    loss[:3] = np.linspace(0.1, 2, 15).reshape(3, 5)
+    write_grid(tmp_path / "s.h5", "plane", {"a": axis, "b": axis}, {"loss": loss, "accuracy": loss},
+                       kind="surfaces", attrs={"kind": "plane", "labels": ["p", "x", "y"]})
+    assert_pdf(save(plot_surface(tmp_path / "s.h5"), tmp_path / "s.pdf"))
+
+
+def test_line_loss_and_accuracy_twin(example):
+    figure = plot_line(example / "surface.h5")
+    assert len(figure.axes) == 2 and figure.axes[1].get_ylabel() == "accuracy"
+    assert [t.get_text() for t in figure.axes[0].texts] == ["failed", "successful"]
+
+
+def test_seeds_box_per_recipe_panel_per_task(example):
+    figure = plot_seeds(example / "study")
+    assert [a.get_title(loc="left") for a in figure.axes] == ["(a) mrpc (10 runs)", "(b) rte (10 runs)"]
+    assert [t.get_text() for t in figure.axes[0].get_xticklabels()] == ["default", "mosbach"]
+    baseline = [l for l in figure.axes[1].get_lines() if l.get_linestyle() == "--"]
+    assert baseline[0].get_ydata()[0] == pytest.approx(factory.MAJORITY["rte"])
+    points = [l for l in figure.axes[0].get_lines() if l.get_marker() == "o"]
+    assert len(points) == 10
+
+
+def test_generalisation_log_loss_axis_and_task_choice(example):
+    figure = plot_generalisation(example / "study", task="rte", successful_only=True)
+    history, scatter = figure.axes
+    assert scatter.get_xscale() == "log" and history.get_title(loc="left").startswith("(a) rte: 7 seeds")
+    with pytest.raises(MissingRecord, match="pass --task"):
+        plot_generalisation(example / "study", task="cola")
+
+
+def test_training_loss_and_lr(example):
+    figure = plot_training([example / "failed.h5", example / "successful.h5"])
+    loss, lr = figure.axes
+    assert [l.get_label() for l in loss.get_lines()] == ["seed 3 (failed)", "seed 4"]
+    assert max(lr.get_lines()[0].get_ydata()) == pytest.approx(2e-5)
+
+
+@pytest.mark.parametrize("name", list(FIGURES))
+def test_every_figure_is_a_valid_pdf(example, tmp_path, name):
+    report = draw_figures({name: tmp_path / f"{name}.pdf"}, [example])
+    assert_pdf(report.drawn[name])
+
+
+def test_figures_draw_into_given_axes_and_leave_global_style_alone(example):
+    before = dict(matplotlib.rcParams)
+    figure, axis = plt.subplots()
+    assert plot_surface(example / "surface.h5", ax=axis) is figure
+    with pytest.raises(FigureError, match="2 panel"):
+        plot_gradients([example / "failed.h5", example / "successful.h5"], ax=axis)
+    assert dict(matplotlib.rcParams) == before
+
+
+def test_verdicts_from_the_caller_override_summaries(example):
+    runs = load_runs([example / "successful.h5"], failed=[example / "failed-2.h5"],
+                     successful=[example / "failed.h5"])
+    assert [(r.records.path.name, r.failed) for r in runs] == [("successful.h5", False), ("failed-2.h5", True),
+                                                               ("failed.h5", False)]
+    figure = plot_gradients([example / "failed.h5"], successful=[example / "failed.h5"])
+    assert figure.axes[0].get_title(loc="left").startswith("(a) successful run")
+
+
+def test_warmup_from_the_finetune_runner_config(tmp_path):
+    meta = RunMeta(config={"warmup_ratio": None, "resolved_recipe": {"warmup_ratio": 0.1}})
+    with RunWriter.create(tmp_path / "run.h5", meta) as run:
+        run.add_series("train", ["loss", "lr"])
+        run.start()
+    write_summary(tmp_path / "run.h5", {"steps": 463})
+    assert sources.warmup_end(open_run(tmp_path / "run.h5")) == 46
+
+
+def test_probe_series_stands_in_for_train(tmp_path):
+    with RunWriter.create(tmp_path / "own-loop.h5", RunMeta(seed=0)) as run:
+        run.add_series("probe", ["loss", "lr", "grad_norm_pre_clip"])
+        run.start()
+        for step in range(20):
+            run.append("probe", step, [1 / (step + 1), 1e-3, 1.0])
+    figure = plot_training(tmp_path / "own-loop.h5")
+    np.testing.assert_allclose(figure.axes[0].get_lines()[0].get_ydata(), 1 / np.arange(1, 21), rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------- refusals
+
+
+def test_missing_record_names_the_record_and_the_command(example, tmp_path):
+    with pytest.raises(MissingRecord, match=r"failed-2.h5 has no gradient_norms/layers record.*diagnostics.finetune"):
+        plot_gradients(example / "failed-2.h5")
+    with pytest.raises(MissingRecord, match=r"no forgetting record.*diagnostics.forgetting"):
+        plot_forgetting(example / "study")
+    with pytest.raises(MissingRecord, match=r"no surfaces record of kind 'plane'.*diagnostics.surface"):
+        plot_surface(example / "failed.h5")
+
+
+def test_unfinished_run_left_out_with_a_note(example, tmp_path):
+    with RunWriter.create(tmp_path / "killed.h5", RunMeta(task="rte", recipe="default", seed=9)) as run:
+        run.add_series("train", ["loss", "lr"])
+        run.start()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        figure = plot_seeds([example / "study", tmp_path / "killed.h5"])
+    notes = [str(w.message) for w in caught if issubclass(w.category, LeftOut)]
+    assert len(notes) == 1 and "killed.h5 has no summary 'final_dev_metric'" in notes[0]
+    assert figure.axes[1].get_title(loc="left") == "(b) rte (10 runs)"
+
+
+def test_cli_refuses_existing_output_and_options_that_do_not_apply(example, tmp_path, capsys):
+    out = tmp_path / "g.pdf"
+    out.write_bytes(b"keep me")
+    assert main(["gradients", str(example / "failed.h5"), "-o", str(out)]) == 1
+    assert "already exists; pass --overwrite" in capsys.readouterr().err and out.read_bytes() == b"keep me"
+    assert main(["seeds", str(example / "study"), "--layers", "all", "-o", str(tmp_path / "s.pdf")]) == 1
+    assert "--layers does not apply to the seeds figure" in capsys.readouterr().err
+    assert main(["all", str(example), "-o", str(tmp_path / "figures.pdf")]) == 1
+    assert "pass a folder to -o" in capsys.readouterr().err and not (tmp_path / "s.pdf").exists()
+
+
+def test_cli_missing_record_is_one_line_and_writes_nothing(example, tmp_path):
+    missing = run_cli("gradients", example / "failed-2.h5", "-o", tmp_path / "new.pdf")
+    assert missing.returncode == 1 and len(missing.stderr.strip().splitlines()) == 1
+    assert "no gradient_norms/layers record" in missing.stderr and "python -m diagnostics.finetune" in missing.stderr
+    assert not (tmp_path / "new.pdf").exists() and "Traceback" not in missing.stderr
+
+
+def test_cli_draws_and_overwrites_only_when_asked(example, tmp_path):
+    out = tmp_path / "g.pdf"
+    out.write_bytes(b"old")
+    done = run_cli("gradients", example / "failed.h5", "--successful", example / "successful.h5",
+                   "--matrix", "--layers", "1,6", "-o", out, "--overwrite")
+    assert done.returncode == 0, done.stderr
+    assert f"wrote gradients: {out}" in done.stdout
+    assert_pdf(out)
+    assert not list(tmp_path.glob(".*partial"))
+
+
+def test_interrupted_save_leaves_nothing(example, tmp_path):
+    figure = plot_line(example / "surface.h5")
+
+    def interrupted(path, **kwargs):
+        Path(path).write_bytes(b"%PDF-half")
+        raise KeyboardInterrupt
+
+    figure.savefig = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        save(figure, tmp_path / "line.pdf")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_plots_never_imports_torch():
+    code = f"import {', '.join(PLOT_MODULES)}; import sys; assert 'torch' not in sys.modules, 'torch imported'"
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert len(PLOT_MODULES) >= 12
+
+
+@pytest.mark.slow
+def test_cli_all_draws_what_records_allow_and_says_what_it_skipped(example, tmp_path):
+    everything = run_cli("all", example, "-o", tmp_path / "figures")
+    assert everything.returncode == 0, everything.stderr
+    for name in FIGURES:
+        assert_pdf(tmp_path / "figures" / f"{name}.pdf")
+    assert "plots: note" not in everything.stderr  # no record of a fine-tuning run is half there
+    study = run_cli("all", example / "study", "-o", tmp_path / "study")
+    assert study.returncode == 0, study.stderr
+    assert sorted(p.name for p in (tmp_path / "study").iterdir()) == ["generalisation.pdf", "seeds.pdf",
+                                                                      "training.pdf"]
+    skipped = [line for line in study.stdout.splitlines() if line.startswith("skipped")]
+    assert len(skipped) == 4 and any("gradients: " in s and "diagnostics.finetune" in s for s in skipped)
+    again = run_cli("all", example / "study", "-o", tmp_path / "study")
+    assert again.returncode == 1 and "already exists" in again.stderr
