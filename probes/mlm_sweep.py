@@ -19,12 +19,12 @@ Library code (no command line): ``layer_reset_sweep(finetuned, pretrained_mlm, c
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 
-from diagnostics.mlm import MaskedCorpus, masked_nll, perplexity
+from diagnostics.mlm import IGNORE, MaskedCorpus, masked_nll, perplexity
 from probes.layers import find_layers
 
 DIRECTIONS = ("top", "bottom")
@@ -140,7 +140,6 @@ def _base_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
             if name.startswith(prefix) and layers.group_of(name) not in ("pooler", "head")}
 
 
-@torch.inference_mode()
 def layer_reset_sweep(finetuned: nn.Module, pretrained_mlm: nn.Module, corpus: MaskedCorpus, *,
                       direction: str = "top", batch_size: int = 16,
                       progress: Callable[[Any], Any] = iter) -> SweepTotals:
@@ -149,6 +148,19 @@ def layer_reset_sweep(finetuned: nn.Module, pretrained_mlm: nn.Module, corpus: M
     ``finetuned`` is any model over the same base as ``pretrained_mlm`` (a classifier, a bare base model);
     ``progress`` wraps the batch iterator (pass ``tqdm`` for a bar). Both models should be in eval mode.
     """
+    totals = sweep_nll(finetuned, pretrained_mlm, corpus, direction=direction, batch_size=batch_size,
+                       progress=progress)
+    return SweepTotals(direction, list(range(len(totals))), totals.tolist(), corpus.masked_tokens)
+
+
+@torch.inference_mode()
+def sweep_nll(finetuned: nn.Module, pretrained_mlm: nn.Module, corpus: MaskedCorpus, *, direction: str = "top",
+              ks: Sequence[int] | None = None, batch_size: int = 16,
+              progress: Callable[[Any], Any] = iter) -> torch.Tensor:
+    """Summed masked NLL for each k of ``ks`` (default 0..L) as a float64 tensor on the models' device.
+
+    Only what ``ks`` needs is run: ``ks=[0]`` with ``direction="top"`` is one forward of the fine-tuned model.
+    """
     if direction not in DIRECTIONS:
         raise ValueError(f"unknown direction {direction!r}; use one of {', '.join(DIRECTIONS)}")
     check_same_shape(finetuned, pretrained_mlm)
@@ -156,14 +168,20 @@ def layer_reset_sweep(finetuned: nn.Module, pretrained_mlm: nn.Module, corpus: M
     lower, upper = (finetuned, pretrained_mlm) if direction == "top" else (pretrained_mlm, finetuned)
     upper_blocks = find_layers(upper).blocks
     depth = len(upper_blocks)
+    ks = list(range(depth + 1)) if ks is None else list(ks)
+    splits = [depth - k if direction == "top" else k for k in ks]
+    if any(not 0 <= split <= depth for split in splits):
+        raise ValueError(f"k must lie in 0..{depth}; got {ks}")
     device = next(pretrained_mlm.parameters()).device
-    totals = torch.zeros(depth + 1, dtype=torch.float64, device=device)
+    totals = torch.zeros(len(ks), dtype=torch.float64, device=device)
     for input_ids, attention_mask, labels in progress(corpus.batches(batch_size)):
         input_ids, attention_mask, labels = input_ids.to(device), attention_mask.to(device), labels.to(device)
-        chosen = labels != -100
-        lower_states, _ = block_states(lower, input_ids, attention_mask)
-        upper_states, upper_call = block_states(upper, input_ids, attention_mask)
-        for split in range(depth + 1):  # blocks 1..split from the lower model, split+1..L from the upper
+        chosen = labels != IGNORE
+        if any(split > 0 for split in splits):
+            lower_states, _ = block_states(lower, input_ids, attention_mask)
+        if any(split < depth for split in splits):
+            upper_states, upper_call = block_states(upper, input_ids, attention_mask)
+        for index, split in enumerate(splits):  # blocks 1..split from the lower model, split+1..L from the upper
             if split == 0:
                 hidden = upper_states[depth]
             else:
@@ -171,6 +189,5 @@ def layer_reset_sweep(finetuned: nn.Module, pretrained_mlm: nn.Module, corpus: M
                 for block in upper_blocks[split:]:
                     hidden = upper_call(block, hidden)
             nll, _ = masked_nll(head(hidden[chosen]), labels)
-            k = depth - split if direction == "top" else split
-            totals[k] += nll.double()
-    return SweepTotals(direction, list(range(depth + 1)), totals.tolist(), corpus.masked_tokens)
+            totals[index] += nll.double()
+    return totals
