@@ -29,6 +29,7 @@ import argparse
 import collections
 import json
 import math
+import shutil
 import subprocess
 import sys
 import time
@@ -264,11 +265,13 @@ def record_figures(out: Path, lines: list[str]) -> dict:
 
 def save_model(model: BertForMaskedLM, tokenizer: BertTokenizerFast, cfg: BuildConfig, out: Path,
                lines: list[str]) -> dict:
-    """Save float16 weights with a float32 ``dtype`` config and the tokenizer, then record the figures."""
+    """Save float16 weights (tied copies once) with a float32 ``dtype`` config, the tokenizer and its vocab.txt."""
     model.config.dtype = "float32"
-    half = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
+    tied = set(model._tied_weights_keys)  # the decoder shares the word embeddings and the output bias
+    half = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items() if k not in tied}
     model.save_pretrained(out, state_dict=half)
     tokenizer.save_pretrained(out)
+    shutil.copy(CACHE / "build" / "tokenizer" / "vocab.txt", out / "vocab.txt")
     (out / "build_args.json").write_text(json.dumps({"argv": sys.argv[1:], **asdict(cfg)}, indent=2) + "\n")
     return record_figures(out, lines)
 
