@@ -55,8 +55,9 @@ def plot_gradients(records: RecordsLike | Sequence[RecordsLike], ax: Axes | Sequ
         axis.set_xlabel("iteration")
         verdict = {True: "failed run", False: "successful run", None: "run"}[run.failed]
         panel_title(axis, index, f"{verdict} ({run.label})")
-    what = "gradient norm" + (" (one matrix per layer)" if matrix else "")
-    axes[0].set_ylabel(what + (", before clipping" if clipping == "pre" else ", after clipping" if clipping == "post" else ""))
+    details = [what for what, shown in (("one matrix per layer", matrix), ("before clipping", clipping == "pre"),
+                                         ("after clipping", clipping == "post")) if shown]
+    axes[0].set_ylabel("gradient norm" + (f"\n({', '.join(details)})" if details else ""))
     figure.legend(list(handles.values()), list(handles), loc="outside right upper")
     return figure
 

@@ -25,7 +25,7 @@ PALETTE = sns.color_palette("colorblind")
 FAILED_COLOUR = PALETTE[3]  # vermillion
 SUCCESS_COLOUR = PALETTE[0]  # blue
 NEUTRAL = "0.35"
-RUN_COLOURS = [PALETTE[i] for i in (0, 2, 4, 9, 6, 5, 8, 7)]  # the palette without the failed-run vermillion
+RUN_COLOURS = [PALETTE[i] for i in (0, 2, 4, 9, 6, 5, 7)]  # the palette less vermillion (failed runs), yellow
 RC = {
     "axes.prop_cycle": cycler(color=PALETTE),
     "axes.spines.top": False,
