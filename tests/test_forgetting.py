@@ -20,10 +20,13 @@ import torch
 from safetensors.torch import save_file
 from transformers import AlbertModel, BertForMaskedLM
 
+import probes
 import tiny
 from diagnostics import forgetting, mlm, records
 from diagnostics.embedded import DEFAULT_MODEL, HELDOUT_TEXT
 from diagnostics.layer_reset import reset_blocks
+from probe_harness import LoopConfig, run_loop
+from probes.forgetting import SERIES, Forgetting
 from probes.mlm_sweep import layer_reset_sweep, mlm_head
 
 BLOCK = 64
@@ -357,3 +360,60 @@ def test_embedded_default_top_block_perturbed(tmp_path):
     assert curve["pretrained"] == str(DEFAULT_MODEL)
     assert curve["perplexity"][0] > 1.05 * curve["pretrained_perplexity"]
     assert curve["perplexity"][1] == pytest.approx(curve["pretrained_perplexity"], rel=0.02)
+
+
+# ----------------------------------------------------------------------------------------------- probe
+
+
+def dropout_classifier():
+    """A tiny classifier with dropout on, so an evaluation left in train mode would draw random numbers."""
+    from transformers import AutoModelForSequenceClassification
+
+    config = tiny.config("bert", len(tiny.tokenizer()))
+    config.hidden_dropout_prob = config.attention_probs_dropout_prob = 0.1
+    torch.manual_seed(0)
+    return AutoModelForSequenceClassification.from_config(config)
+
+
+def test_probe_follows_the_curve_without_changing_training(tmp_path, corpus):
+    pretrained = tiny.masked_lm("bert", seed=0)
+    probe = Forgetting(pretrained, corpus, schedule=probes.Schedule(every=2, dense=0))
+    probed = run_loop(LoopConfig(steps=5, lr=1e-2, probe_list=[probe]), tmp_path / "run.h5", model=dropout_classifier())
+    plain = run_loop(LoopConfig(steps=5, lr=1e-2, probe=False), model=dropout_classifier())
+    assert probed.losses == plain.losses and torch.equal(probed.rng, plain.rng)
+    assert all(torch.equal(probed.weights[name], plain.weights[name]) for name in plain.weights)
+    series = probed.records.series(SERIES, "forgetting")
+    assert list(series.steps) == [0, 2, 4] and series.columns == [f"k={k}" for k in range(5)]
+    final = dropout_classifier()
+    final.load_state_dict(probed.weights)
+    expected = layer_reset_sweep(final.eval(), pretrained, corpus).perplexity
+    assert list(series.values[-1]) == pytest.approx(expected, rel=1e-5)
+    assert series.values[0, 0] != pytest.approx(series.values[-1, 0], rel=1e-5)
+
+
+def test_probe_k0_only_and_modes_restored(tmp_path, corpus):
+    pretrained = tiny.masked_lm("bert", seed=0)
+    model = dropout_classifier().train()
+    model.bert.embeddings.eval()
+    modes = [module.training for module in model.modules()]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    probe = Forgetting(pretrained, corpus, curve=False, schedule=probes.Schedule(every=1))
+    with probes.attach(model, optimizer, tmp_path / "run.h5", probes=[probe], strict=True):
+        for step in range(2):
+            model(**tiny.batch(4, 12, seed=step)).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            assert [module.training for module in model.modules()] == modes
+    series = records.open_run(tmp_path / "run.h5").series(SERIES, "forgetting")
+    assert series.columns == ["finetuned", "pretrained"] and list(series.steps) == [0, 1]
+    reference = mlm.model_perplexity(pretrained, corpus)
+    assert list(series.column("pretrained")) == pytest.approx([reference] * 2, rel=1e-5)
+    expected = layer_reset_sweep(model.eval(), pretrained, corpus).perplexity[0]
+    assert series.column("finetuned")[-1] == pytest.approx(expected, rel=1e-5)
+
+
+def test_probe_refuses_the_live_model_as_pretrained(corpus):
+    model = tiny.masked_lm("bert")
+    with pytest.raises(ValueError, match="separate copy"):
+        probes.attach(model, torch.optim.SGD(model.parameters(), lr=0.1), None,
+                      probes=[Forgetting(model, corpus)])

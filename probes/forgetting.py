@@ -1,0 +1,89 @@
+"""Forgetting during training: MLM perplexity of the live model with its top k blocks reset (kind ``forgetting``).
+
+    corpus = masked_corpus(text, tokenizer, max_tokens=4096)       # diagnostics.mlm: masked once, in advance
+    probe = Forgetting(pretrained_mlm, corpus)                      # the curve k = 0..L every 50 steps
+    probe = Forgetting(pretrained_mlm, corpus, curve=False)         # only k = 0 and the pre-trained reference
+    with probes.attach(model, optimizer, "run.h5", probes=[probe]): ...
+
+The same measurement as ``python -m diagnostics.forgetting`` (the cached sweep of ``probes.mlm_sweep``), taken after
+the update of every step that both the session's schedule and the probe's ``schedule`` select. Series
+``forgetting/training``: columns ``k=0`` ... ``k=L`` with a ``k`` axis, or ``finetuned`` and ``pretrained``; only
+the evaluated steps are appended. The evaluation runs under ``torch.inference_mode()`` with every module in eval
+mode (each module's own train/eval flag is restored after), on the fixed pre-masked corpus, so it draws no random
+numbers and leaves the training trajectory exactly as it was. ``pretrained_mlm`` must be a separate model (it is
+moved to the training device); its perplexity is computed once when only k = 0 is followed.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from diagnostics.mlm import MaskedCorpus
+from probes.base import Probe
+from probes.mlm_sweep import check_same_shape, sweep_nll
+from probes.schedule import Schedule
+
+SERIES = "training"
+
+
+class Forgetting(Probe):
+    """MLM perplexity of the model being trained with its top (or bottom) k blocks reset to pre-trained weights."""
+
+    def __init__(self, pretrained_mlm: nn.Module, corpus: MaskedCorpus, *, schedule: Schedule | None = None,
+                 curve: bool = True, direction: str = "top", batch_size: int = 16) -> None:
+        self.pretrained, self.corpus, self.curve = pretrained_mlm.eval(), corpus, curve
+        self.schedule = schedule or Schedule(every=50, dense=0)
+        self.direction, self.batch_size = direction, batch_size
+        self.reference: torch.Tensor | None = None
+
+    def bind(self, session) -> None:
+        model = session.model
+        if {id(p) for p in model.parameters()} & {id(p) for p in self.pretrained.parameters()}:
+            raise ValueError("the pre-trained model shares parameters with the model being trained; "
+                             "pass a separate copy loaded from the pre-trained checkpoint")
+        check_same_shape(model, self.pretrained)
+        self.pretrained.to(session.device)
+        self.depth = session.layers.depth
+        self.names = [f"k={k}" for k in range(self.depth + 1)] if self.curve else ["finetuned", "pretrained"]
+        self.width = len(self.names)
+
+    def declare(self, writer) -> None:
+        axes = {"k": np.arange(self.depth + 1, dtype="f8")} if self.curve else None
+        writer.add_series(SERIES, self.names, kind="forgetting", axes=axes, attrs={
+            "direction": self.direction, "masked_tokens": self.corpus.masked_tokens,
+            "measured": "MLM perplexity with the pre-trained head, after the update of the step"})
+
+    def after_step(self, session, row: torch.Tensor) -> None:
+        if self.schedule(session.step):
+            row.copy_(self.evaluate(session.model).to(row))
+
+    def write(self, writer, steps: list[int], block: np.ndarray) -> None:
+        for step, values in zip(steps, block):
+            if not np.isnan(values).all():
+                writer.append(SERIES, step, values)
+
+    def evaluate(self, model: nn.Module) -> torch.Tensor:
+        """Perplexities (on the device) for the probe's columns, the model's train/eval flags left as they were."""
+        modes = [(module, module.training) for module in model.modules()]
+        model.eval()
+        try:
+            with torch.inference_mode():
+                ks = None if self.curve else [0]
+                nll = sweep_nll(model, self.pretrained, self.corpus, direction=self.direction, ks=ks,
+                                batch_size=self.batch_size)
+                perplexity = torch.exp(nll / self.corpus.masked_tokens)
+                if not self.curve:
+                    perplexity = torch.cat([perplexity, self._reference(model)])
+        finally:
+            for module, training in modes:
+                module.training = training
+        return perplexity
+
+    def _reference(self, model: nn.Module) -> torch.Tensor:
+        """The pre-trained model's perplexity (k = L), computed once: the pre-trained model does not change."""
+        if self.reference is None:
+            nll = sweep_nll(model, self.pretrained, self.corpus, direction=self.direction, ks=[self.depth],
+                            batch_size=self.batch_size)
+            self.reference = torch.exp(nll / self.corpus.masked_tokens)
+        return self.reference
