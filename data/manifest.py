@@ -38,6 +38,10 @@ GROUPS = (
           "Apache-2.0"),
     Group("corpus/heldout.txt", "Jane Austen, Persuasion (1818), opening chapters; Debian r-cran-janeaustenr "
           "1.0.0-1 (Project Gutenberg text), extracted by data/build_corpus.py", "public domain"),
+    Group("tasks/wordnet-entail/*", "WordNet 3.0 noun hypernymy, Debian wordnet-base 1:3.0-37, built by "
+          "data/build_tasks.py", "WordNet 3.0 licence (notice in tasks/wordnet-entail/LICENSE.txt)"),
+    Group("tasks/bible-para/*", "King James Version and World English Bible verses, Debian sword-text-kjv 14.3-1 "
+          "and sword-text-web 426.0-1, built by data/build_tasks.py", "public domain"),
 )
 
 
