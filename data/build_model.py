@@ -21,7 +21,8 @@ Steps (each resumable: interrupt at any time and run the same command again):
    ``--evaluate-only`` redoes just this measurement for the model already in ``--out``.
 
 Masking, data order and dropout are seeded from ``--seed`` and the step number, so a resumed run matches an
-uninterrupted one. Progress goes to tqdm and, every ``--eval-every`` steps, a held-out perplexity line.
+uninterrupted one. ``--steps`` given when resuming replaces the planned total (the learning rate then decays to
+zero at the new total from the step reached). Progress goes to tqdm and, every ``--eval-every`` steps, a held-out perplexity line.
 """
 from __future__ import annotations
 
@@ -191,7 +192,7 @@ def train_phase(name: str, model: BertForMaskedLM, params: list, blocks: torch.T
         state = torch.load(state_path, weights_only=False)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        step, total = state["step"], state["total"]
+        step, total = state["step"], total or state["total"]  # an explicit step count re-plans the rest
     started, last_save = time.time(), time.time()
     bar = tqdm(initial=step, total=total, desc=name)
     while total is None or step < total:
@@ -216,12 +217,15 @@ def train_phase(name: str, model: BertForMaskedLM, params: list, blocks: torch.T
             ppl = heldout_perplexity(model, tokenizer, SUBSET_TOKENS)
             tqdm.write(f"{name} step {step}/{total} train loss {sum(losses[-50:]) / len(losses[-50:]):.3f} "
                        f"held-out ppl ({SUBSET_TOKENS} tokens) {ppl:.2f} lr {optimizer.param_groups[0]['lr']:.2e}")
-        if total is not None and (step % cfg.checkpoint_every == 0 or step == total or time.time() - last_save > 300):
+        stop = deadline is not None and time.time() > deadline
+        if total is not None and (step % cfg.checkpoint_every == 0 or step == total or stop
+                                  or time.time() - last_save > 300):
             torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
                         "total": total}, state_path)
+            tqdm.write(f"{name}: checkpoint at step {step}/{total}")
             last_save = time.time()
-        if deadline is not None and time.time() > deadline:
-            raise SystemExit(f"{name}: stopped at step {step} by the deadline; run again to resume")
+        if stop:
+            raise SystemExit(f"{name}: stopped at step {step} by --stop-after; run again to resume")
     bar.close()
 
 
