@@ -25,21 +25,12 @@ import tiny
 from diagnostics import forgetting, mlm, records
 from diagnostics.embedded import DEFAULT_MODEL, HELDOUT_TEXT
 from diagnostics.layer_reset import reset_blocks
-from probe_harness import LoopConfig, run_loop
+from probe_harness import LoopConfig, one_thread, run_loop  # noqa: F401 (one_thread: autouse)
 from probes.forgetting import SERIES, Forgetting
 from probes.mlm_sweep import layer_reset_sweep, mlm_head
 
 BLOCK = 64
 SWEPT = ("bert", "roberta", "distilbert", "electra")  # ALBERT has its own oracle below
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run ~20x faster on one thread than on two contended ones (this module only)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
