@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from diagnostics.distributed import Ranks, broadcast, map_sharded, process_group
 from diagnostics.interpolation import Subspace, SubspaceError, grid_axis, grid_indices
-from diagnostics.records import RecordsError, RunMeta, RunWriter
+from diagnostics.records import RecordsError, RunMeta, RunWriter, open_run, write_grid
 from diagnostics.tasks import Example, encode, load_task
 
 FIELDS = ("loss", "accuracy")
@@ -229,20 +229,27 @@ def resolve(config: SurfaceConfig) -> tuple[dict[str, np.ndarray], dict[str, Any
 
 def open_record(config: SurfaceConfig, name: str, axes: dict[str, np.ndarray],
                 attrs: dict[str, Any]) -> tuple[RunWriter, dict[str, np.ndarray]]:
-    """Open or create ``config.out`` with the grid declared; returns the writer and the values already there."""
-    meta = RunMeta(model=config.checkpoints[0], task=attrs["task"], recipe=f"surface-{config.kind}",
-                   config=asdict(config))
-    writer = RunWriter.open_or_create(config.out, meta)
+    """Open or create ``config.out`` with the grid declared; returns the writer and the values already there.
+
+    A new grid is first written whole, all NaN, and closed: HDF5 then allocates its storage before the SWMR
+    writer starts, so the points written later change no file structure and a reader (or a killed writer's
+    file) always sees a consistent grid.
+    """
+    shape = tuple(len(v) for v in axes.values())
+    out = Path(config.out)
+    if not out.exists() or name not in open_run(out).names("surfaces"):
+        meta = RunMeta(model=config.checkpoints[0], task=attrs["task"], recipe=f"surface-{config.kind}",
+                       config=asdict(config))
+        write_grid(out, name, axes, {f: np.full(shape, np.nan) for f in FIELDS}, kind="surfaces", attrs=attrs,
+                   meta=meta)
+    writer = RunWriter.open(out)
     try:
         existing = writer.add_grid(name, axes, list(FIELDS), kind="surfaces", attrs=attrs)
         writer.start()
     except BaseException:
         writer.close()
         raise
-    if existing is not None:
-        return writer, {f: np.array(existing.fields[f], dtype="f8") for f in FIELDS}
-    shape = tuple(len(v) for v in axes.values())
-    return writer, {f: np.full(shape, np.nan) for f in FIELDS}
+    return writer, {f: np.array(existing.fields[f], dtype="f8") for f in FIELDS}
 
 
 def run(config: SurfaceConfig) -> Surface | None:
