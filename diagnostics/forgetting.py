@@ -261,7 +261,8 @@ def _tokenizer(checkpoint: Path, pretrained: Path, vocab_size: int):
 
 
 def _step(checkpoint: Path) -> int | None:
-    """The training step of a checkpoint: trainer_state.json, a ``checkpoint-N`` folder name, else unknown."""
+    """The training step of a checkpoint: trainer_state.json, a ``checkpoint-N`` folder name, or the steps in the
+    summary of the run's records file for its ``final`` folder; else unknown."""
     state = checkpoint / "trainer_state.json"
     if state.is_file():
         try:
@@ -269,7 +270,15 @@ def _step(checkpoint: Path) -> int | None:
         except (OSError, ValueError, KeyError, TypeError):
             pass
     match = re.fullmatch(r"checkpoint-(\d+)", checkpoint.name)
-    return int(match.group(1)) if match else None
+    if match:
+        return int(match.group(1))
+    run_file = checkpoint.parent / "run.h5"
+    if checkpoint.name == "final" and run_file.is_file():
+        try:
+            return int(records.open_run(run_file).summary["steps"])
+        except (ValueError, KeyError, TypeError):
+            return None
+    return None
 
 
 # ----------------------------------------------------------------------------------------------- command line

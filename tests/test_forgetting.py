@@ -324,6 +324,36 @@ def test_existing_record_name_is_refused(folders, tmp_path, capsys):
     assert out.read_bytes() == written
 
 
+def test_pretrained_and_step_come_from_the_runs_records(folders, tmp_path):
+    run_dir = tmp_path / "run"
+    checkpoint = tiny.save(tiny.classifier("bert", seed=1), run_dir / "final")
+    records.RunWriter.create(run_dir / "run.h5", records.RunMeta(model=str(folders["pretrained"]))).close()
+    records.write_summary(run_dir / "run.h5", {"steps": 120})
+    out = tmp_path / "forgetting.h5"
+    result = forgetting.run(forgetting.ForgettingConfig(checkpoint, corpus=folders["corpus"], max_tokens=300,
+                                                        out=out))
+    assert result.pretrained == str(folders["pretrained"]) and result.step == 120
+    assert records.open_run(out).grid("final", "forgetting").attrs["step"] == 120
+
+
+def test_interrupted_sweep_writes_nothing(folders, tmp_path, monkeypatch, capsys):
+    """Ctrl-C during the sweep (after the first batch): exit 130, no records file."""
+    real = forgetting.layer_reset_sweep
+
+    def interrupted(*args, progress, **kwargs):
+        def batches(iterator):
+            yield next(iter(iterator))
+            raise KeyboardInterrupt
+        return real(*args, progress=batches, **kwargs)
+
+    monkeypatch.setattr(forgetting, "layer_reset_sweep", interrupted)
+    out = tmp_path / "run.h5"
+    code = forgetting.main([str(folders["checkpoint"]), "--pretrained", str(folders["pretrained"]), "--corpus",
+                            str(folders["corpus"]), "--batch-size", "2", "--out", str(out)])
+    assert code == 130 and not out.exists()
+    assert capsys.readouterr().err.strip() == "interrupted; nothing written"
+
+
 @pytest.mark.slow
 def test_bad_input_in_a_real_process_is_one_line_without_traceback(folders):
     result = command(folders["no-encoder"], "--pretrained", folders["pretrained"], "--corpus", folders["corpus"])
