@@ -13,8 +13,9 @@ Writes ``OUT/<task>-<recipe>-s<seed>/``:
   baseline, failed flag = final metric at or below the majority baseline, Dodge et al. 2020).
 
 The seed sets the classifier (and pooler) initialisation, dropout and the data order. Re-running a finished run
-prints "already finished, skipping" and exits 0 (seed sweeps rely on this); a folder holding an unfinished run is
-refused. Recipes are in ``diagnostics.recipes``; any recipe field can be overridden here.
+prints "already finished, skipping" and exits 0 (seed sweeps rely on this); a folder holding an unfinished run, or
+a finished one with other recipe settings, is refused: settings live in the records, not in the folder name, so
+give each learning rate or recipe variant its own --out. Recipes are in ``diagnostics.recipes``; any recipe field can be overridden here.
 """
 from __future__ import annotations
 
@@ -222,16 +223,28 @@ def train(model, tokenizer, task: Task, recipe: Recipe, config: FinetuneConfig,
 # ---------------------------------------------------------------- the run and its folder
 
 
-def finished_summary(run_dir: Path) -> dict | None:
-    """The summary of a finished run in `run_dir`, None if there is none."""
+def finished_run(run_dir: Path) -> records.RunRecords | None:
+    """The records of a finished run in `run_dir` (one with a summary), None if there is none."""
     path = run_dir / "run.h5"
     if not path.is_file():
         return None
     try:
-        summary = records.open_run(path).summary
+        done = records.open_run(path)
     except (records.RecordsError, OSError):
         return None
-    return summary if "final_dev_metric" in summary else None
+    return done if "final_dev_metric" in done.summary else None
+
+
+def skipped_result(run_dir: Path, done: records.RunRecords, recipe: Recipe) -> FinetuneResult:
+    """The result of a finished run, if it was run with the same recipe settings (else a FinetuneError)."""
+    before = done.meta.get("config", {}).get("resolved_recipe", {})
+    changed = sorted(k for k, v in _plain(asdict(recipe)).items() if before.get(k) != v)
+    if changed:
+        raise FinetuneError(f"{run_dir} holds a finished run with other settings ({', '.join(changed)}); "
+                            "pick another --out")
+    summary = done.summary
+    return FinetuneResult(run_dir, True, float(summary["final_dev_metric"]), str(summary["metric"]),
+                          float(summary["majority"]), bool(summary["failed"]), int(summary["steps"]), 0.0)
 
 
 def run(config: FinetuneConfig) -> FinetuneResult:
@@ -240,10 +253,9 @@ def run(config: FinetuneConfig) -> FinetuneResult:
     task = load_task(config.task)
     recipe = config.resolved_recipe()
     run_dir = config.run_dir(task.name)
-    done = finished_summary(run_dir)
+    done = finished_run(run_dir)
     if done is not None:
-        return FinetuneResult(run_dir, True, float(done["final_dev_metric"]), str(done["metric"]),
-                              float(done["majority"]), bool(done["failed"]), int(done["steps"]), 0.0)
+        return skipped_result(run_dir, done, recipe)
     if run_dir.exists():
         raise FinetuneError(f"{run_dir} holds an unfinished run; delete it or pick another --out")
     if config.threads:

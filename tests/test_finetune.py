@@ -210,6 +210,9 @@ def test_cli_end_to_end_then_skip_then_refuse_unfinished(toy_task, tiny_mlm_dir,
     again = _cli(*args)
     assert again.returncode == 0 and "already finished, skipping" in again.stdout
 
+    assert main([*args, "--lr", "0.5"]) == 1
+    assert "holds a finished run with other settings (lr); pick another --out" in capsys.readouterr().err
+
     (tmp_path / "toy-default-s4").mkdir()
     assert main([*args[:5], "4", *args[6:]]) == 1
     refused = capsys.readouterr().err
