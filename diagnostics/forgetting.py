@@ -116,6 +116,7 @@ def _write(config: ForgettingConfig, result: ForgettingResult, name: str) -> Non
     attrs = {key: getattr(result, key) for key in ("direction", "pretrained_perplexity", "masked_tokens",
                                                     "checkpoint", "pretrained", "corpus", "seed", "max_tokens",
                                                     "block_length")}
+    attrs.update({key: str(Path(attrs[key]).resolve()) for key in ("checkpoint", "pretrained", "corpus")})
     if result.step is not None:
         attrs["step"] = result.step
     attrs["config"] = _plain(asdict(config))

@@ -253,7 +253,7 @@ def test_command_json_and_two_records(folders, tmp_path):
     assert list(grid.axes["k"]) == result["k"]
     assert list(grid.fields["perplexity"]) == pytest.approx(result["perplexity"])
     assert grid.attrs["direction"] == "top" and grid.attrs["masked_tokens"] == result["masked_tokens"]
-    assert grid.attrs["pretrained"] == str(folders["pretrained"]) and grid.attrs["max_tokens"] is None
+    assert grid.attrs["pretrained"] == str(folders["pretrained"].resolve()) and grid.attrs["max_tokens"] is None
 
     second = command(*common, "--out", out, "--direction", "bottom", "--max-tokens", "500")
     assert second.returncode == 0, second.stderr
