@@ -189,6 +189,8 @@ def _record_name(config: ForgettingConfig) -> str:
     """The record's name, checked against the output file before any work is done ("" without --out)."""
     if config.out is None:
         return ""
+    if config.name is not None and (not config.name or "/" in config.name):
+        raise ValueError(f"record name {config.name!r} must be non-empty and contain no '/'; pass another --name")
     out = config.out
     if out.exists():
         taken = records.open_run(out).names("forgetting")
