@@ -1,0 +1,179 @@
+"""Step-time overhead of the probes, measured side by side in one run: ``python3 bench/probe_overhead.py``.
+
+On a BERT-base-sized classifier (random weights, 12 layers, 768 wide; short sequences and a small batch so it runs
+in minutes on a CPU) and on the embedded default model (``data/model``, skipped with a note when absent), the
+same training step (forward, backward, clipping at 1.0, AdamW) is timed with:
+
+* no probe;
+* the probes every step and every 10 steps (gradient norms, activation gradients, run scalars, written to HDF5);
+* a per-tensor ``p.grad.norm().item()`` loop every step (how the papers' code logged);
+* per-tensor histograms every step (how ``wandb.watch`` logs: ``torch.histc``, 64 bins, copied to the host).
+
+Blocks of ``--steps`` steps are interleaved round-robin (the order rotating each repetition) to cancel drift from
+other load on the machine; the table gives each variant's median step time and its ratio to no probe. The probes'
+own work per recorded step (the fused norm passes) is also timed alone, as a share of a step.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import probes  # noqa: E402
+from diagnostics.embedded import DEFAULT_MODEL  # noqa: E402
+from probes.norms import tensor_norms, total_norm  # noqa: E402
+
+VARIANTS = ("no probe", "probes every step", "probes every 10 steps", "per-tensor .norm().item()",
+            "per-tensor histc (wandb.watch)")
+
+
+@dataclass
+class BenchConfig:
+    batch: int = 4
+    length: int = 32
+    steps: int = 10
+    repetitions: int = 3
+    warmup: int = 2
+    threads: int = 1
+    embedded: Path = DEFAULT_MODEL
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    defaults = BenchConfig()
+    parser.add_argument("--batch", type=int, default=defaults.batch)
+    parser.add_argument("--length", type=int, default=defaults.length, help="tokens per sequence")
+    parser.add_argument("--steps", type=int, default=defaults.steps, help="steps per timed block")
+    parser.add_argument("--repetitions", type=int, default=defaults.repetitions)
+    parser.add_argument("--threads", type=int, default=defaults.threads,
+                        help="torch threads (1 measures most steadily on a CPU shared with other work)")
+    parser.add_argument("--embedded", type=Path, default=defaults.embedded, help="the embedded default model folder")
+    return parser
+
+
+def bert_base():
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    return BertForSequenceClassification(BertConfig(num_labels=2))  # BERT-base sizes are the config's defaults
+
+
+def embedded(folder: Path):
+    from transformers import AutoModelForSequenceClassification
+
+    return AutoModelForSequenceClassification.from_pretrained(folder, num_labels=2)
+
+
+def time_model(model, config: BenchConfig) -> dict[str, float]:
+    """Median seconds per step of each variant (blocks interleaved), plus the probes' own work per step."""
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    batch = {"input_ids": torch.randint(1000, 2000, (config.batch, config.length)),
+             "labels": torch.randint(0, 2, (config.batch,))}
+    hooks = _Extras(model)
+    for _ in range(config.warmup):
+        _step(model, optimizer, batch, None)
+    times: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    with tempfile.TemporaryDirectory() as folder:
+        for repetition in range(config.repetitions):
+            order = VARIANTS[repetition % len(VARIANTS):] + VARIANTS[: repetition % len(VARIANTS)]
+            for name in order:
+                every = {"probes every step": 1, "probes every 10 steps": 10}.get(name)
+                start = time.perf_counter()
+                session = (probes.attach(model, optimizer, Path(folder) / f"{name}-{repetition}.h5",
+                                         schedule=probes.Schedule(every=every, dense=0)) if every else None)
+                for _ in range(config.steps):
+                    _step(model, optimizer, batch, hooks.get(name))
+                if session is not None:
+                    session.close()
+                times[name].append((time.perf_counter() - start) / config.steps)
+    result = {name: statistics.median(values) for name, values in times.items()}
+    result["probe work per recorded step"] = _probe_work(model)
+    return result
+
+
+def _step(model, optimizer, batch, extra) -> None:
+    model(**batch).loss.backward()
+    if extra is not None:
+        extra()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    optimizer.zero_grad()
+
+
+class _Extras:
+    """The two logging habits compared against, run after backward and before clipping."""
+
+    def __init__(self, model) -> None:
+        self.named = list(model.named_parameters())
+
+    def get(self, name: str):
+        return {"per-tensor .norm().item()": self.norm_items, "per-tensor histc (wandb.watch)": self.histograms}.get(name)
+
+    def norm_items(self) -> dict[str, float]:
+        return {name: param.grad.norm().item() for name, param in self.named if param.grad is not None}
+
+    def histograms(self) -> dict[str, list]:
+        return {name: torch.histc(param.grad, bins=64).cpu().tolist() for name, param in self.named
+                if param.grad is not None}
+
+
+def _probe_work(model, repeats: int = 5) -> float:
+    """Seconds for the probes' fused passes of one recorded step: pre-clip norms, then the post-clip total."""
+    model(input_ids=torch.randint(1000, 2000, (2, 8)), labels=torch.tensor([0, 1])).loss.backward()
+    grads = [param.grad for param in model.parameters()]
+    start = time.perf_counter()
+    for _ in range(repeats):
+        total_norm(tensor_norms(grads, grads[0].device))
+        total_norm(tensor_norms(grads, grads[0].device))
+    model.zero_grad()
+    return (time.perf_counter() - start) / repeats
+
+
+def run(config: BenchConfig) -> dict[str, dict[str, float] | str]:
+    results: dict[str, dict[str, float] | str] = {"BERT-base size (random weights)": time_model(bert_base(), config)}
+    if (config.embedded / "config.json").exists():
+        results[f"embedded default ({config.embedded})"] = time_model(embedded(config.embedded), config)
+    else:
+        results["embedded default"] = f"skipped: no model at {config.embedded} yet (build it with data/build_model.py)"
+    return results
+
+
+def report(results: dict, config: BenchConfig) -> str:
+    lines = [f"batch {config.batch} x {config.length} tokens, {config.steps} steps per block, "
+             f"{config.repetitions} interleaved repetitions, {torch.get_num_threads()} threads; median s/step"]
+    for model, timing in results.items():
+        lines.append(f"\n{model}")
+        if isinstance(timing, str):
+            lines.append(f"  {timing}")
+            continue
+        base = timing["no probe"]
+        for name in VARIANTS:
+            lines.append(f"  {name:32s} {timing[name]:8.3f} s  {timing[name] / base:6.3f}x")
+        work = timing["probe work per recorded step"]
+        lines.append(f"  {'probe work per recorded step':32s} {work:8.3f} s  {work / base:6.1%} of a step")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if min(args.batch, args.length, args.steps, args.repetitions, args.threads) < 1:
+        print("--batch, --length, --steps, --repetitions and --threads must be at least 1", file=sys.stderr)
+        return 2
+    config = BenchConfig(args.batch, args.length, args.steps, args.repetitions, threads=args.threads,
+                         embedded=args.embedded)
+    torch.set_num_threads(config.threads)
+    print(report(run(config), config))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
