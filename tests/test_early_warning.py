@@ -1,0 +1,46 @@
+"""Early warning: the collapse score's maths, and the probe's online decision against the offline one."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import probes
+from probe_harness import LoopConfig, one_thread, run_loop  # noqa: F401  (one_thread is an autouse fixture)
+from probes.early_warning import EarlyWarning, collapse_score, encoder_norm
+
+
+def test_collapse_score_reads_the_quarters_of_the_window():
+    steps = np.arange(21)
+    collapsing = np.where(steps < 10, 1e-1, 1e-5)
+    assert collapse_score(steps, collapsing, 20) == pytest.approx(-4.0)
+    assert collapse_score(steps, np.full(21, 0.3), 20) == pytest.approx(0.0)
+    growing = np.r_[np.full(5, 1e-2), np.full(16, 1.0)]
+    assert collapse_score(steps, growing, 20) == pytest.approx(2.0)
+    assert math.isnan(collapse_score(steps, np.full(21, np.nan), 20))
+    assert math.isnan(collapse_score(steps[:6], np.ones(6), 20)), "nothing recorded in the late quarter"
+
+
+def test_encoder_norm_combines_only_encoder_layers():
+    names = ["embeddings", "encoder.1", "encoder.2", "head"]
+    norms = np.array([[5.0, 3.0, 4.0, 100.0]])
+    np.testing.assert_allclose(encoder_norm(names, norms), [5.0])
+
+
+def test_probe_decides_once_like_the_offline_rule(tmp_path):
+    warning = EarlyWarning(window_end=8, threshold=math.inf)  # flag whatever happens, to see the whole path
+    with pytest.warns(RuntimeWarning, match="early warning at step 8"):
+        result = run_loop(LoopConfig(steps=12, probe_list=[probes.GradientNorms(), warning]), tmp_path / "r.h5")
+    layers = result.records.series("layers", kind="gradient_norms")
+    offline = collapse_score(layers.steps, encoder_norm(layers.columns, layers.values), 8)
+    decision = result.records.series("early_warning")
+    assert decision.steps.tolist() == [8]
+    assert decision.column("score")[0] == pytest.approx(offline, rel=1e-4)
+    assert decision.column("flagged")[0] == 1.0
+
+
+def test_unflagged_run_does_not_ask_to_stop(tmp_path):
+    warning = EarlyWarning(window_end=6, threshold=-math.inf, stop=True)
+    run_loop(LoopConfig(steps=8, probe_list=[probes.GradientNorms(), warning]), tmp_path / "r.h5")
+    assert warning.decision is not None and warning.decision[2] is False
