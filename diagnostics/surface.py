@@ -25,6 +25,7 @@ import inspect
 import json
 import os
 import sys
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -84,13 +85,15 @@ class Surface:
     accuracy: np.ndarray
     attrs: dict[str, Any]
     computed: int = 0
+    seconds: float = 0.0
     out: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         plain = {axis: values.tolist() for axis, values in self.axes.items()}
         for name, values in (("loss", self.loss), ("accuracy", self.accuracy)):
             plain[name] = np.where(np.isnan(values), None, values).tolist()
-        return {"name": self.name, **self.attrs, **plain, "computed": self.computed, "out": self.out}
+        return {"name": self.name, **self.attrs, **plain, "computed": self.computed,
+                "seconds": round(self.seconds, 3), "out": self.out}
 
 
 # ----------------------------------------------------------------------------------------------- inputs
@@ -276,6 +279,7 @@ def run(config: SurfaceConfig) -> Surface | None:
         error, missing = broadcast((error, missing), ranks)
         if error:
             raise SurfaceError(error)
+        started = time.perf_counter()
         try:
             computed = _fill(model, space, batches, axes, missing, values, writer, name, ranks)
         finally:
@@ -283,7 +287,8 @@ def run(config: SurfaceConfig) -> Surface | None:
                 writer.close()
     if not ranks.is_main:
         return None
-    return Surface(name, axes, values["loss"], values["accuracy"], attrs, computed, config.out)
+    seconds = time.perf_counter() - started
+    return Surface(name, axes, values["loss"], values["accuracy"], attrs, computed, seconds, config.out)
 
 
 def _fill(model: nn.Module, space: Subspace, batches: list[Batch], axes: dict[str, np.ndarray],
