@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     figure.add_argument("--matrix", nargs="?", const="first", metavar="NAME",
                         help="gradients: one weight matrix per layer (the first, or NAME such as "
                              "attention.self.query.weight) instead of whole layers")
+    figure.add_argument("--activations", action="store_true", default=None,
+                        help="gradients: norms of the gradient with respect to each block's output (per depth, "
+                             "also for ALBERT)")
     figure.add_argument("--name", help="forgetting, surface, line: the record to draw (default: the first)")
     figure.add_argument("--task", help="generalisation: the task to draw (default: the one with most runs)")
     figure.add_argument("--successful-only", action="store_true", default=None,
@@ -87,8 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from(args: argparse.Namespace) -> PlotConfig:
-    options = {key: getattr(args, key) for key in ("layers", "matrix", "name", "task", "successful_only",
-                                                   "training", "log_loss") if getattr(args, key) is not None}
+    options = {key: getattr(args, key) for key in ("layers", "matrix", "activations", "name", "task",
+                                                   "successful_only", "training", "log_loss")
+               if getattr(args, key) is not None}
     if isinstance(options.get("layers"), str) and options["layers"] not in ("subset", "all"):
         try:
             options["layers"] = [int(depth) for depth in options["layers"].split(",")]

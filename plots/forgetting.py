@@ -1,6 +1,6 @@
 """Forgetting (Mosbach et al., Fig. 2): MLM perplexity after resetting the top k blocks to pre-trained weights.
 
-(a) failed runs on a log axis, (b) successful runs on a linear one, one line per run, the pre-trained model's
+(a) failed runs on a log axis (linear if they span less than a factor of 10), (b) successful runs on a linear one, one line per run, the pre-trained model's
 perplexity dashed; (c) the failed runs' training loss and dev accuracy over training, mean +/- std, when their
 scalars are there. From the command line: ``python -m plots forgetting RUNS... -o forgetting.pdf``.
 """
@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 from plots import sources
 from plots.runs import RecordsLike, Run, fetch_each, load_runs, require_verdicts
 from plots.sources import Curve, MissingRecord
-from plots.style import NEUTRAL, PAGE, PALETTE, panel_title, panels, styled
+from plots.style import NEUTRAL, PAGE, PALETTE, log_scale_if_wide, panel_title, panels, styled
 
 
 @styled
@@ -47,7 +47,8 @@ def _draw_curves(axis: Axes, members: list[tuple[Run, sources.ForgettingCurve]],
     pretrained = [c.pretrained for _, c in members if c.pretrained is not None]
     if pretrained:
         axis.axhline(float(np.median(pretrained)), color=NEUTRAL, linestyle="--", linewidth=1, label="pre-trained")
-    axis.set_yscale("log" if log else "linear")
+    if log:  # failed runs: orders of magnitude above the pre-trained perplexity (linear when they are not)
+        log_scale_if_wide(axis, np.concatenate([c.perplexity for _, c in members] + [pretrained]))
     axis.set_xlabel(f"{members[0][1].direction} layers reset")
     axis.set_ylabel("MLM perplexity")
     axis.xaxis.get_major_locator().set_params(integer=True)

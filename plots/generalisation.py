@@ -1,7 +1,7 @@
 """Generalisation (Mosbach et al., Fig. 8): runs that train equally well but score differently on dev.
 
 (a) dev accuracy over training, one line per seed; (b) final dev metric against final training loss (log x), one
-point per run, failed runs in vermillion. From the command line: ``python -m plots generalisation RUNS_DIR -o
+point per run, failed runs in vermillion (linear x when the losses span less than a factor of 10). From the command line: ``python -m plots generalisation RUNS_DIR -o
 generalisation.pdf``.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 from plots import sources
 from plots.runs import RecordsLike, fetch_each, load_runs
 from plots.sources import MissingRecord
-from plots.style import FAILED_COLOUR, PAGE, SUCCESS_COLOUR, panel_title, panels, styled
+from plots.style import FAILED_COLOUR, PAGE, SUCCESS_COLOUR, log_scale_if_wide, panel_title, panels, styled
 
 
 @styled
@@ -46,7 +46,7 @@ def plot_generalisation(records: RecordsLike | Sequence[RecordsLike], ax: Sequen
         points = [(loss, value) for run, (loss, (value, _)) in finals if run.failed is verdict]
         if points:
             scatter.scatter(*zip(*points), s=12, color=colour, alpha=0.8, label=label, linewidths=0)
-    scatter.set_xscale("log")
+    log_scale_if_wide(scatter, [loss for _, (loss, _) in finals], "x")
     scatter.set_xlabel("final training loss")
     scatter.set_ylabel(f"final dev {finals[0][1][1][1]}")
     scatter.legend(fontsize="small")

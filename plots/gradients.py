@@ -3,7 +3,9 @@
 One panel per run (a failed and a successful one side by side, sharing the y axis), one line per depth on a
 colour ramp plus the pooler and the head, the end of warm-up dotted. ``matrix="first"`` (or a parameter path such
 as ``"attention.self.query.weight"``) draws one weight matrix per layer instead of the whole layer, as the paper
-did. From the command line: ``python -m plots gradients FAILED.h5 SUCCESSFUL.h5 -o gradients.pdf``.
+did; ``activations=True`` draws the norm of the gradient with respect to each block's output instead (per depth
+even for ALBERT, whose shared block has one parameter gradient). From the command line:
+``python -m plots gradients FAILED.h5 SUCCESSFUL.h5 -o gradients.pdf``.
 """
 from __future__ import annotations
 
@@ -29,17 +31,19 @@ SPECIAL = {"embeddings": ("embeddings", "0.55", ":"), "pooler": ("pooler", PALET
 @styled
 def plot_gradients(records: RecordsLike | Sequence[RecordsLike], ax: Axes | Sequence[Axes] | None = None, *,
                    failed: Sequence[RecordsLike] = (), successful: Sequence[RecordsLike] = (),
-                   layers: str | Sequence[int] = "subset", matrix: str | None = None) -> Figure:
+                   layers: str | Sequence[int] = "subset", matrix: str | None = None,
+                   activations: bool = False) -> Figure:
     """Draw the first failed and the first successful run (or the first two runs when no verdict is known).
 
     ``layers``: "subset" (depth 1 and about six evenly spaced depths, the pooler and the head), "all" (every
     layer, embeddings included) or a list of encoder depths (plus the pooler and the head).
     """
-    found = fetch_each(load_runs(records, failed, successful), lambda r: _norms(r, matrix), "gradients figure")
+    found = fetch_each(load_runs(records, failed, successful), lambda r: _norms(r, matrix, activations),
+                       "gradients figure")
     norms = {id(run): data for run, data in found}
     chosen = _panel_runs([run for run, _ in found])
     data = [norms[id(run)] for run in chosen]
-    figure, axes = panels(ax, len(chosen), (PAGE if len(chosen) > 1 else COLUMN, 2.6), sharey=True)
+    figure, axes = panels(ax, len(chosen), (PAGE, 2.6) if len(chosen) > 1 else (COLUMN, 3.6), sharey=True)
     handles: dict[str, Line2D] = {}
     for index, (axis, run, (curves, clipping)) in enumerate(zip(axes, chosen, data)):
         names = select_layers(list(curves), layers)
@@ -57,8 +61,12 @@ def plot_gradients(records: RecordsLike | Sequence[RecordsLike], ax: Axes | Sequ
         panel_title(axis, index, f"{verdict} ({run.label})")
     details = [what for what, shown in (("one matrix per layer", matrix), ("before clipping", clipping == "pre"),
                                          ("after clipping", clipping == "post")) if shown]
-    axes[0].set_ylabel("gradient norm" + (f"\n({', '.join(details)})" if details else ""))
-    figure.legend(list(handles.values()), list(handles), loc="outside right upper")
+    what = "activation-gradient norm" if activations else "gradient norm"
+    axes[0].set_ylabel(what + (f"\n({', '.join(details)})" if details else ""))
+    if len(axes) > 1:
+        figure.legend(list(handles.values()), list(handles), loc="outside right upper")
+    else:  # one column wide: the legend goes under the panel
+        figure.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=2, fontsize="small")
     return figure
 
 
@@ -81,7 +89,9 @@ def _panel_runs(runs: list[Run]) -> list[Run]:
     return (failed[:1] + successful[:1]) or runs[:2]
 
 
-def _norms(run: RunRecords, matrix: str | None) -> tuple[dict[str, sources.Curve], str]:
+def _norms(run: RunRecords, matrix: str | None, activations: bool) -> tuple[dict[str, sources.Curve], str]:
+    if activations:
+        return sources.activation_norms(run)
     if matrix:
         return sources.component_norms(run, None if matrix == "first" else matrix)
     return sources.layer_norms(run)

@@ -24,6 +24,7 @@ PROBE = ("scalars", "probe")  # columns: loss, lr, grad_norm_pre_clip... (writte
 EVAL = ("scalars", "eval")  # columns: accuracy and/or the task metric, loss
 LAYER_NORMS = ("gradient_norms", "layers")  # columns: embeddings, encoder.1..L (or encoder.shared), pooler, head
 COMPONENT_NORMS = ("gradient_norms", "components")  # columns: "<layer>/<parameter path>"
+ACTIVATION_NORMS = ("activation_gradients", "activations")  # columns: encoder.1..L, also for ALBERT
 FORGETTING_KIND = "forgetting"  # grids over k with field perplexity
 SURFACES_KIND = "surfaces"  # grids over a (and b) with fields loss, accuracy
 DEFAULT_SURFACE_LABELS = ("pre-trained", "failed", "successful")
@@ -107,7 +108,8 @@ def dev_metric(run: RunRecords) -> tuple[Curve, str]:
 
 def _summary(run: RunRecords, key: str) -> Any:
     if key not in run.summary:
-        error = MissingRecord if "scalars" in run.records else NotApplicable  # a fine-tuning run killed early
+        # a fine-tuning run killed before its end, not a file of other records (probes on the user's own loop)
+        error = MissingRecord if TRAIN[1] in run.records.get(TRAIN[0], {}) else NotApplicable
         raise error(f"{name_of(run)} has no summary {key!r} (a run killed before its end has none); "
                             f"finish the run with {FINETUNE}")
     return run.summary[key]
@@ -183,6 +185,12 @@ def layer_norms(run: RunRecords) -> tuple[dict[str, Curve], str]:
     """Gradient norm per layer (``embeddings``, ``encoder.d``, ``pooler``, ``head``) and the clipping side."""
     series = _series(run, LAYER_NORMS, FINETUNE)
     return _by_layer(run, LAYER_NORMS, series.columns), str(series.attrs.get("clipping", ""))
+
+
+def activation_norms(run: RunRecords) -> tuple[dict[str, Curve], str]:
+    """Norm of the loss gradient with respect to each block's output, per depth (ALBERT's per-depth signal)."""
+    series = _series(run, ACTIVATION_NORMS, FINETUNE)
+    return _by_layer(run, ACTIVATION_NORMS, series.columns), ""
 
 
 def component_norms(run: RunRecords, component: str | None = None) -> tuple[dict[str, Curve], str]:

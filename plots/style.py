@@ -13,10 +13,12 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import matplotlib.pyplot as plt
+import numpy as np
 import seaborn as sns
 from cycler import cycler
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import LogLocator, NullFormatter
 
 COLUMN = 3.3  # inches: one column of a two-column paper
 PAGE = 7.0  # inches: the full text width
@@ -76,6 +78,22 @@ def panels(ax: Axes | Sequence[Axes] | None, count: int, size: tuple[float, floa
 def panel_title(ax: Axes, index: int, text: str) -> None:
     """Title a panel "(a) text", "(b) text"... as in the papers."""
     ax.set_title(f"({'abcdefgh'[index]}) {text}", loc="left")
+
+
+def log_scale_if_wide(axis: Axes, values, which: str = "y", *, decades: float = 1.0) -> bool:
+    """A log ``which`` axis when the positive ``values`` span at least ``decades`` powers of ten, else a linear
+    one (a log axis over 0.66..0.70 shows only clashing minor labels). Up to three decades the ticks read 0.01,
+    0.02, 0.05 or 1, 10, 100; beyond, 10^k. Returns whether it chose log."""
+    finite = np.asarray(values, dtype="f8")
+    finite = finite[np.isfinite(finite)]
+    span = float(np.log10(finite.max() / finite.min())) if finite.size and finite.min() > 0 else 0.0
+    getattr(axis, f"set_{which}scale")("log" if span >= decades else "linear")
+    if decades <= span <= 3:
+        target = getattr(axis, f"{which}axis")
+        target.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0) if span <= 1.5 else (1.0,)))
+        target.set_major_formatter(lambda value, _: f"{value:g}")
+        target.set_minor_formatter(NullFormatter())
+    return span >= decades
 
 
 def save(figure: Figure, path: str | os.PathLike, *, overwrite: bool = False) -> Path:

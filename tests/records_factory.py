@@ -48,6 +48,8 @@ def finetune_run(path: str | Path, *, failed: bool, seed: int = 1, depth: int = 
                            axes={"depth": [_depth(name, depth) for name in layers]})
             run.add_series("components", _component_names(layers), kind="gradient_norms",
                            attrs={"clipping": "pre"})
+            run.add_series("activations", layers[1:-2], kind="activation_gradients",
+                           axes={"depth": np.arange(1, depth + 1, dtype="f8")})
         run.start()
         for step in range(steps):
             run.append("train", step, [loss[step], lr[step]])
@@ -58,6 +60,7 @@ def finetune_run(path: str | Path, *, failed: bool, seed: int = 1, depth: int = 
             for step in range(steps):
                 run.append("layers", step, norms[step])
                 run.append("components", step, _split_components(norms[step], layers))
+                run.append("activations", step, 0.05 * norms[step, 1:-2])
     if forgetting:
         _forgetting(path, depth, failed, rng)
     return Path(path)

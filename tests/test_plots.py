@@ -25,7 +25,7 @@ from plots.gradients import select_layers
 from plots.registry import FIGURES
 from plots.runs import LeftOut, load_runs
 from plots.sources import MissingRecord
-from plots.style import FigureError, save
+from plots.style import FigureError, log_scale_if_wide, save
 
 REPO = Path(__file__).resolve().parents[1]
 PLOT_MODULES = ["plots", *(f"plots.{p.stem}" for p in sorted((REPO / "plots").glob("*.py")) if p.stem != "__init__")]
@@ -81,6 +81,21 @@ def test_gradients_one_matrix_per_layer(example):
     np.testing.assert_allclose(lines["layer 2"].get_ydata(), components.column("encoder.2/attention.self.key.weight"))
     np.testing.assert_allclose(lines["pooler"].get_ydata(), components.column("pooler/dense.weight"))
     assert "embeddings" in lines and "matrix" in figure.axes[0].get_ylabel()
+
+
+def test_gradients_of_block_outputs_per_depth(example):
+    figure = plot_gradients(example / "failed.h5", activations=True)
+    lines = {line.get_label(): line for line in figure.axes[0].get_lines()}
+    assert [name for name in lines if name.startswith("layer")] == [f"layer {d}" for d in range(1, 7)]
+    assert "pooler" not in lines and figure.axes[0].get_ylabel().startswith("activation-gradient norm")
+    expected = open_run(example / "failed.h5").series("activations", kind="activation_gradients").column("encoder.3")
+    np.testing.assert_allclose(lines["layer 3"].get_ydata(), expected)
+
+
+def test_log_axis_only_over_a_wide_range():
+    figure, (narrow, wide) = plt.subplots(1, 2)
+    assert not log_scale_if_wide(narrow, [0.66, 0.68, 0.70]) and narrow.get_yscale() == "linear"
+    assert log_scale_if_wide(wide, [0.003, 0.05, 0.69], "x") and wide.get_xscale() == "log"
 
 
 def test_layer_subset_like_the_paper():
