@@ -17,9 +17,9 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from plots import sources
 from diagnostics.records import RunRecords
 
+from plots import sources
 from plots.runs import RecordsLike, Run, by_outcome, fetch_each, load_runs
 from plots.style import COLUMN, NEUTRAL, PAGE, PALETTE, panel_title, panels, styled
 

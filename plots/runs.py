@@ -38,12 +38,10 @@ def load_runs(records: RecordsLike | Iterable[RecordsLike], failed: Iterable[Rec
               successful: Iterable[RecordsLike] = ()) -> list[Run]:
     """Read what is not read yet (a folder: every ``*.h5`` in it) and attach verdicts; ``failed`` and
     ``successful`` override the summaries."""
-    if isinstance(records, (RunRecords, str, os.PathLike)):
-        records = [records]
     verdicts: dict[Path, bool] = {}
     ordered: dict[Path, RunRecords] = {}
     for verdict, group in ((None, records), (True, failed), (False, successful)):
-        for item in _expand(group):
+        for item in _expand([group] if isinstance(group, (RunRecords, str, os.PathLike)) else group):
             run = item if isinstance(item, RunRecords) else open_run(item)
             key = run.path.resolve()
             ordered.setdefault(key, run)

@@ -189,7 +189,7 @@ def test_verdicts_from_the_caller_override_summaries(example):
                      successful=[example / "failed.h5"])
     assert [(r.records.path.name, r.failed) for r in runs] == [("successful.h5", False), ("failed-2.h5", True),
                                                                ("failed.h5", False)]
-    figure = plot_gradients([example / "failed.h5"], successful=[example / "failed.h5"])
+    figure = plot_gradients([example / "failed.h5"], successful=str(example / "failed.h5"))  # one path, not a list
     assert figure.axes[0].get_title(loc="left").startswith("(a) successful run")
 
 
