@@ -42,7 +42,8 @@ from probes.layers import find_layers
 REINIT_STD = 0.02  # Zhang et al.: N(0, 0.02) for re-initialised weights
 EVAL_BATCH = 64
 
-# A probe set is entered before records start (so it can declare its series) and exited after training.
+# Probes: called with (model, optimizer, writer) and entered before the records start, so it can declare its series
+# and attach its hooks; exited (hooks removed) when training ends, before `final/` is saved.
 Probes = Callable[[nn.Module, torch.optim.Optimizer, records.RunWriter], contextlib.AbstractContextManager]
 
 
@@ -185,8 +186,8 @@ def eval_steps(total: int, evals: int) -> set[int]:
     return {round(total * k / evals) for k in range(1, evals + 1)} | {total}
 
 
-def train(model, tokenizer, task: Task, recipe: Recipe, config: FinetuneConfig,
-          run: records.RunWriter) -> tuple[int, float]:
+def train(model, tokenizer, task: Task, recipe: Recipe, config: FinetuneConfig, run: records.RunWriter,
+          probes: Probes | None = None) -> tuple[int, float]:
     """The training loop; appends `train` and `eval` rows; returns (optimiser steps, final dev metric)."""
     optimizer = BertAdam(parameter_groups(model, recipe), lr=recipe.lr, betas=recipe.adam_betas,
                          eps=recipe.adam_eps, correct_bias=recipe.correct_bias)
@@ -195,8 +196,8 @@ def train(model, tokenizer, task: Task, recipe: Recipe, config: FinetuneConfig,
     warmup = max(1, round(recipe.warmup_ratio * total))
     scheduled = eval_steps(total, config.evals)
     generator = torch.Generator().manual_seed(config.seed)
-    probes = contextlib.nullcontext()  # the lead wires probes here: entered before run.start() to declare series
-    with probes, tqdm(total=total, desc=config.run_dir(task.name).name, disable=not sys.stderr.isatty()) as bar:
+    attached = probes(model, optimizer, run) if probes else contextlib.nullcontext()
+    with attached, tqdm(total=total, desc=config.run_dir(task.name).name, disable=not sys.stderr.isatty()) as bar:
         run.start()
         step = 0
         model.train()
@@ -247,8 +248,8 @@ def skipped_result(run_dir: Path, done: records.RunRecords, recipe: Recipe) -> F
                           float(summary["majority"]), bool(summary["failed"]), int(summary["steps"]), 0.0)
 
 
-def run(config: FinetuneConfig) -> FinetuneResult:
-    """Fine-tune one seed (or skip a finished run) and return how it ended."""
+def run(config: FinetuneConfig, probes: Probes | None = None) -> FinetuneResult:
+    """Fine-tune one seed (or skip a finished run) and return how it ended; `probes` see the whole loop."""
     started = time.monotonic()
     task = load_task(config.task)
     recipe = config.resolved_recipe()
@@ -270,7 +271,7 @@ def run(config: FinetuneConfig) -> FinetuneResult:
     with records.RunWriter.create(run_dir / "run.h5", meta, flush_every_steps=50, flush_every_seconds=30.0) as rw:
         rw.add_series("train", ["loss", "lr"], kind="scalars")
         rw.add_series("eval", [task.metric, "loss"], kind="scalars")
-        steps, final = train(model, tokenizer, task, recipe, config, rw)
+        steps, final = train(model, tokenizer, task, recipe, config, rw, probes)
     save(model, tokenizer, run_dir / "final")
     result = FinetuneResult(run_dir, False, float(final), task.metric, task.majority_baseline,
                             bool(final <= task.majority_baseline + 1e-9), steps, time.monotonic() - started)

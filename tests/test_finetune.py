@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -182,6 +183,24 @@ def test_zhang_recipe_runs_and_records_its_resolved_recipe(toy_task, tiny_mlm_di
     meta = records.open_run(result.run_dir / "run.h5").meta
     assert meta["recipe"] == "zhang" and meta["config"]["resolved_recipe"]["reinit_layers"] == 1
     assert meta["config"]["resolved_recipe"]["epochs"] == 1 and meta["seed"] == 0
+
+
+def test_probes_declare_series_before_start_and_see_every_step(toy_task, tiny_mlm_dir, tmp_path):
+    seen = []
+
+    @contextlib.contextmanager
+    def probes(model, optimizer, writer):
+        writer.add_series("probe", ["calls"], kind="scalars")
+        handle = optimizer.register_step_pre_hook(lambda *_: seen.append(len(seen) + 1))
+        try:
+            yield
+        finally:
+            handle.remove()
+            writer.append("probe", len(seen), [len(seen)])
+
+    result = run(_config(toy_task, tmp_path, tiny_mlm_dir), probes=probes)
+    assert seen == list(range(1, 7))
+    assert records.open_run(result.run_dir / "run.h5").series("probe").values.tolist() == [[6.0]]
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
