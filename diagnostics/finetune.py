@@ -126,6 +126,9 @@ def reinit_(module: nn.Module) -> None:
 def reinit_top(model: nn.Module, layers: int, pooler: bool) -> None:
     """Re-initialise the top `layers` encoder blocks and, if asked, the pooler."""
     layer_map = find_layers(model)
+    if layers and layer_map.shared:
+        raise FinetuneError("this model shares one block across depths (ALBERT): re-initialising its top blocks "
+                            "would reset them all; use --reinit-layers 0")
     if layers > layer_map.depth:
         raise FinetuneError(f"cannot re-initialise {layers} blocks of a {layer_map.depth}-block model")
     for block in layer_map.blocks[layer_map.depth - layers:]:
@@ -140,13 +143,20 @@ def parameter_groups(model: nn.Module, recipe: Recipe) -> list[dict]:
     groups: dict[tuple[float, float], list[nn.Parameter]] = {}
     for name, param in model.named_parameters():
         no_decay = name.endswith("bias") or "LayerNorm" in name or "layer_norm" in name
-        group = layer_map.group_of(name)
-        depth = 0 if group == "embeddings" else int(group.split(".")[1]) if group.startswith("encoder.") else None
+        depth = _depth(layer_map.group_of(name))
         scale = 1.0 if depth is None else recipe.layerwise_lr_decay ** (layer_map.depth + 1 - depth)
         key = (0.0 if no_decay else recipe.weight_decay, scale)
         groups.setdefault(key, []).append(param)
     return [{"params": params, "weight_decay": decay, "lr": recipe.lr * scale, "lr_scale": scale}
             for (decay, scale), params in groups.items()]
+
+
+def _depth(group: str) -> int | None:
+    """0 for the embeddings, d for encoder block d, None for the rest (head, pooler, ALBERT's shared block)."""
+    if group == "embeddings":
+        return 0
+    suffix = group.removeprefix("encoder.")
+    return int(suffix) if suffix.isdigit() else None
 
 
 def linear_schedule(step: int, total: int, warmup: int) -> float:
