@@ -25,7 +25,7 @@ WORDS = ("the a an of to and in is was it that he she they we you for on with as
 def tokenizer() -> BertTokenizerFast:
     """A lower-casing WordPiece tokenizer over single letters, digits, punctuation and ~100 words."""
     chars = list("abcdefghijklmnopqrstuvwxyz0123456789.,;:!?'\"-()")
-    vocab = SPECIAL + chars + ["##" + c for c in chars] + WORDS
+    vocab = list(dict.fromkeys(SPECIAL + chars + ["##" + c for c in chars] + WORDS))
     wordpiece = Tokenizer(models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]"))
     wordpiece.normalizer = normalizers.BertNormalizer(lowercase=True)
     wordpiece.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
@@ -40,7 +40,7 @@ def config(arch: str, vocab_size: int, layers: int = LAYERS):
         return DistilBertConfig(dim=32, n_layers=layers, n_heads=2, hidden_dim=64, dropout=0.0,
                                 attention_dropout=0.0, **common)
     sizes = dict(hidden_size=32, num_hidden_layers=layers, num_attention_heads=2, intermediate_size=64,
-                 hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **common)
+                 hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, type_vocab_size=2, **common)
     if arch == "bert":
         return BertConfig(**sizes)
     if arch == "roberta":
