@@ -13,8 +13,11 @@ checkpoints bit for bit) into the model's own parameter tensors with multi-tenso
         move_to((0.5, -0.25))        # model now holds the plane's point a=0.5, b=-0.25
     # model holds its own weights again
 
-Only floating-point parameters span the subspace; buffers (position ids and the like) must be identical in every
-checkpoint, or :meth:`Subspace.from_models` refuses them. Nothing here reads files or parses arguments.
+:meth:`Subspace.around` spans the plane of Li et al. (2018) instead: one checkpoint plus two random Gaussian
+directions, filter-normalised (each filter scaled to the norm of the checkpoint's filter; biases and LayerNorm
+left still). Only floating-point parameters span the subspace; buffers (position ids and the like) must be
+identical in every checkpoint, or :meth:`Subspace.from_models` refuses them. Nothing here reads files or parses
+arguments.
 """
 from __future__ import annotations
 
@@ -66,6 +69,16 @@ def floating_parameters(model: nn.Module) -> dict[str, torch.Tensor]:
     return {name: p for name, p in model.named_parameters() if p.is_floating_point()}
 
 
+def filter_normalised(direction: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """Li et al. (2018): each filter (slice along dim 0) of ``direction`` rescaled to the norm of ``theta``'s;
+    a 1-d tensor (bias, LayerNorm) gets a zero direction, as their default ``ignore='biasbn'``."""
+    if direction.dim() <= 1:
+        return torch.zeros_like(direction)
+    flat, reference = direction.flatten(1), theta.flatten(1)
+    scale = reference.norm(dim=1, keepdim=True) / (flat.norm(dim=1, keepdim=True) + 1e-10)
+    return (flat * scale).view_as(direction)
+
+
 @dataclass(frozen=True)
 class Subspace:
     """The affine span of two or three checkpoints: ``anchors[k][n]`` is parameter ``names[n]`` of checkpoint k."""
@@ -94,6 +107,19 @@ class Subspace:
                                         "parameters only, so pass checkpoints with identical buffers")
         names = list(first)
         anchors = [[floating_parameters(m)[n].detach().clone() for n in names] for m in models]
+        return cls(names, anchors)
+
+    @classmethod
+    def around(cls, model: nn.Module, seed: int = 0) -> "Subspace":
+        """The plane through ``model`` along two filter-normalised Gaussian directions drawn from ``seed``."""
+        generator = torch.Generator().manual_seed(seed)
+        params = floating_parameters(model)
+        names = list(params)
+        centre = [params[n].detach().clone() for n in names]
+        anchors = [centre]
+        for _ in range(2):
+            directions = [torch.randn(t.shape, generator=generator, dtype=t.dtype).to(t.device) for t in centre]
+            anchors.append([t + filter_normalised(d, t) for t, d in zip(centre, directions)])
         return cls(names, anchors)
 
     def move(self, params: list[torch.Tensor], coords: Sequence[float]) -> None:

@@ -9,7 +9,9 @@ pre-trained model, F a failed and S a successful fine-tuning run; a and b span `
 in ``--grid`` points each, raw differences, neither normalised nor orthogonalised. A classifier's pre-trained point
 needs a head: the fine-tuning runs of this toolkit save their step-0 checkpoint (the pre-trained encoder with the
 seed's initial head) as ``<run>/step0/``, and that folder is P. The line is theta_a + a (theta_b - theta_a),
-``--range`` -0.5 .. 1.5 by default. Every checkpoint is a ``save_pretrained`` folder of a sequence classification
+``--range`` -0.5 .. 1.5 by default. ``--random C`` is the plane of Li et al. (2018) around one checkpoint: two
+Gaussian directions drawn from ``--seed``, each filter scaled to the norm of C's filter, biases and LayerNorm
+left still (``--range`` -1 .. 1). Every checkpoint is a ``save_pretrained`` folder of a sequence classification
 model, all of the same architecture and size; the tokenizer is read from the first folder that holds one.
 
 Each point is the mean cross-entropy and the accuracy over the first ``--max-examples`` examples of the task's
@@ -42,9 +44,9 @@ from diagnostics.records import RecordsError, RunMeta, RunWriter, open_run, writ
 from diagnostics.tasks import Example, encode, load_task
 
 FIELDS = ("loss", "accuracy")
-DEFAULT_RANGE = {"line": (-0.5, 1.5), "plane": (-1.5, 1.5)}
-DEFAULT_GRID = {"line": 21, "plane": 13}
-DEFAULT_LABELS = {"line": ["start", "end"], "plane": ["pre-trained", "failed", "successful"]}
+DEFAULT_RANGE = {"line": (-0.5, 1.5), "plane": (-1.5, 1.5), "random": (-1.0, 1.0)}
+DEFAULT_GRID = {"line": 21, "plane": 13, "random": 13}
+DEFAULT_LABELS = {"line": ["start", "end"], "plane": ["pre-trained", "failed", "successful"], "random": ["centre"]}
 
 Batch = tuple[dict[str, torch.Tensor], torch.Tensor]
 
@@ -69,10 +71,11 @@ class SurfaceConfig:
     name: str | None = None
     labels: list[str] | None = None
     device: str = "auto"
+    seed: int = 0
 
     @property
     def kind(self) -> str:
-        return "plane" if len(self.checkpoints) == 3 else "line"
+        return {1: "random", 2: "line", 3: "plane"}[len(self.checkpoints)]
 
 
 @dataclass(frozen=True)
@@ -133,9 +136,13 @@ def load_tokenizer(folders: Sequence[str]):
     raise SurfaceError(f"none of {', '.join(folders)} holds a tokenizer; save_pretrained the tokenizer into one")
 
 
-def load_subspace(folders: Sequence[str], labels: Sequence[str], device: torch.device) -> tuple[nn.Module, Subspace]:
-    """The first checkpoint as the model to move, and the line or plane through all of them."""
+def load_subspace(folders: Sequence[str], labels: Sequence[str], device: torch.device,
+                  seed: int = 0) -> tuple[nn.Module, Subspace]:
+    """The first checkpoint as the model to move, and the line or plane through all of them (one checkpoint: the
+    plane along two filter-normalised random directions drawn from ``seed``)."""
     models = [load_classifier(folder) for folder in folders]
+    if len(models) == 1:
+        return models[0].to(device), Subspace.around(models[0].to(device), seed)
     types = [m.config.model_type for m in models]
     for label, kind in zip(labels[1:], types[1:]):
         if kind != types[0]:
@@ -227,6 +234,8 @@ def resolve(config: SurfaceConfig) -> tuple[dict[str, np.ndarray], dict[str, Any
     attrs = {"kind": kind, "checkpoints": [str(Path(c).resolve()) for c in config.checkpoints], "labels": labels,
              "split": config.split, "max_examples": config.max_examples, "max_length": config.max_length,
              "range": [float(lo), float(hi)], "grid": int(points)}
+    if kind == "random":
+        attrs["seed"] = int(config.seed)
     return ({"a": axis} if kind == "line" else {"a": axis, "b": axis}), attrs
 
 
@@ -264,7 +273,7 @@ def run(config: SurfaceConfig) -> Surface | None:
     with process_group(prefer_cuda=config.device != "cpu") as ranks:
         if config.device == "cuda" and ranks.device.type != "cuda":
             raise SurfaceError("--device cuda but torch sees no GPU; pass --device cpu")
-        model, space = load_subspace(config.checkpoints, attrs["labels"], ranks.device)
+        model, space = load_subspace(config.checkpoints, attrs["labels"], ranks.device, config.seed)
         batches = prepare_batches(examples, load_tokenizer(config.checkpoints), model,
                                   max_length=config.max_length, batch_size=config.batch_size, device=ranks.device)
         shape = tuple(len(v) for v in axes.values())
@@ -328,27 +337,30 @@ def build_parser() -> argparse.ArgumentParser:
     through.add_argument("--line", nargs=2, metavar=("A", "B"), help="two checkpoint folders")
     through.add_argument("--plane", nargs=3, metavar=("P", "F", "S"),
                          help="pre-trained (a run's step0/), failed and successful checkpoint folders")
+    through.add_argument("--random", nargs=1, metavar="C",
+                         help="one checkpoint folder: the plane along two filter-normalised random directions")
     parser.add_argument("--task", required=True, help="task name (data/tasks) or task folder")
     parser.add_argument("--split", choices=("train", "dev"), default="train")
     parser.add_argument("--range", nargs=2, type=float, metavar=("LO", "HI"),
-                        help="axis range (default -0.5 1.5 for a line, -1.5 1.5 for a plane)")
-    parser.add_argument("--grid", type=int, help="points per axis, LO and HI included (default 21 line, 13 plane)")
+                        help="axis range (default -0.5 1.5 line, -1.5 1.5 plane, -1 1 random)")
+    parser.add_argument("--grid", type=int, help="points per axis, LO and HI included (default 21 line, 13 plane and random)")
     parser.add_argument("--max-examples", type=int, default=256, help="first N examples of the split (default 256)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-length", type=int, default=128, help="truncate examples to this many tokens")
     parser.add_argument("--out", help="records file (.h5) to write to, or to resume")
     parser.add_argument("--name", help="grid name in the records file (default: line or plane)")
     parser.add_argument("--labels", nargs="+", help="one label per checkpoint (default: pre-trained failed successful)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the --random directions (default 0)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--json", action="store_true", help="print the grid as JSON on stdout")
     return parser
 
 
 def config_from_args(args: argparse.Namespace) -> SurfaceConfig:
-    return SurfaceConfig(checkpoints=list(args.plane or args.line), task=args.task, split=args.split,
+    return SurfaceConfig(checkpoints=list(args.plane or args.line or args.random), task=args.task, split=args.split,
                          range=list(args.range) if args.range else None, grid=args.grid,
                          max_examples=args.max_examples, batch_size=args.batch_size, max_length=args.max_length,
-                         out=args.out, name=args.name, labels=args.labels, device=args.device)
+                         out=args.out, name=args.name, labels=args.labels, device=args.device, seed=args.seed)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

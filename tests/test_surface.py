@@ -29,7 +29,8 @@ from transformers import AutoModelForSequenceClassification
 
 import tiny
 from diagnostics import records
-from diagnostics.interpolation import Subspace, SubspaceError, grid_axis, line_point, plane_point
+from diagnostics.interpolation import (Subspace, SubspaceError, filter_normalised, grid_axis, line_point,
+                                      plane_point)
 from diagnostics.surface import SurfaceConfig, main, run
 from diagnostics.tasks import Example, encode, write_task
 from probes.layers import find_layers
@@ -174,6 +175,26 @@ def test_subspace_refuses_different_buffers(anchors):
         Subspace.from_models(models)
 
 
+def test_filter_normalised_directions_take_each_filters_norm_and_leave_biases_still():
+    theta, direction = torch.randn(5, 3, 2), torch.randn(5, 3, 2)
+    scaled = filter_normalised(direction, theta)
+    torch.testing.assert_close(scaled.flatten(1).norm(dim=1), theta.flatten(1).norm(dim=1))
+    torch.testing.assert_close(scaled / scaled.flatten(1).norm(dim=1)[:, None, None],
+                               direction / direction.flatten(1).norm(dim=1)[:, None, None])
+    assert torch.count_nonzero(filter_normalised(torch.randn(4), torch.randn(4))) == 0
+
+
+def test_random_plane_is_centred_on_the_checkpoint_and_seeded(anchors):
+    model = AutoModelForSequenceClassification.from_pretrained(anchors[0])
+    space, same, other = Subspace.around(model, 3), Subspace.around(model, 3), Subspace.around(model, 4)
+    for k, (name, param) in enumerate(model.named_parameters()):
+        assert torch.equal(space.anchors[0][k], param)
+        step = space.anchors[1][k] - param
+        torch.testing.assert_close(step, filter_normalised(step, param.detach()), rtol=1e-4, atol=1e-6)
+        assert torch.equal(space.anchors[2][k], same.anchors[2][k])
+    assert not torch.equal(space.anchors[1][0], other.anchors[1][0])
+
+
 # ----------------------------------------------------------------------------------------------- the command
 
 
@@ -196,7 +217,14 @@ def test_line_endpoints_equal_both_models(arch, tmp_path, task_dir):
         assert surface.accuracy[index] == pytest.approx(accuracy)
 
 
-def test_cli_end_to_end_json_and_records(anchors, task_dir, tmp_path):
+def test_random_surface_centre_is_the_checkpoints_plain_loss(anchors, task_dir):
+    surface = run(_config(anchors[:1], task_dir, grid=3))
+    assert surface.attrs["kind"] == "random" and surface.attrs["seed"] == 0 and surface.loss.shape == (3, 3)
+    assert surface.loss[1, 1] == pytest.approx(_plain(anchors[0], task_dir)[0], rel=1e-5)
+    assert np.ptp(surface.loss) > 1e-3  # the directions do move the model
+
+
+def test_cli_end_to_end_json_and_records(anchors, task_dir, tmp_path, capsys):
     out = tmp_path / "surface.h5"
     digests = [_digest(c) for c in anchors]
     command = [sys.executable, "-m", "diagnostics.surface", "--plane", *map(str, anchors), "--task", str(task_dir),
@@ -216,8 +244,8 @@ def test_cli_end_to_end_json_and_records(anchors, task_dir, tmp_path):
     assert shown["loss"][1][1] == pytest.approx(_plain(anchors[0], task_dir)[0], rel=1e-5)
     assert [_digest(c) for c in anchors] == digests  # the checkpoints are read, never written
 
-    again = subprocess.run(command, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=120)
-    assert again.returncode == 0 and json.loads(again.stdout)["computed"] == 0  # complete: nothing recomputed
+    assert main(command[3:]) == 0  # the same command again, in process: the grid is complete, nothing recomputed
+    assert json.loads(capsys.readouterr().out)["computed"] == 0
 
 
 @pytest.mark.slow
