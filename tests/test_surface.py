@@ -33,19 +33,11 @@ from diagnostics.interpolation import (Subspace, SubspaceError, filter_normalise
                                       plane_point)
 from diagnostics.surface import SurfaceConfig, main, run
 from diagnostics.tasks import Example, encode, write_task
+from probe_harness import one_thread  # noqa: F401 (autouse: one thread, tiny models on a busy CPU)
 from probes.layers import find_layers
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = 24  # per test run: small and fast, enough to separate the anchors' losses
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: 2 shared cores oversubscribed by torch's default threads slow these tests ~50x."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _env() -> dict[str, str]:
