@@ -263,11 +263,13 @@ def test_two_gloo_ranks_give_the_same_grid_as_one(anchors, task_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_killed_run_resumes_and_matches_an_uninterrupted_one(anchors, task_dir, tmp_path):
-    out, grid_points, examples = tmp_path / "killed.h5", 9, 200
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "Ctrl-C"])
+def test_a_stopped_run_resumes_and_matches_an_uninterrupted_one(anchors, task_dir, tmp_path, stop):
+    out, grid_points, examples = tmp_path / "stopped.h5", 9, 200
     command = [sys.executable, "-m", "diagnostics.surface", "--plane", *map(str, anchors), "--task", str(task_dir),
                "--grid", str(grid_points), "--max-examples", str(examples), "--out", str(out)]
-    process = subprocess.Popen(command, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with open(tmp_path / "stderr", "w") as stderr:
+        process = subprocess.Popen(command, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=stderr)
     missing, deadline = grid_points ** 2, time.monotonic() + 120
     try:
         while missing > grid_points ** 2 - 3 and time.monotonic() < deadline and process.poll() is None:
@@ -278,10 +280,14 @@ def test_a_killed_run_resumes_and_matches_an_uninterrupted_one(anchors, task_dir
                 except records.RecordsError:
                     pass  # the file is still being declared
     finally:
-        process.send_signal(signal.SIGKILL)
-        process.wait()
+        process.send_signal(stop)
+        process.wait(timeout=60)
+    if stop == signal.SIGINT:
+        assert process.returncode == 130
+        last = (tmp_path / "stderr").read_text().replace("\r", "\n").strip().splitlines()[-1]
+        assert last.startswith("surface: interrupted")
     left = records.open_run(out).grid("plane").missing
-    assert 0 < left < grid_points ** 2, f"killed with {left} points missing; the run must be killed part-way"
+    assert 0 < left < grid_points ** 2, f"stopped with {left} points missing; the run must be stopped part-way"
 
     done = subprocess.run(command + ["--json"], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
