@@ -142,7 +142,8 @@ def load_subspace(folders: Sequence[str], labels: Sequence[str], device: torch.d
     plane along two filter-normalised random directions drawn from ``seed``)."""
     models = [load_classifier(folder) for folder in folders]
     if len(models) == 1:
-        return models[0].to(device), Subspace.around(models[0].to(device), seed)
+        model = models[0].to(device)
+        return model, Subspace.around(model, seed)
     types = [m.config.model_type for m in models]
     for label, kind in zip(labels[1:], types[1:]):
         if kind != types[0]:
