@@ -5,7 +5,8 @@ in minutes on a CPU) and on the embedded default model (``data/model``, skipped 
 same training step (forward, backward, clipping at 1.0, AdamW) is timed with:
 
 * no probe;
-* the probes every step and every 10 steps (gradient norms, activation gradients, run scalars, written to HDF5);
+* the probes every step (with and without the post-clipping total) and every 10 steps (gradient norms, activation
+  gradients, run scalars, written to HDF5);
 * a per-tensor ``p.grad.norm().item()`` loop every step (how the papers' code logged);
 * per-tensor histograms every step (how ``wandb.watch`` logs: ``torch.histc``, 64 bins, copied to the host).
 
@@ -31,8 +32,8 @@ import probes  # noqa: E402
 from diagnostics.embedded import DEFAULT_MODEL  # noqa: E402
 from probes.norms import tensor_norms, total_norm  # noqa: E402
 
-VARIANTS = ("no probe", "probes every step", "probes every 10 steps", "per-tensor .norm().item()",
-            "per-tensor histc (wandb.watch)")
+VARIANTS = ("no probe", "probes every step", "probes every step, post_clip=False", "probes every 10 steps",
+            "per-tensor .norm().item()", "per-tensor histc (wandb.watch)")
 
 
 @dataclass
@@ -86,10 +87,11 @@ def time_model(model, config: BenchConfig) -> dict[str, float]:
         for repetition in range(config.repetitions):
             order = VARIANTS[repetition % len(VARIANTS):] + VARIANTS[: repetition % len(VARIANTS)]
             for name in order:
-                every = {"probes every step": 1, "probes every 10 steps": 10}.get(name)
+                every = 10 if "10 steps" in name else 1 if name.startswith("probes") else None
                 start = time.perf_counter()
                 session = (probes.attach(model, optimizer, Path(folder) / f"{name}-{repetition}.h5",
-                                         schedule=probes.Schedule(every=every, dense=0)) if every else None)
+                                         schedule=probes.Schedule(every=every, dense=0),
+                                         post_clip="post_clip=False" not in name) if every else None)
                 for _ in range(config.steps):
                     _step(model, optimizer, batch, hooks.get(name))
                 if session is not None:
@@ -157,9 +159,9 @@ def report(results: dict, config: BenchConfig) -> str:
             continue
         base = timing["no probe"]
         for name in VARIANTS:
-            lines.append(f"  {name:32s} {timing[name]:8.3f} s  {timing[name] / base:6.3f}x")
+            lines.append(f"  {name:38s} {timing[name]:8.3f} s  {timing[name] / base:6.3f}x")
         work = timing["probe work per recorded step"]
-        lines.append(f"  {'probe work per recorded step':32s} {work:8.3f} s  {work / base:6.1%} of a step")
+        lines.append(f"  {'probe work per recorded step':38s} {work:8.3f} s  {work / base:6.1%} of a step")
     return "\n".join(lines)
 
 

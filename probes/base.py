@@ -11,7 +11,8 @@ DDP's all-reduce; ``on_step`` inside ``optimizer.step()``, before the update (gr
 ``after_step`` after the update; or ``on_skip`` instead of both when the step was skipped (a GradScaler found
 inf/NaN, or the loop zeroed the gradients without stepping). To add a probe (forgetting, early warning...):
 subclass :class:`Probe`, set ``width``, declare your series in ``declare``, fill ``row`` in the hooks, append in
-``write``; set ``session.stop_requested`` to ask a Hugging Face ``Trainer`` to stop.
+``write``; decide in ``on_flush`` (every rank sees the same numbers there) and set ``session.stop_requested`` to
+ask a Hugging Face ``Trainer`` to stop.
 """
 from __future__ import annotations
 
@@ -54,6 +55,10 @@ class Probe:
 
     def reduce(self, session: "ProbeSession", block: torch.Tensor) -> None:
         """Combine this probe's block across ranks in place before it is copied to the host (a collective)."""
+
+    def on_flush(self, session: "ProbeSession", steps: list[int], block: np.ndarray) -> None:
+        """Every rank, once per flush, with the host copy of this probe's combined rows: the place for decisions
+        (setting ``session.stop_requested`` here stops every rank at the same step)."""
 
     def write(self, writer: "RunWriter", steps: list[int], block: np.ndarray) -> None:
         """Append the host copy of this probe's rows (rank 0 only)."""

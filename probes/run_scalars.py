@@ -4,7 +4,8 @@ the learning rate, a non-finite flag, whether the step was skipped and the loss 
 
 ``grad_norm_pre_clip`` is read at the end of the step's last backward: after gradient accumulation, after DDP's
 all-reduce, divided by the GradScaler's scale (as the papers logged it). ``grad_norm_post_clip`` is read inside
-``optimizer.step()``, after whatever clipping the loop or the Trainer did. ``nonfinite`` is 1 when the pre-clip norm
+``optimizer.step()``, after whatever clipping the loop or the Trainer did (NaN with ``post_clip=False``, which saves
+that second pass over the gradients). ``nonfinite`` is 1 when the pre-clip norm
 is NaN or infinite; ``skipped`` is 1 when no ``optimizer.step()`` followed (a GradScaler skips on inf/NaN). The loss
 is the mean over micro-batches of the model's ``output.loss``, or what ``session.log_scalars`` was given; the
 learning rate is ``param_groups[0]["lr"]`` at the step. NaN means not measured.
@@ -28,6 +29,9 @@ class RunScalars(Probe):
 
     width = len(COLUMNS)
 
+    def __init__(self, post_clip: bool = True) -> None:
+        self.post_clip = post_clip
+
     def declare(self, writer) -> None:
         writer.add_series(SERIES, COLUMNS, kind="scalars", attrs={
             "grad_norm_pre_clip": "L2 norm of all gradients at the end of the step's last backward: after "
@@ -42,8 +46,8 @@ class RunScalars(Probe):
             row[SCALE] = session.loss_scale.reshape(())
 
     def on_step(self, session, row: torch.Tensor) -> None:
-        grads = [param.grad for param in session.table.params]
-        row[POST] = total_norm(tensor_norms(grads, session.device))
+        if self.post_clip:  # a second pass over every gradient: the dearest part of a recorded step on a CPU
+            row[POST] = total_norm(tensor_norms([param.grad for param in session.table.params], session.device))
         self._finish(session, row, skipped=False)
 
     def on_skip(self, session, row: torch.Tensor) -> None:

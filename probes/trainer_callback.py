@@ -26,10 +26,10 @@ class ProbeCallback(TrainerCallback):
 
     def __init__(self, output: RunWriter | str | os.PathLike, *, schedule: Schedule | None = None,
                  probes: Sequence[Probe] | None = None, blocks: str | None = None, flush_every: int = 50,
-                 strict: bool = False, meta: RunMeta | None = None) -> None:
+                 strict: bool = False, post_clip: bool = True, meta: RunMeta | None = None) -> None:
         self.output = output
-        self.options: dict[str, Any] = dict(schedule=schedule, probes=probes, blocks=blocks,
-                                            flush_every=flush_every, strict=strict, meta=meta)
+        self.options: dict[str, Any] = dict(schedule=schedule, probes=probes, blocks=blocks, flush_every=flush_every,
+                                            strict=strict, post_clip=post_clip, meta=meta)
         self.session: ProbeSession | None = None
 
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):

@@ -3,8 +3,9 @@
 ``run_loop(LoopConfig(...), path)`` trains a tiny real model (``tests/tiny.py``) for a few steps with or without
 probes and returns the losses, final weights, RNG state and, per step, the oracle's pre-clip norms computed
 straight from ``param.grad`` (float64, grouped with plain Python), so every probe test compares against the same
-reference. Run as a script under torchrun it is the DDP worker of ``tests/test_probes_ddp.py``:
-``python -m torch.distributed.run --nproc_per_node 2 tests/probe_harness.py OUT.h5 [--oracle ORACLE.json]``.
+reference. Run as a script under torchrun it is the distributed worker of ``tests/test_probes_ddp.py``:
+``python -m torch.distributed.run --standalone --nproc_per_node 2 tests/probe_harness.py ddp|fsdp2 OUT.h5
+[--oracle ORACLE.json]``.
 """
 from __future__ import annotations
 
@@ -129,25 +130,36 @@ def run_loop(config: LoopConfig, path: Path | None = None, model=None, batches=N
     return LoopResult(losses, oracle, totals, weights, torch.get_rng_state(), inside, records)
 
 
-def ddp_worker(out: str, oracle_path: str | None) -> None:
-    """Each rank trains on its half of every global batch under DDP (gloo); rank 0 writes the records."""
+def distributed_worker(mode: str, out: str, oracle_path: str | None) -> None:
+    """Each rank trains on its half of every global batch under ``mode`` (``ddp``, or ``fsdp2``: every block and
+    the model ``fully_shard``-ed), on gloo; rank 0 writes the records and its post-all-reduce oracle (DDP)."""
     import torch.distributed as dist
-    from torch.nn.parallel import DistributedDataParallel
 
     dist.init_process_group("gloo")
+    torch.set_num_threads(1)
     rank, world = dist.get_rank(), dist.get_world_size()
     model = tiny.classifier("bert", seed=0)
-    ddp = DistributedDataParallel(model)
-    optimizer = torch.optim.AdamW(ddp.parameters(), lr=1e-3)
     layer_map = probes.find_layers(model)
+    if mode == "ddp":
+        wrapped = torch.nn.parallel.DistributedDataParallel(model)
+    else:
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        mesh = init_device_mesh("cpu", (world,))
+        for block in layer_map.blocks:
+            fully_shard(block, mesh=mesh)
+        wrapped = fully_shard(model, mesh=mesh)
+    optimizer = torch.optim.AdamW(wrapped.parameters(), lr=1e-3)
     oracle = []
-    with probes.attach(ddp, optimizer, out, schedule=probes.Schedule(every=1, dense=0), strict=True):
+    with probes.attach(wrapped, optimizer, out, schedule=probes.Schedule(every=1, dense=0), strict=True):
         for step in range(4):
             batch = tiny.batch(8, 12, seed=step * 100)
             half = {key: value.chunk(world)[rank] for key, value in batch.items()}
-            ddp(**half).loss.backward()
-            oracle.append(oracle_layers(model, layer_map))
-            torch.nn.utils.clip_grad_norm_(ddp.parameters(), 0.1)
+            wrapped(**half).loss.backward()
+            if mode == "ddp":
+                oracle.append(oracle_layers(model, layer_map))
+            torch.nn.utils.clip_grad_norm_(wrapped.parameters(), 0.1)
             optimizer.step()
             optimizer.zero_grad()
     if rank == 0 and oracle_path:
@@ -157,4 +169,5 @@ def ddp_worker(out: str, oracle_path: str | None) -> None:
 
 if __name__ == "__main__":
     arguments = sys.argv[1:]
-    ddp_worker(arguments[0], arguments[arguments.index("--oracle") + 1] if "--oracle" in arguments else None)
+    distributed_worker(arguments[0], arguments[1],
+                       arguments[arguments.index("--oracle") + 1] if "--oracle" in arguments else None)

@@ -119,7 +119,7 @@ def test_schedule_records_only_scheduled_steps_across_flushes(tmp_path):
     model = tiny.classifier("distilbert").train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     with probes.attach(model, optimizer, tmp_path / "run.h5", schedule=probes.Schedule(every=3, dense=2),
-                       start_step=100, flush_every=2):
+                       start_step=100, flush_every=2, post_clip=False):
         for step in range(9):
             model(**tiny.batch(4, 8, seed=step)).loss.backward()
             optimizer.step()
@@ -127,6 +127,7 @@ def test_schedule_records_only_scheduled_steps_across_flushes(tmp_path):
     records = open_run(tmp_path / "run.h5")
     assert list(records.series("probe").steps) == [102, 105, 108]
     assert list(records.series("activations").steps) == [102, 105, 108]
+    assert np.isnan(records.series("probe").column("grad_norm_post_clip")).all()  # that pass was skipped
 
 
 def test_loss_and_lr_from_a_plain_loop(tmp_path):
@@ -144,10 +145,10 @@ def test_loss_and_lr_from_a_plain_loop(tmp_path):
                 session.log_scalars(loss=loss)  # before the step
             optimizer.step()
             if step in (1, 2):
-                session.log_scalars(loss=float(loss))  # after the step, before the next backward
+                session.log_scalars(loss=float(loss.detach()))  # after the step, before the next backward
             schedule.step()
             optimizer.zero_grad()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
     frame = open_run(tmp_path / "run.h5").frame("probe")
     np.testing.assert_allclose(frame["loss"][:3], losses[:3], rtol=1e-6)
     assert np.isnan(frame["loss"][3])
