@@ -5,8 +5,8 @@
 
 Three comparisons on the same three checkpoints and the same examples:
 
-1. one grid point of ``diagnostics.surface`` (move the weights in place + evaluate) against one plain eval pass
-   of the unmoved model (target <= 1.05x);
+1. one grid point of ``diagnostics.surface`` (moving the weights in place, then evaluating: what the command does
+   per point) against one plain eval pass of a separate copy of P, the two measured alternately (target <= 1.05x);
 2. the same plane against the ``loss-landscapes`` package (``pip install -e ".[bench]"``): its
    ``planar_interpolation(P, F, S, metric, steps)`` walks P + (i/steps) (F - P) + (j/steps) (S - P) with in-place
    additions (raw directions, no normalisation, the same plane as ours; its odd rows are shifted by one step, which
@@ -38,10 +38,9 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from diagnostics.distributed import Ranks  # noqa: E402
 from diagnostics.embedded import DEFAULT_MODEL  # noqa: E402
-from diagnostics.surface import (SurfaceConfig, _fill, evaluate, load_examples, load_subspace,  # noqa: E402
-                                 load_tokenizer, prepare_batches, resolve)
+from diagnostics.surface import (SurfaceConfig, evaluate, load_classifier, load_examples,  # noqa: E402
+                                 load_subspace, load_tokenizer, prepare_batches, resolve)
 from diagnostics.tasks import encode  # noqa: E402
 
 
@@ -85,30 +84,32 @@ def timed(function) -> float:
 
 
 def ours(config: SurfaceConfig):
-    """Model, batches, examples, grid indices, the grid's values and a function computing one point."""
+    """What the command builds: the model to move, the subspace, the batches; plus a plain copy of P."""
     axes, attrs = resolve(config)
     _, examples = load_examples(config.task, config.split, config.max_examples)
     device = torch.device("cpu")
     model, space = load_subspace(config.checkpoints, attrs["labels"], device)
     batches = prepare_batches(examples, load_tokenizer(config.checkpoints), model, max_length=config.max_length,
                               batch_size=config.batch_size, device=device)
+    return model, load_classifier(config.checkpoints[0]), space, batches, examples, axes
+
+
+def interleaved(model, plain_model, space, batches, axes) -> tuple[float, float, float, np.ndarray]:
+    """Medians of a plain eval pass, a grid point (move + evaluate, as the command does each point) and the move
+    alone, measured alternately because the machine's load drifts; and the grid's losses."""
     shape = tuple(len(v) for v in axes.values())
-    values = {f: np.full(shape, np.nan) for f in ("loss", "accuracy")}
-
-    def point(index: tuple[int, ...]) -> None:
-        """One grid point as the command computes it (each call also saves and restores the weights: pessimistic)."""
-        _fill(model, space, batches, axes, [index], values, None, "bench", Ranks(0, 1, device))
-
-    return model, batches, examples, [tuple(i) for i in np.ndindex(*shape)], values, point
-
-
-def interleaved(model, batches, indices, point) -> tuple[float, float]:
-    """Median seconds of a plain eval pass and of a grid point, measured alternately (the machine's load drifts)."""
-    plain, moved = [], []
-    for index in indices:
-        plain.append(timed(lambda: evaluate(model, batches)))
-        moved.append(timed(lambda: point(index)))
-    return statistics.median(plain), statistics.median(moved)
+    losses = np.full(shape, np.nan)
+    plain, point, move = [], [], []
+    with space.moving(model) as move_to:
+        for index in np.ndindex(*shape):
+            plain.append(timed(lambda: evaluate(plain_model, batches)))
+            start = time.perf_counter()
+            move_to([float(axis[i]) for axis, i in zip(axes.values(), index)])
+            moved = time.perf_counter()
+            losses[index] = evaluate(model, batches)[0]
+            point.append(time.perf_counter() - start)
+            move.append(moved - start)
+    return statistics.median(plain), statistics.median(point), statistics.median(move), losses
 
 
 def loss_landscapes_plane(checkpoints, examples, tokenizer, max_length: int, steps: int, batches=None):
@@ -181,24 +182,24 @@ def main(argv=None) -> int:
         checkpoints = make_checkpoints(Path(tmp), args.model)
         config = SurfaceConfig(checkpoints=[str(c) for c in checkpoints], task=args.task, range=[0.0, 1.0],
                                grid=args.steps + 1, max_examples=args.examples, batch_size=args.batch_size)
-        model, batches, examples, indices, values, point = ours(config)
-        points = len(indices)
+        model, plain_model, space, batches, examples, axes = ours(config)
+        points = len(axes["a"]) * len(axes["b"])
         print(f"load average {os.getloadavg()[0]:.1f}; {args.threads} thread(s); {len(examples)} examples of "
               f"{args.task} train; {points} grid points")
 
-        plain, per_point = interleaved(model, batches, indices, point)
-        print(f"plain eval pass           {plain * 1e3:9.1f} ms   (median, interleaved with the grid points)")
+        plain, per_point, move, losses = interleaved(model, plain_model, space, batches, axes)
+        print(f"plain eval pass           {plain * 1e3:9.1f} ms   (medians, measured alternately)")
         print(f"surface, per grid point   {per_point * 1e3:9.1f} ms   {per_point / plain:.3f}x the plain pass "
-              "(target <= 1.05x)")
+              f"(target <= 1.05x); moving the weights {move * 1e3:.1f} ms of it")
 
         tokenizer = load_tokenizer(config.checkpoints)
         theirs, their_point = loss_landscapes_plane(checkpoints, examples, tokenizer, config.max_length, args.steps)
         print(f"loss-landscapes, Loss     {their_point * 1e3:9.1f} ms   ours {their_point / per_point:.2f}x faster "
-              f"(target >= 3x); max |loss difference| {matching_points(values['loss'], theirs):.1e} (<= 1e-4)")
+              f"(target >= 3x); max |loss difference| {matching_points(losses, theirs):.1e} (<= 1e-4)")
         theirs_b, their_point_b = loss_landscapes_plane(checkpoints, examples, tokenizer, config.max_length,
                                                         args.steps, batches)
         print(f"loss-landscapes, batched  {their_point_b * 1e3:9.1f} ms   ours {their_point_b / per_point:.2f}x "
-              f"faster; max |loss difference| {matching_points(values['loss'], theirs_b):.1e}")
+              f"faster; max |loss difference| {matching_points(losses, theirs_b):.1e}")
 
         one = torchrun_seconds(checkpoints, config, 1, 1)
         two = torchrun_seconds(checkpoints, config, 2, 1)
