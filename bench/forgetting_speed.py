@@ -91,6 +91,9 @@ def measure(name: str, finetuned, pretrained, corpus: MaskedCorpus, batch_size: 
 
 
 def main(argv: list[str] | None = None) -> int:
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()  # no load reports between the rows
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--blocks", type=int, default=16, help="blocks of 128 tokens in the corpus")
     parser.add_argument("--repeats", type=int, default=3, help="timings per method (the best is kept)")
