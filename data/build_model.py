@@ -2,7 +2,7 @@
 
 Run from the repository root after ``python3 data/build_corpus.py``::
 
-    nohup python3 data/build_model.py --minutes 20 > data/cache/train.log 2>&1 &
+    nohup python3 data/build_model.py --steps 700 --threads 1 > data/cache/train.log 2>&1 &
 
 Steps (each resumable: interrupt at any time and run the same command again):
 

@@ -1,6 +1,6 @@
 """The shipped embedded default (data/model, data/corpus/heldout.txt) loads offline and is what data/README.md says.
 
-Run: ``python3 -m pytest tests/test_embedded_model.py -q`` (about 10-20 s on 2 CPU cores).
+Run: ``python3 -m pytest tests/test_embedded_model.py -q`` (about 15-30 s on 2 shared CPU cores).
 """
 from __future__ import annotations
 
