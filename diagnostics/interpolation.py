@@ -4,8 +4,8 @@ A surface point ``(a, b)`` of the plane through ``theta_p``, ``theta_f`` and ``t
 ``theta_p + a (theta_f - theta_p) + b (theta_s - theta_p)`` (Mosbach et al. 2020, Fig. 7: raw differences, neither
 normalised nor orthogonalised); a point ``a`` of the line through ``theta_a`` and ``theta_b`` is
 ``theta_a + a (theta_b - theta_a)``. :class:`Subspace` moves a live model to such a point without copying it: it
-writes ``(1 - a - b) theta_p + a theta_f + b theta_s`` (the same point, rearranged so that the corners are the
-checkpoints bit for bit) into the model's own parameter tensors with multi-tensor ``torch._foreach_*`` ops, and
+writes ``(1 - a - b) theta_p + a theta_f + b theta_s`` (the same point, built by lerps so that the corners are
+the checkpoints bit for bit) into the model's own parameter tensors with multi-tensor ``torch._foreach_*`` ops, and
 :meth:`Subspace.moving` restores the original weights exactly when the block ends::
 
     space = Subspace.from_models([pretrained, failed, successful])
@@ -57,6 +57,20 @@ def anchor_weights(coords: Sequence[float]) -> list[float]:
     """The weights of the anchors at ``coords``: ``[1 - sum(coords), *coords]`` (one anchor more than coordinates)."""
     coords = [float(c) for c in coords]
     return [1.0 - sum(coords), *coords]
+
+
+def lerp_order(weights: Sequence[float]) -> tuple[int, list[tuple[int, float]]]:
+    """How to reach sum_k weights[k] anchor_k (weights summing to 1) from one anchor by successive lerps.
+
+    Returns ``(first, [(anchor, weight), ...])``: start from anchor ``first``, then ``x = lerp(x, anchor, weight)``
+    for each step. For three anchors the one kept for last is the k with the largest |1 - w_k|, so the middle
+    weight ``w_j / (1 - w_k)`` never divides by a small number (the three |1 - w_k| sum to at least 2).
+    """
+    if len(weights) == 2:
+        return 0, [(1, float(weights[1]))]
+    last = max(range(3), key=lambda k: abs(1.0 - weights[k]))
+    first, middle = (k for k in range(3) if k != last)
+    return first, [(middle, weights[middle] / (1.0 - weights[last])), (last, float(weights[last]))]
 
 
 def grid_indices(shape: Sequence[int]) -> list[tuple[int, ...]]:
@@ -123,15 +137,19 @@ class Subspace:
         return cls(names, anchors)
 
     def move(self, params: list[torch.Tensor], coords: Sequence[float]) -> None:
-        """Write the point at ``coords`` into ``params`` in place (aligned with :attr:`names`)."""
+        """Write the point at ``coords`` into ``params`` in place (aligned with :attr:`names`).
+
+        The point is sum_k w_k anchor_k (:func:`anchor_weights`), built by :func:`lerp_order` from one copy and
+        one or two ``lerp`` passes: three passes over the weights for a plane, two for a line, and each anchor
+        comes out bit for bit at its corner (``lerp`` returns its end exactly at weight 1).
+        """
         if len(coords) != self.dimensions:
             raise ValueError(f"a point of this {self.dimensions}-d subspace has {self.dimensions} coordinates")
-        weights = anchor_weights(coords)
+        first, steps = lerp_order(anchor_weights(coords))
         with torch.no_grad():
-            torch._foreach_copy_(params, self.anchors[0])
-            torch._foreach_mul_(params, weights[0])
-            for anchor, weight in zip(self.anchors[1:], weights[1:]):
-                torch._foreach_add_(params, anchor, alpha=weight)
+            torch._foreach_copy_(params, self.anchors[first])
+            for anchor, weight in steps:
+                torch._foreach_lerp_(params, self.anchors[anchor], weight)
 
     @contextmanager
     def moving(self, model: nn.Module) -> Iterator[Callable[[Sequence[float]], None]]:

@@ -344,7 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--split", choices=("train", "dev"), default="train")
     parser.add_argument("--range", nargs=2, type=float, metavar=("LO", "HI"),
                         help="axis range (default -0.5 1.5 line, -1.5 1.5 plane, -1 1 random)")
-    parser.add_argument("--grid", type=int, help="points per axis, LO and HI included (default 21 line, 13 plane and random)")
+    parser.add_argument("--grid", type=int,
+                        help="points per axis, LO and HI included (default 21 line, 13 plane and random)")
     parser.add_argument("--max-examples", type=int, default=256, help="first N examples of the split (default 256)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-length", type=int, default=128, help="truncate examples to this many tokens")

@@ -134,6 +134,19 @@ def test_a_points_parameters_are_theta_p_plus_a_d1_plus_b_d2(anchors):
                                        rtol=1e-5, atol=1e-6)
 
 
+def test_every_point_of_the_default_grids_is_on_the_plane_and_the_line():
+    generator = torch.Generator().manual_seed(0)
+    p, f, s = ([torch.randn(4, 3, generator=generator, dtype=torch.float64)] for _ in range(3))
+    plane, line, params = Subspace(["w"], [p, f, s]), Subspace(["w"], [p, f]), [torch.empty(4, 3, dtype=torch.float64)]
+    for a in grid_axis(-1.5, 1.5, 13):
+        for b in grid_axis(-1.5, 1.5, 13):
+            plane.move(params, (a, b))
+            torch.testing.assert_close(params[0], plane_point(p[0], f[0] - p[0], s[0] - p[0], a, b),
+                                       rtol=1e-12, atol=1e-12)
+        line.move(params, (a,))
+        torch.testing.assert_close(params[0], line_point(p[0], f[0] - p[0], a), rtol=1e-12, atol=1e-12)
+
+
 def test_corners_are_the_checkpoints_bit_for_bit(anchors):
     models = [AutoModelForSequenceClassification.from_pretrained(c) for c in anchors]
     space = Subspace.from_models(models)
