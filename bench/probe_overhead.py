@@ -10,9 +10,10 @@ same training step (forward, backward, clipping at 1.0, AdamW) is timed with:
 * a per-tensor ``p.grad.norm().item()`` loop every step (how the papers' code logged);
 * per-tensor histograms every step (how ``wandb.watch`` logs: ``torch.histc``, 64 bins, copied to the host).
 
-Blocks of ``--steps`` steps are interleaved round-robin (the order rotating each repetition) to cancel drift from
-other load on the machine; the table gives each variant's median step time and its ratio to no probe. The probes'
-own work per recorded step (the fused norm passes) is also timed alone, as a share of a step.
+Blocks of ``--steps`` steps are interleaved round-robin (the order rotating each repetition) to cancel drift; the
+table gives each variant's median step time and its ratio to no probe, in CPU time of this process (one torch
+thread: the work done, steady when other jobs share the machine) and in wall time (which such jobs make noisy).
+The probes' own work per recorded step (the two fused norm passes) is also timed alone, as a share of a step.
 """
 from __future__ import annotations
 
@@ -69,12 +70,14 @@ def bert_base():
 
 def embedded(folder: Path):
     from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging
 
+    logging.set_verbosity_error()  # the new classifier head is expected; keep the table readable
     return AutoModelForSequenceClassification.from_pretrained(folder, num_labels=2)
 
 
-def time_model(model, config: BenchConfig) -> dict[str, float]:
-    """Median seconds per step of each variant (blocks interleaved), plus the probes' own work per step."""
+def time_model(model, config: BenchConfig) -> dict[str, tuple[float, float]]:
+    """Median (CPU, wall) seconds per step of each variant (blocks interleaved), and the probes' own work."""
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
     batch = {"input_ids": torch.randint(1000, 2000, (config.batch, config.length)),
@@ -82,13 +85,13 @@ def time_model(model, config: BenchConfig) -> dict[str, float]:
     hooks = _Extras(model)
     for _ in range(config.warmup):
         _step(model, optimizer, batch, None)
-    times: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in VARIANTS}
     with tempfile.TemporaryDirectory() as folder:
         for repetition in range(config.repetitions):
             order = VARIANTS[repetition % len(VARIANTS):] + VARIANTS[: repetition % len(VARIANTS)]
             for name in order:
                 every = 10 if "10 steps" in name else 1 if name.startswith("probes") else None
-                start = time.perf_counter()
+                start = time.process_time(), time.perf_counter()
                 session = (probes.attach(model, optimizer, Path(folder) / f"{name}-{repetition}.h5",
                                          schedule=probes.Schedule(every=every, dense=0),
                                          post_clip="post_clip=False" not in name) if every else None)
@@ -96,8 +99,10 @@ def time_model(model, config: BenchConfig) -> dict[str, float]:
                     _step(model, optimizer, batch, hooks.get(name))
                 if session is not None:
                     session.close()
-                times[name].append((time.perf_counter() - start) / config.steps)
-    result = {name: statistics.median(values) for name, values in times.items()}
+                times[name].append(((time.process_time() - start[0]) / config.steps,
+                                    (time.perf_counter() - start[1]) / config.steps))
+    result = {name: (statistics.median(cpu for cpu, _ in values), statistics.median(wall for _, wall in values))
+              for name, values in times.items()}
     result["probe work per recorded step"] = _probe_work(model)
     return result
 
@@ -128,16 +133,16 @@ class _Extras:
                 if param.grad is not None}
 
 
-def _probe_work(model, repeats: int = 5) -> float:
-    """Seconds for the probes' fused passes of one recorded step: pre-clip norms, then the post-clip total."""
+def _probe_work(model, repeats: int = 5) -> tuple[float, float]:
+    """(CPU, wall) seconds of the probes' fused passes of one recorded step: pre-clip norms, post-clip total."""
     model(input_ids=torch.randint(1000, 2000, (2, 8)), labels=torch.tensor([0, 1])).loss.backward()
     grads = [param.grad for param in model.parameters()]
-    start = time.perf_counter()
+    start = time.process_time(), time.perf_counter()
     for _ in range(repeats):
         total_norm(tensor_norms(grads, grads[0].device))
         total_norm(tensor_norms(grads, grads[0].device))
     model.zero_grad()
-    return (time.perf_counter() - start) / repeats
+    return (time.process_time() - start[0]) / repeats, (time.perf_counter() - start[1]) / repeats
 
 
 def run(config: BenchConfig) -> dict[str, dict[str, float] | str]:
@@ -150,18 +155,18 @@ def run(config: BenchConfig) -> dict[str, dict[str, float] | str]:
 
 
 def report(results: dict, config: BenchConfig) -> str:
-    lines = [f"batch {config.batch} x {config.length} tokens, {config.steps} steps per block, "
-             f"{config.repetitions} interleaved repetitions, {torch.get_num_threads()} threads; median s/step"]
+    lines = [f"batch {config.batch} x {config.length} tokens, {config.steps} steps per block, {config.repetitions} "
+             f"interleaved repetitions, {torch.get_num_threads()} thread(s); medians per step",
+             f"  {'':38s} {'CPU s':>8s} {'ratio':>7s} {'wall s':>8s} {'ratio':>7s}"]
     for model, timing in results.items():
         lines.append(f"\n{model}")
         if isinstance(timing, str):
             lines.append(f"  {timing}")
             continue
-        base = timing["no probe"]
-        for name in VARIANTS:
-            lines.append(f"  {name:38s} {timing[name]:8.3f} s  {timing[name] / base:6.3f}x")
-        work = timing["probe work per recorded step"]
-        lines.append(f"  {'probe work per recorded step':38s} {work:8.3f} s  {work / base:6.1%} of a step")
+        base_cpu, base_wall = timing["no probe"]
+        for name in (*VARIANTS, "probe work per recorded step"):
+            cpu, wall = timing[name]
+            lines.append(f"  {name:38s} {cpu:8.3f} {cpu / base_cpu:6.3f}x {wall:8.3f} {wall / base_wall:6.3f}x")
     return "\n".join(lines)
 
 

@@ -6,13 +6,14 @@ Face ``Trainer``), :class:`Schedule`, the probes (:class:`GradientNorms`, :class
 package does not import transformers; :class:`ProbeCallback` loads it when first used.
 """
 from probes.activation_gradients import ActivationGradients
+from probes.attach import attach
 from probes.base import HookRecord, Probe
 from probes.gradient_norms import GradientNorms
 from probes.layers import LayerDiscoveryError, LayerMap, find_layers
 from probes.parameter_norms import ParameterNorms
 from probes.run_scalars import RunScalars
 from probes.schedule import Schedule
-from probes.session import ProbeSession, attach
+from probes.session import ProbeSession
 
 __all__ = ["ActivationGradients", "GradientNorms", "HookRecord", "LayerDiscoveryError", "LayerMap", "ParameterNorms",
            "Probe", "ProbeCallback", "ProbeSession", "RunScalars", "Schedule", "attach", "find_layers"]

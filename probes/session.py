@@ -1,41 +1,33 @@
-"""The probe session: attaches probes to a model and its optimiser, drives them step by step, owns the records.
+"""The probe session: runs probes on a model and its optimiser, step by step, and owns their records.
 
-``with probes.attach(model, optimizer, "run.h5") as session:`` around a training loop is all a run needs (see
-README, "Attaching probes to your own run"). The session registers native hooks only, each kept in ``hooks`` and
-removed in ``finally``:
-
-* a forward hook on the model puts a tensor hook on its outputs; when the backward reaches them it queues an
-  autograd-engine callback, which queues a second one: that runs after every callback queued during the backward
-  (DDP's all-reduce finaliser among them), when the gradients are final, and computes the per-tensor gradient norms
-  in one fused pass, on recorded steps only;
-* an optimiser step pre-hook and post-hook commit the step (so with accumulation the last backward wins);
-* a forward pre-hook notices a step that ended without ``optimizer.step()`` (gradients cleared with
-  ``zero_grad()``, as after a GradScaler skip) and records it as skipped; a loop that zeroes gradients in place
-  (``set_to_none=False``) hides such steps, which then merge into the next one.
-Steps are counted from ``start_step``, one per ``optimizer.step()`` or skipped step. Values stay on the device until
-a flush (every ``flush_every`` recorded steps and at close). Only rank 0 writes; every rank computes.
+:func:`probes.attach` makes one; ``with probes.attach(model, optimizer, "run.h5") as session:`` around a
+training loop is all a run needs (README, "Attaching probes to your own run"). :class:`probes.step_events.StepEvents` says when a step's gradients
+are final, when it steps and when it was skipped; on recorded steps (``schedule``) the session then computes the
+per-tensor gradient norms in one fused pass (unscaled from a GradScaler), hands each probe its slice of a device
+buffer row, and commits the row when the step ends. Steps are counted from ``start_step``, one per
+``optimizer.step()`` or skipped step. Values stay on the device until a flush (every ``flush_every`` recorded steps
+and at close): one host copy, collectives across ranks where a probe needs them, then rank 0 writes. Every hook
+handle is kept in ``hooks`` and removed in ``finally``. A failing probe warns once and the probes turn off; a
+failing write warns once and recording stops; training goes on either way (``strict=True`` raises instead).
 """
 from __future__ import annotations
 
-import os
 import warnings
-from contextlib import contextmanager
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
 
-from diagnostics.records import RunMeta, RunWriter
+from diagnostics.records import RunWriter
 from probes import distributed
 from probes.base import HookRecord, Probe
-from probes.layers import LayerMap, find_layers
+from probes.layers import LayerMap
 from probes.norms import tensor_norms, total_norm
 from probes.rows import DeviceRows
 from probes.run_scalars import RunScalars
 from probes.schedule import Schedule
+from probes.step_events import StepEvents
 from probes.table import ParameterTable, parameter_table
-
-_engine = torch.autograd.Variable._execution_engine
 
 
 class ProbeSession:
@@ -43,11 +35,10 @@ class ProbeSession:
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, writer: RunWriter | None,
                  probes: Sequence[Probe], schedule: Schedule, layers: LayerMap, *, scaler: Any = None,
-                 start_step: int = 0, flush_every: int = 50, strict: bool = False, post_clip: bool = True,
-                 owns_writer: bool = False):
+                 start_step: int = 0, flush_every: int = 50, strict: bool = False, post_clip: bool = True):
         self.model, self.optimizer, self.layers = model, optimizer, layers
         self.table: ParameterTable = parameter_table(model, layers)
-        self.scaler, self.writer, self.owns_writer = scaler, writer, owns_writer
+        self.scaler, self.writer, self.owns_writer = scaler, writer, False
         self.schedule, self.step, self.strict = schedule, start_step, strict
         self.rank, self.world = distributed.rank_and_world()
         self.sharded = distributed.is_sharded(self.table.params)
@@ -59,8 +50,8 @@ class ProbeSession:
         self.stop_requested = False
         self.grad_norms = self.grad_total = self.loss_scale = None
         self._flush_every = flush_every
-        self._broken = self._closed = self._queued = self._stepping = False
-        self._forward_seen = self._backward_seen = False
+        self.events = StepEvents(model, optimizer, self.table.params, self)
+        self._broken = self._closed = False
         self._warned: set[str] = set()
         self._loss_sum, self._loss_count, self._given = None, 0, {}
 
@@ -83,7 +74,9 @@ class ProbeSession:
                     probe.declare(self.writer)
                 if not getattr(self.writer, "_started", False):
                     self.writer.start()
-            self._register()
+            self.events.register(self.hooks)
+            for probe in self.probes:
+                probe.attach(self)
         except BaseException:
             self.hooks.remove_all()
             self._discard_writer()
@@ -119,7 +112,7 @@ class ProbeSession:
 
     def log_scalars(self, loss: Any = None, lr: Any = None) -> None:
         """Loss / learning rate of the step in progress (once its forward ran), else of the step just taken."""
-        if self._forward_seen or self._backward_seen or self._stepping:
+        if self.events.in_step:
             self._given.update({k: v for k, v in (("loss", loss), ("lr", lr)) if v is not None})
         elif self.rows.steps and self.rows.steps[-1] == self.step - 1:
             self.scalars.set(self.rows.last_row()[self.scalars.columns], loss=loss, lr=lr)
@@ -156,46 +149,30 @@ class ProbeSession:
             self._warn_once("write", f"probes could not write to the records ({error}); training goes on without them")
             self.writer = None
 
-    # ------------------------------------------------------------------------------------------ hooks
+    # ------------------------------------------------------------------------------------------ step events
 
-    def _register(self) -> None:
-        model, add = self.model, self.hooks.add
-        add(model.register_forward_pre_hook(self._on_forward_start), "notice a step skipped since the last backward")
-        add(model.register_forward_hook(self._on_forward_end), "capture the loss; find the end of the backward")
-        add(self.optimizer.register_step_pre_hook(self._on_step), "commit the step, read post-clip norms")
-        add(self.optimizer.register_step_post_hook(self._after_step), "end the step after the update")
-        for probe in self.probes:
-            probe.attach(self)
-
-    def _on_forward_start(self, module, args) -> None:
-        self._queued = False  # a new graph: a backward that raised earlier must not block this one's callback
-        if self.active and self._backward_seen and not self._stepping and torch.is_grad_enabled():
-            if all(param.grad is None for param in self.table.params):
-                self._guarded(self._end_step, False)
-
-    def _on_forward_end(self, module, args, output) -> None:
-        if not (self.active and torch.is_grad_enabled()):
-            return
-        tensors = [t for t in _top_level_tensors(output) if t.requires_grad]
-        for tensor in tensors:
-            tensor.register_hook(self._on_output_grad)
-        self._forward_seen = self._forward_seen or bool(tensors)
-        loss = output.get("loss") if isinstance(output, dict) else getattr(output, "loss", None)
-        if tensors and self.recording and torch.is_tensor(loss) and loss.numel() == 1:
-            loss = loss.detach().float().reshape(())
+    def loss_seen(self, loss: torch.Tensor) -> None:
+        if self.recording:
             self._loss_sum = loss if self._loss_sum is None else self._loss_sum + loss
             self._loss_count += 1
 
-    def _on_output_grad(self, grad: torch.Tensor) -> None:
-        if not self._queued:
-            self._queued = True
-            _engine.queue_callback(lambda: _engine.queue_callback(self._on_backward_end))
-
-    def _on_backward_end(self) -> None:
-        self._queued = False
-        self._backward_seen = True
+    def backward_ended(self) -> None:
         if self.active and self.recording:
             self._guarded(self._read_gradients)
+
+    def step_begins(self) -> None:
+        if self.active and self.recording:
+            row = self.rows.open_row()
+            for probe in self.probes:
+                self._guarded(probe.on_step, self, row[probe.columns])
+
+    def step_ended(self, stepped: bool) -> None:
+        if self.active and self.recording and stepped:
+            row = self.rows.open_row()
+            for probe in self.probes:
+                self._guarded(probe.after_step, self, row[probe.columns])
+        if self.active:
+            self._guarded(self._end_step, stepped)
 
     def _read_gradients(self) -> None:
         scale = self.scaler._get_scale_async() if self.scaler is not None else None
@@ -208,22 +185,6 @@ class ProbeSession:
         for probe in self.probes:
             probe.on_backward(self, row[probe.columns], first)
 
-    def _on_step(self, optimizer, args, kwargs) -> None:
-        self._stepping = True
-        if self.active and self.recording:
-            row = self.rows.open_row()
-            for probe in self.probes:
-                self._guarded(probe.on_step, self, row[probe.columns])
-
-    def _after_step(self, optimizer, args, kwargs) -> None:
-        if self.active and self.recording:
-            row = self.rows.open_row()
-            for probe in self.probes:
-                self._guarded(probe.after_step, self, row[probe.columns])
-        if self.active:
-            self._guarded(self._end_step, True)
-        self._stepping = False
-
     def _end_step(self, stepped: bool) -> None:
         if self.recording:
             row = self.rows.open_row()
@@ -235,7 +196,6 @@ class ProbeSession:
                 self.flush()
         self.step += 1
         self.recording = self.schedule(self.step)
-        self._forward_seen = self._backward_seen = False
         self._loss_sum, self._loss_count, self._given = None, 0, {}
 
     # ------------------------------------------------------------------------------------------ failures
@@ -261,36 +221,3 @@ class ProbeSession:
             path = self.writer.path
             self.writer.close()
             path.unlink(missing_ok=True)
-
-
-def attach(model: nn.Module, optimizer: torch.optim.Optimizer, writer: RunWriter | str | os.PathLike | None, *,
-           schedule: Schedule | None = None, probes: Sequence[Probe] | None = None, blocks: str | None = None,
-           scaler: Any = None, start_step: int = 0, flush_every: int = 50, strict: bool = False,
-           post_clip: bool = True, meta: RunMeta | None = None) -> ProbeSession:
-    """Attach probes (default: gradient norms and activation gradients) to a run; returns the open session.
-
-    ``writer``: a :class:`RunWriter` not yet started (the probes declare their series, then the session starts it
-    and leaves it open), a path for a new records file (closed with the session), or None to record nothing. On
-    ranks other than 0 it is ignored. ``blocks`` names the encoder ModuleList of a model not found automatically;
-    ``scaler`` is the GradScaler of an AMP loop (found by itself on an Accelerate optimiser). ``post_clip=False``
-    skips the post-clipping total (a second pass over the gradients, ~2% of a BERT-base step on a CPU).
-    """
-    from probes.activation_gradients import ActivationGradients
-    from probes.gradient_norms import GradientNorms
-
-    inner = distributed.unwrap_model(model)
-    chosen = list(probes) if probes is not None else [GradientNorms(), ActivationGradients()]
-    session = ProbeSession(inner, distributed.unwrap_optimizer(optimizer), None, chosen, schedule or Schedule(),
-                           find_layers(inner, blocks), scaler=distributed.scaler_of(optimizer, scaler),
-                           start_step=start_step, flush_every=flush_every, strict=strict, post_clip=post_clip)
-    if session.rank == 0 and isinstance(writer, RunWriter):
-        session.writer = writer
-    elif session.rank == 0 and writer is not None:
-        session.writer = RunWriter.create(writer, meta or RunMeta(model=type(inner).__name__))
-        session.owns_writer = True
-    return session.open()
-
-
-def _top_level_tensors(output: Any) -> Iterator[torch.Tensor]:
-    values = output.values() if isinstance(output, dict) else output if isinstance(output, (tuple, list)) else [output]
-    return (value for value in values if torch.is_tensor(value))

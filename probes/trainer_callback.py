@@ -17,7 +17,8 @@ from transformers import TrainerCallback
 from diagnostics.records import RunMeta, RunWriter
 from probes.base import Probe
 from probes.schedule import Schedule
-from probes.session import ProbeSession, attach
+from probes.attach import attach
+from probes.session import ProbeSession
 
 
 class ProbeCallback(TrainerCallback):
