@@ -113,8 +113,12 @@ def _check_examples(examples: list[Example], kind: str, num_labels: int, where: 
 def _read_jsonl(path: Path) -> list[Example]:
     if not path.is_file():
         raise TaskError(f"{path}: missing")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise TaskError(f"{path}: not UTF-8 text; write the task as UTF-8 JSON lines") from None
     examples = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(text.splitlines(), 1):
         if line.strip():
             try:
                 row = json.loads(line)
