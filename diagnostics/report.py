@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -102,6 +103,10 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError(f"{path} does not exist; pass run.h5 files or folders of runs")
         if config.out and Path(config.out).exists():
             raise ValueError(f"{config.out} already exists; pass another --out path")
+        folder = Path(config.out or ".").parent
+        if config.out and not (folder.is_dir() and os.access(folder, os.W_OK)):
+            raise ValueError(f"cannot write {config.out}: its folder is missing or not writable; "
+                             "pass another --out path")
         report = run(config)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
