@@ -109,6 +109,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (FigureError, MissingRecord, RecordsError) as error:
         print(f"plots: error: {error}", file=sys.stderr)
         return 1
+    except OSError as error:  # the output folder cannot be written (read-only, full)
+        print(f"plots: error: cannot write {error.filename or args.out} ({error.strerror}); "
+              "pass -o in a writable folder", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("plots: interrupted; no partial figure was left", file=sys.stderr)
         return 130
