@@ -125,15 +125,23 @@ def load_classifier(folder: str) -> nn.Module:
 
 
 def load_tokenizer(folders: Sequence[str]):
-    """The tokenizer of the first folder that holds one."""
+    """The tokenizer of the first folder that holds one; the other folders' tokenizers must have its vocabulary."""
     from transformers import AutoTokenizer
 
+    found = []
     for folder in folders:
         try:
-            return AutoTokenizer.from_pretrained(folder)
+            found.append((folder, AutoTokenizer.from_pretrained(folder)))
         except (OSError, ValueError, TypeError):
             continue
-    raise SurfaceError(f"none of {', '.join(folders)} holds a tokenizer; save_pretrained the tokenizer into one")
+    if not found:
+        raise SurfaceError(f"none of {', '.join(folders)} holds a tokenizer; save_pretrained the tokenizer into one")
+    (first, tokenizer), vocabulary = found[0], found[0][1].get_vocab()
+    for folder, other in found[1:]:
+        if other.get_vocab() != vocabulary:
+            raise SurfaceError(f"the tokenizers of {first} and {folder} have different vocabularies; pass "
+                               "checkpoints fine-tuned from the same pre-trained model")
+    return tokenizer
 
 
 def load_subspace(folders: Sequence[str], labels: Sequence[str], device: torch.device,
