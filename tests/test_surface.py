@@ -320,7 +320,11 @@ def odd_checkpoints(tmp_path_factory, tiny_mlm_dir) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("odd")
     wider = AutoModelForSequenceClassification.from_config(tiny.config("bert", len(tiny.tokenizer()) + 7))
     (root / "empty").mkdir()
-    return {"roberta": tiny.save(tiny.classifier("roberta", seed=1), root / "roberta"),
+    retokenised = tiny.save(tiny.classifier("bert", seed=1), root / "retokenised")
+    other_vocabulary = tiny.tokenizer()
+    other_vocabulary.add_tokens(["zebra"])
+    other_vocabulary.save_pretrained(retokenised)
+    return {"retokenised": retokenised, "roberta": tiny.save(tiny.classifier("roberta", seed=1), root / "roberta"),
             "vocab": tiny.save(wider, root / "vocab"),
             "deeper": tiny.save(tiny.classifier("bert", seed=1, layers=5), root / "deeper"),
             "mlm": tiny_mlm_dir, "empty": root / "empty", "missing": root / "nowhere"}
@@ -340,7 +344,8 @@ def _refused(capsys, argv: list[str], *needles: str) -> str:
 
 @pytest.mark.parametrize("odd, needle", [("roberta", "same architecture"), ("vocab", "same architecture and size"),
                                          ("deeper", "same architecture"), ("mlm", "not a sequence classification"),
-                                         ("empty", "no config.json"), ("missing", "does not exist")])
+                                         ("empty", "no config.json"), ("missing", "does not exist"),
+                                         ("retokenised", "different vocabularies")])
 def test_bad_checkpoints_are_refused(capsys, anchors, task_dir, odd_checkpoints, odd, needle):
     _refused(capsys, ["--plane", str(anchors[0]), str(odd_checkpoints[odd]), str(anchors[2]),
                       "--task", str(task_dir), "--grid", "2"], needle)
