@@ -4,10 +4,12 @@ line on stderr naming the problem and the fix, a non-zero exit, no traceback, an
     python3 -m pytest tests/test_bad_inputs.py            # ~40 s on two busy cores
     python3 -m pytest tests/test_bad_inputs.py -k surface
 
-Each ``python -m`` tool runs in a real subprocess of its own; to keep the battery fast, that one process runs all of
-the tool's cases in turn (``runpy`` runs the module as ``python -m`` does, with stdout and stderr captured at the
-file-descriptor level, so native writes and warnings count too) and hashes every file of the inputs folder before
-and after each case. Each case is still its own test. The probe attach path is checked in process. An argument
+The tools run in real subprocesses; to keep the battery fast (importing torch and transformers takes most of a
+tool's time) one process runs the cases of the torch tools (finetune first, while transformers is untouched, then
+forgetting and surface) and a second one, started beside it, those of report and plots. Each case runs its module
+as ``python -m`` does (``runpy``), with stdout and stderr captured at the file-descriptor level, so native writes
+and warnings count too, and the driver hashes every file of the inputs folder before and after it. Each case is
+still its own test. The probe attach path is checked in process. An argument
 that argparse refuses prints its usage first: those lines are not counted, the ``error:`` line must be alone.
 The read-only-folder cases mount a read-only tmpfs (root only; skipped elsewhere); an unwritable path that needs no
 privilege is a path under a regular file. KINDS is the list the README's "Reliability" section gives.
@@ -79,6 +81,7 @@ class Case:
 
 MODULES = {"finetune": "diagnostics.finetune", "forgetting": "diagnostics.forgetting",
            "surface": "diagnostics.surface", "report": "diagnostics.report", "plots": "plots"}
+PROCESSES = (("finetune", "forgetting", "surface"), ("report", "plots"))  # the tools each driver process runs
 
 FINETUNE = ("--task", "{task}", "--recipe", "default", "--seed", "0", "--out", "{runs}", "--model", "{pretrained}",
             "--max-length", "32", "--epochs", "1", "--batch-size", "8", "--evals", "1", "--threads", "1")
@@ -167,7 +170,7 @@ CASES = [
     Case("plots", "unknown-figure", ("nope", *PLOT[1:]), "invalid choice"),
 ]
 
-# The driver: one process per tool; each case runs like `python -m MODULE ARGV...` (runpy), with fd-level capture.
+# The driver: each case [module, argv] runs like `python -m MODULE ARGV...` (runpy), with fd-level capture.
 DRIVER = r'''
 import hashlib, json, os, runpy, sys, tempfile, traceback
 from pathlib import Path
@@ -189,9 +192,9 @@ def call(module):
         traceback.print_exc()
         return 1
 
-module, root, cases_path, results_path = sys.argv[1:5]
+root, cases_path, results_path = sys.argv[1:4]
 cases, results = json.loads(Path(cases_path).read_text()), []
-for argv in cases:
+for module, argv in cases:
     for loaded in list(sys.modules.values()):  # warnings show again in each case, as in a fresh process
         registry = getattr(loaded, "__warningregistry__", None)
         if isinstance(registry, dict):
@@ -223,28 +226,33 @@ Path(results_path).write_text(json.dumps(results))
 
 
 @pytest.fixture(scope="module")
-def inputs(tmp_path_factory) -> dict[str, Path]:
-    """Every input the cases name, in one folder (the one hashed), plus a read-only mount when root may make one."""
+def read_only(tmp_path_factory) -> Path | None:
+    """An empty folder on a read-only tmpfs; None where this user cannot mount one (only root can)."""
+    folder = tmp_path_factory.mktemp("read-only")
+    mounted = shutil.which("mount") is not None and subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(folder)], capture_output=True).returncode == 0
+    yield folder if mounted else None
+    if mounted:
+        subprocess.run(["umount", str(folder)], check=False)
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory, read_only) -> dict[str, Path]:
+    """Every input the cases name, in one folder (``root``, the one hashed); the read-only folder lies outside."""
     root = tmp_path_factory.mktemp("bad-inputs")
-    found = {"missing": root / "nowhere", "runs": root / "runs", "figures": root / "figures"}
+    found = {"root": root, "missing": root / "nowhere", "runs": root / "runs", "figures": root / "figures",
+             "read_only": read_only or root / "read-only-not-mounted"}
     found["figures"].mkdir()
     found.update(_checkpoints(root))
     found.update(_tasks(root))
     found.update(_texts(root))
     found.update(_records(root))
     for name in ("unfinished_runs", "truncated_runs"):
-        (root / name / "toy-default-s0").mkdir(parents=True)
-    (root / "unfinished_runs" / "toy-default-s0" / "notes.txt").write_text("a run that was killed\n")
-    shutil.copy(found["truncated"], root / "truncated_runs" / "toy-default-s0" / "run.h5")
-    found["unfinished_runs"], found["truncated_runs"] = root / "unfinished_runs", root / "truncated_runs"
-    found["read_only"] = root / "read-only"
-    found["read_only"].mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(found["read_only"])],
-                             capture_output=True).returncode == 0 if shutil.which("mount") else False
-    found["mounted"] = mounted
-    yield found
-    if mounted:
-        subprocess.run(["umount", str(found["read_only"])], check=False)
+        found[name] = root / name
+        (found[name] / "toy-default-s0").mkdir(parents=True)
+    (found["unfinished_runs"] / "toy-default-s0" / "notes.txt").write_text("a run that was killed\n")
+    shutil.copy(found["truncated"], found["truncated_runs"] / "toy-default-s0" / "run.h5")
+    return found
 
 
 def _checkpoints(root: Path) -> dict[str, Path]:
@@ -305,24 +313,25 @@ def _records(root: Path) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def outcomes(inputs, tmp_path_factory):
-    """Each case's exit code, stdout, stderr and changed files, one driver process per tool (run when first asked)."""
+def outcomes(inputs, tmp_path_factory) -> dict[Case, dict]:
+    """Each case's exit code, stdout, stderr and changed files, from the driver processes run side by side."""
     work = tmp_path_factory.mktemp("driver")
-    done: dict[str, list[dict]] = {}
-
-    def outcome(case: Case) -> dict:
-        if case.tool not in done:
-            cases = [c for c in CASES if c.tool == case.tool]
-            (work / "cases.json").write_text(json.dumps([[a.format(**inputs) for a in c.argv] for c in cases]))
-            env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-                   "TOKENIZERS_PARALLELISM": "false"}
-            subprocess.run([sys.executable, "-c", DRIVER, MODULES[case.tool], str(inputs["runs"].parent),
-                            str(work / "cases.json"), str(work / "results.json")], cwd=REPO, env=env, check=True,
-                           timeout=600)
-            done[case.tool] = dict(zip(cases, json.loads((work / "results.json").read_text())))
-        return done[case.tool][case]
-
-    return outcome
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "TOKENIZERS_PARALLELISM": "false"}
+    groups, running = [], []
+    for number, tools in enumerate(PROCESSES):  # each process gets its own copy of the inputs to hash
+        root = shutil.copytree(inputs["root"], work / f"inputs-{number}")
+        paths = {key: root / path.relative_to(inputs["root"]) if path.is_relative_to(inputs["root"]) else path
+                 for key, path in inputs.items()}
+        cases = [case for tool in tools for case in CASES if case.tool == tool]
+        (work / f"cases-{number}.json").write_text(json.dumps(
+            [[MODULES[c.tool], [a.format(**paths) for a in c.argv]] for c in cases]))
+        groups.append((cases, work / f"results-{number}.json"))
+        running.append(subprocess.Popen([sys.executable, "-c", DRIVER, str(root), str(work / f"cases-{number}.json"),
+                                         str(groups[-1][1])], cwd=REPO, env=env))
+    for process in running:
+        assert process.wait(timeout=600) == 0
+    return {case: result for cases, path in groups for case, result in zip(cases, json.loads(path.read_text()))}
 
 
 def message_lines(stderr: str) -> list[str]:
@@ -347,10 +356,10 @@ def _ids(cases: list[Case]) -> list[str]:
 
 
 @pytest.mark.parametrize("case", CASES, ids=_ids(CASES))
-def test_bad_input_is_one_line_nonzero_and_touches_nothing(case, inputs, outcomes):
-    if case.kind == "read-only-folder" and not inputs["mounted"]:
+def test_bad_input_is_one_line_nonzero_and_touches_nothing(case, read_only, outcomes):
+    if case.kind == "read-only-folder" and read_only is None:
         pytest.skip("cannot mount a read-only tmpfs here (needs root)")
-    result = outcomes(case)
+    result = outcomes[case]
     assert "Traceback" not in result["stderr"], result["stderr"][-3000:]
     lines = message_lines(result["stderr"])
     assert result["code"] not in (0, None) and len(lines) == 1, (result["code"], result["stderr"][-2000:])
@@ -375,7 +384,7 @@ def _attach_cases(inputs) -> dict[str, tuple]:
     unknown = torch.nn.Sequential(torch.nn.Linear(4, 4))
     return {
         "unknown-layers (ProbeCallback)": (
-            lambda: probes.ProbeCallback(inputs["runs"].parent / "cb.h5").on_train_begin(
+            lambda: probes.ProbeCallback(inputs["root"] / "callback.h5").on_train_begin(
                 None, _trainer_state(), None, model=unknown, optimizer=torch.optim.SGD(unknown.parameters(), 0.1)),
             probes.LayerDiscoveryError, "blocks="),
         "unknown-layers (wrong blocks=)": (lambda: probes.attach(model, optimizer, None, blocks="encoder.nope"),
@@ -394,11 +403,11 @@ def _trainer_state():
     return TrainerState()
 
 
-def test_attach_path_refuses_bad_inputs_in_one_line_and_touches_nothing(inputs):
-    root = inputs["runs"].parent
+def test_attach_path_refuses_bad_inputs_in_one_line_and_touches_nothing(inputs, read_only):
+    root = inputs["root"]
     before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
     for name, (call, error, needle) in _attach_cases(inputs).items():
-        if name == "read-only-folder" and not inputs["mounted"]:
+        if name == "read-only-folder" and read_only is None:
             continue
         with pytest.raises(error) as raised:
             call()
