@@ -26,7 +26,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -37,11 +37,12 @@ from diagnostics import records
 from diagnostics.bert_adam import BertAdam
 from diagnostics.embedded import DEFAULT_MODEL
 from diagnostics.recipes import RECIPES, Recipe, get_recipe
-from diagnostics.tasks import Example, Task, TaskError, encode, load_task, metric
+from diagnostics.tasks import Example, Task, TaskError, encode, load_task, majority_baseline, metric
 from probes.layers import find_layers
 
 REINIT_STD = 0.02  # Zhang et al.: N(0, 0.02) for re-initialised weights
 EVAL_BATCH = 64
+EARLY_WARNING_FRACTION = 0.15  # the early warning decides after this share of the steps
 
 # Probes: called with (model, optimizer, writer) and entered before the records start, so it can declare its series
 # and attach its hooks; exited (hooks removed) when training ends, before `final/` is saved.
@@ -74,6 +75,9 @@ class FinetuneConfig:
     correct_bias: bool | None = None
     reinit_layers: int | None = None
     layerwise_lr_decay: float | None = None
+    train_examples: int | None = None
+    dev_examples: int | None = None
+    probes: bool = True
 
     def resolved_recipe(self) -> Recipe:
         overrides = {f.name: getattr(self, f.name) for f in fields(Recipe) if hasattr(self, f.name)
@@ -201,14 +205,47 @@ def eval_steps(total: int, evals: int) -> set[int]:
     return {round(total * k / evals) for k in range(1, evals + 1)} | {total}
 
 
+def total_steps(task: Task, recipe: Recipe) -> int:
+    """Optimiser steps of a run: batches per epoch times epochs."""
+    return -(-len(task.train) // recipe.batch_size) * recipe.epochs
+
+
+def standard_probes(total: int) -> Probes:
+    """What every run of this runner records: per-layer and per-matrix gradient norms and per-depth activation
+    gradients at every step, and the early warning over the first 15% of steps (runs of 27 steps or more)."""
+    import probes
+
+    def attach(model: nn.Module, optimizer: torch.optim.Optimizer, writer: records.RunWriter):
+        chosen = [probes.GradientNorms(), probes.ActivationGradients()]
+        window_end = round(EARLY_WARNING_FRACTION * total)
+        if window_end >= 4:
+            chosen.append(probes.EarlyWarning(window_end))
+        return probes.attach(model, optimizer, writer, probes=chosen, schedule=probes.Schedule(every=1))
+
+    return attach
+
+
+def subset(task: Task, train_examples: int | None, dev_examples: int | None) -> Task:
+    """The task cut to its first examples (the splits are stored shuffled); the majority baseline follows the dev
+    subset."""
+    if train_examples is None and dev_examples is None:
+        return task
+    dev = task.dev[:dev_examples]
+    return replace(task, train=task.train[:train_examples], dev=dev,
+                   majority_baseline=majority_baseline(task.metric, dev))
+
+
 def train(model, tokenizer, task: Task, recipe: Recipe, config: FinetuneConfig, run: records.RunWriter,
-          probes: Probes | None = None) -> tuple[int, float]:
-    """The training loop; appends `train` and `eval` rows; returns (optimiser steps, final dev metric)."""
+          probes: Probes | None = None) -> tuple[int, float, float]:
+    """The training loop; appends `train` rows (at the 0-based step of each update) and `eval` rows (after that
+    many updates); returns (optimiser steps, final dev metric, mean training loss of the last 10% of steps)."""
     optimizer = BertAdam(parameter_groups(model, recipe), lr=recipe.lr, betas=recipe.adam_betas,
                          eps=recipe.adam_eps, correct_bias=recipe.correct_bias)
-    steps_per_epoch = -(-len(task.train) // recipe.batch_size)
-    total = steps_per_epoch * recipe.epochs
+    total = total_steps(task, recipe)
+    if total == 0:
+        raise FinetuneError(f"task {task.name} gives zero training steps; give it examples and --epochs >= 1")
     warmup = max(1, round(recipe.warmup_ratio * total))
+    last_losses: list[float] = []
     scheduled = eval_steps(total, config.evals)
     generator = torch.Generator().manual_seed(config.seed)
     attached = probes(model, optimizer, run) if probes else contextlib.nullcontext()
@@ -227,13 +264,14 @@ def train(model, tokenizer, task: Task, recipe: Recipe, config: FinetuneConfig, 
                 torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
+                last_losses = (last_losses + [float(loss.detach())])[-max(1, total // 10):]
+                run.append("train", step, [last_losses[-1], recipe.lr * lr_scale])
                 step += 1
-                run.append("train", step, [float(loss.detach()), recipe.lr * lr_scale])
                 if step in scheduled:
                     dev_metric, dev_loss = evaluate(model, tokenizer, task, config.max_length, config.bf16)
                     run.append("eval", step, [dev_metric, dev_loss])
                 bar.update()
-    return total, dev_metric
+    return total, dev_metric, sum(last_losses) / len(last_losses)
 
 
 # ---------------------------------------------------------------- the run and its folder
@@ -266,7 +304,7 @@ def skipped_result(run_dir: Path, done: records.RunRecords, recipe: Recipe) -> F
 def run(config: FinetuneConfig, probes: Probes | None = None) -> FinetuneResult:
     """Fine-tune one seed (or skip a finished run) and return how it ended; `probes` see the whole loop."""
     started = time.monotonic()
-    task = load_task(config.task)
+    task = subset(load_task(config.task), config.train_examples, config.dev_examples)
     recipe = config.resolved_recipe()
     run_dir = config.run_dir(task.name)
     done = finished_run(run_dir)
@@ -286,13 +324,16 @@ def run(config: FinetuneConfig, probes: Probes | None = None) -> FinetuneResult:
     with records.RunWriter.create(run_dir / "run.h5", meta, flush_every_steps=50, flush_every_seconds=30.0) as rw:
         rw.add_series("train", ["loss", "lr"], kind="scalars")
         rw.add_series("eval", [task.metric, "loss"], kind="scalars")
-        steps, final = train(model, tokenizer, task, recipe, config, rw, probes)
+        if probes is None and config.probes:
+            probes = standard_probes(total_steps(task, recipe))
+        steps, final, final_loss = train(model, tokenizer, task, recipe, config, rw, probes)
     save(model, tokenizer, run_dir / "final")
     result = FinetuneResult(run_dir, False, float(final), task.metric, task.majority_baseline,
                             bool(final <= task.majority_baseline + 1e-9), steps, time.monotonic() - started)
     records.write_summary(run_dir / "run.h5", {
         "final_dev_metric": result.final_dev_metric, "metric": result.metric, "majority": result.majority,
-        "failed": result.failed, "steps": steps, "seconds": round(result.seconds, 1)})
+        "failed": result.failed, "steps": steps, "final_train_loss": final_loss,
+        "seconds": round(result.seconds, 1)})
     return result
 
 
@@ -321,6 +362,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--evals", type=int, default=10, help="dev evaluations per run (the last at the end)")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (1 for parallel seed sweeps)")
     parser.add_argument("--fp32", dest="bf16", action="store_false", help="no bf16 autocast (the default uses it)")
+    parser.add_argument("--train-examples", type=int, help="use only the first N training examples")
+    parser.add_argument("--dev-examples", type=int, help="use only the first N dev examples")
+    parser.add_argument("--no-probes", dest="probes", action="store_false",
+                        help="record only loss, lr and the dev metric (no gradient probes)")
     overrides = parser.add_argument_group("recipe overrides (default: the recipe's value)")
     overrides.add_argument("--lr", type=float)
     overrides.add_argument("--epochs", type=int)
@@ -344,7 +389,8 @@ def check(config: FinetuneConfig) -> None:
         raise FinetuneError(f"cannot write runs under {config.out}: {existing} is "
                             f"{'not a folder' if not existing.is_dir() else 'not writable'}; pass a writable --out")
     positive = {"evals": config.evals, "max_length": config.max_length, "epochs": config.epochs,
-                "batch_size": config.batch_size, "lr": config.lr}
+                "batch_size": config.batch_size, "lr": config.lr, "train_examples": config.train_examples,
+                "dev_examples": config.dev_examples}
     bad = [k for k, v in positive.items() if v is not None and v <= 0]
     if bad:
         raise FinetuneError(f"{', '.join('--' + k.replace('_', '-') for k in bad)} must be positive")

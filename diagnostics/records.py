@@ -79,9 +79,8 @@ class Grid:
 
     @property
     def missing(self) -> int:
-        """How many points of the first field are still NaN."""
-        first = next(iter(self.fields.values()))
-        return int(np.isnan(first).sum())
+        """How many points are not computed yet (NaN in any field: a point is written field by field)."""
+        return int(np.logical_or.reduce([np.isnan(values) for values in self.fields.values()]).sum())
 
 
 # ----------------------------------------------------------------------------------------------- writing
@@ -195,13 +194,20 @@ class RunWriter:
         group.attrs["fields"] = json.dumps(list(fields))
         for axis, values in axes.items():
             group.create_dataset(axis, data=np.asarray(values, dtype="f8"))
-        for name_ in fields:
-            group.create_dataset(name_, shape=shape, dtype="f8", fillvalue=np.nan)
+        for name_ in fields:  # written whole now: HDF5 allocates storage at the first write, which must precede SWMR
+            group.create_dataset(name_, data=np.full(shape, np.nan), fillvalue=np.nan)
         self._grids[name] = group
         return None
 
+    @property
+    def started(self) -> bool:
+        return self._started
+
     def start(self) -> None:
-        """Switch to SWMR: from here readers may open the file while it grows; no new records can be declared."""
+        """Switch to SWMR: from here readers may open the file while it grows; no new records can be declared.
+        Starting a started writer does nothing (a runner and the probes it attaches may both call it)."""
+        if self._started:
+            return
         self._file.attrs["writer"] = f"{platform.node()}:{os.getpid()}"
         self._file.flush()
         self._file.swmr_mode = True

@@ -8,6 +8,7 @@ package does not import transformers; :class:`ProbeCallback` loads it when first
 from probes.activation_gradients import ActivationGradients
 from probes.attach import attach
 from probes.base import HookRecord, Probe
+from probes.early_warning import EarlyWarning
 from probes.gradient_norms import GradientNorms
 from probes.layers import LayerDiscoveryError, LayerMap, find_layers
 from probes.parameter_norms import ParameterNorms
@@ -15,7 +16,7 @@ from probes.run_scalars import RunScalars
 from probes.schedule import Schedule
 from probes.session import ProbeSession
 
-__all__ = ["ActivationGradients", "GradientNorms", "HookRecord", "LayerDiscoveryError", "LayerMap", "ParameterNorms",
+__all__ = ["ActivationGradients", "EarlyWarning", "GradientNorms", "HookRecord", "LayerDiscoveryError", "LayerMap", "ParameterNorms",
            "Probe", "ProbeCallback", "ProbeSession", "RunScalars", "Schedule", "attach", "find_layers"]
 
 
