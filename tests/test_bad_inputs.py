@@ -1,7 +1,7 @@
 """The bad-input battery: every entry point, fed every kind of bad input that applies to it, must answer with one
 line on stderr naming the problem and the fix, a non-zero exit, no traceback, and no file changed or added.
 
-    python3 -m pytest tests/test_bad_inputs.py            # ~40 s on two busy cores
+    python3 -m pytest tests/test_bad_inputs.py            # ~40 s on two busy cores (the tools' battery is slow)
     python3 -m pytest tests/test_bad_inputs.py -k surface
 
 The tools run in real subprocesses; to keep the battery fast (importing torch and transformers takes most of a
@@ -355,6 +355,7 @@ def _ids(cases: list[Case]) -> list[str]:
     return ids
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES, ids=_ids(CASES))
 def test_bad_input_is_one_line_nonzero_and_touches_nothing(case, read_only, outcomes):
     if case.kind == "read-only-folder" and read_only is None:
