@@ -3,6 +3,7 @@
     python -m diagnostics.report runs/study                 # every run.h5 below the folder
     python -m diagnostics.report runs/study --json          # the rows as JSON, for scripts
     python -m diagnostics.report runs/study --out report.md # also write the Markdown table
+    python -m diagnostics.report runs/study --early         # the early warning: scores, precision, recall
 
 A run failed when its final dev metric is at or below the majority-class baseline. Levene's test compares the
 variance of the dev metric between the recipes of each task (scipy). Unfinished runs (no summary yet) are listed
@@ -18,6 +19,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from diagnostics import early_warning_report
 from diagnostics.records import iter_runs, open_run
 from diagnostics.seed_statistics import GroupRow, Outcome, group_rows, levene_by_task
 
@@ -27,6 +29,7 @@ class ReportConfig:
     runs: list[str]
     json: bool = False
     out: str | None = None
+    early: bool = False
 
 
 @dataclass
@@ -34,6 +37,7 @@ class Report:
     rows: list[GroupRow]
     levene: dict[str, tuple[float, float]]
     unfinished: list[str] = field(default_factory=list)
+    early: early_warning_report.EarlyWarningReport | None = None
 
     def markdown(self) -> str:
         lines = ["| task | recipe | seeds | failed | std | mean | median | max | majority |",
@@ -49,6 +53,8 @@ class Report:
             lines.append(f"Levene's test across recipes on {task}: W = {statistic:.2f}, p = {p_value:.3g}.")
         if self.unfinished:
             lines.append(f"Unfinished runs left out: {', '.join(self.unfinished)}.")
+        if self.early is not None:
+            lines += ["", "## Early warning", "", self.early.markdown()]
         return "\n".join(lines) + "\n"
 
     def json_rows(self) -> list[dict]:
@@ -83,7 +89,8 @@ def run(config: ReportConfig) -> Report:
         raise ValueError(f"no finished runs under {', '.join(config.runs)}; "
                          "pass run.h5 files or folders written by python -m diagnostics.finetune")
     rows = group_rows(outcomes)
-    return Report(rows, levene_by_task(rows), unfinished)
+    early = early_warning_report.evaluate([Path(o.path) for o in outcomes]) if config.early else None
+    return Report(rows, levene_by_task(rows), unfinished, early)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,12 +98,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("runs", nargs="+", help="run.h5 files or folders holding them")
     parser.add_argument("--json", action="store_true", help="print the rows as one JSON list")
     parser.add_argument("--out", help="also write the Markdown report to this file (refused if it exists)")
+    parser.add_argument("--early", action="store_true",
+                        help="add the early warning: each run's collapse score, the fitted threshold, and precision "
+                             "and recall on held-out seeds")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    config = ReportConfig(runs=args.runs, json=args.json, out=args.out)
+    config = ReportConfig(runs=args.runs, json=args.json, out=args.out, early=args.early)
     try:
         for path in config.runs:
             if not Path(path).exists():

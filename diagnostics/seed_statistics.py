@@ -68,8 +68,8 @@ def group_rows(outcomes: list[Outcome]) -> list[GroupRow]:
 def levene_by_task(rows: list[GroupRow]) -> dict[str, tuple[float, float]]:
     """Levene's test for equal variance of the dev metric across the recipes of each task: (statistic, p).
 
-    Tasks with fewer than two recipes of at least two seeds each are left out; so are groups whose values are all
-    equal in every recipe (the statistic is undefined).
+    Tasks with fewer than two recipes of at least two seeds each are left out; so are tasks where a recipe gave
+    the same value on every seed (all seeds failed, say): the statistic is infinite or undefined there.
     """
     by_task: dict[str, list[list[float]]] = {}
     for row in rows:
@@ -77,7 +77,7 @@ def levene_by_task(rows: list[GroupRow]) -> dict[str, tuple[float, float]]:
             by_task.setdefault(row.task, []).append(row.values)
     results = {}
     for task, samples in by_task.items():
-        if len(samples) < 2 or all(np.ptp(s) == 0 for s in samples):
+        if len(samples) < 2 or any(np.ptp(s) == 0 for s in samples):
             continue
         statistic, p_value = stats.levene(*samples)
         results[task] = (float(statistic), float(p_value))

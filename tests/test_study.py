@@ -1,0 +1,47 @@
+"""The main job end to end: ``python -m diagnostics.study --quick`` on the embedded default, then a re-run."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from diagnostics.embedded import DEFAULT_MODEL
+from diagnostics.records import open_run
+from diagnostics.study import _seeds, pick_runs
+from diagnostics.finetune import FinetuneResult
+
+
+def test_seed_ranges():
+    assert _seeds("0-3") == [0, 1, 2, 3] and _seeds("2,5") == [2, 5]
+
+
+def test_pick_runs_prefers_the_default_recipe(tmp_path):
+    def result(name, failed):
+        return FinetuneResult(tmp_path / name, False, 0.0, "mcc", 0.0, failed, 10, 1.0)
+    results = [result("t-mosbach-s0", True), result("t-default-s1", True), result("t-default-s0", False),
+               result("u-default-s0", True)]
+    failed, successful = pick_runs(results, "t", 3)
+    assert [p.name for p in failed] == ["t-default-s1", "t-mosbach-s0"]
+    assert [p.name for p in successful] == ["t-default-s0"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (DEFAULT_MODEL / "model.safetensors").exists(), reason="embedded default not built")
+def test_quick_study_end_to_end_and_rerun_skips(tmp_path, repo_root):
+    out = tmp_path / "study"
+    command = [sys.executable, "-m", "diagnostics.study", "--out", str(out), "--quick"]
+    first = subprocess.run(command, capture_output=True, text=True, cwd=repo_root, timeout=900)
+    assert first.returncode == 0, first.stderr[-2000:]
+    runs = sorted(out.glob("*/run.h5"))
+    assert len(runs) == 4
+    for path in runs:
+        run = open_run(path)
+        assert "final_dev_metric" in run.summary and run.series("layers", kind="gradient_norms").steps.size > 0
+    assert (out / "report.md").read_text().count("| hedge |") == 2
+    assert {p.name for p in (out / "figures").glob("*.pdf")} >= {"training.pdf", "seeds.pdf", "gradients.pdf"}
+    before = {path: path.stat().st_mtime_ns for path in runs}
+    second = subprocess.run(command, capture_output=True, text=True, cwd=repo_root, timeout=900)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert second.stderr.count("skipped (finished before)") == 4
+    assert {path: path.stat().st_mtime_ns for path in runs} == before, "finished runs are left untouched"
