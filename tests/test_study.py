@@ -43,5 +43,5 @@ def test_quick_study_end_to_end_and_rerun_skips(tmp_path, repo_root):
     before = {path: path.stat().st_mtime_ns for path in runs}
     second = subprocess.run(command, capture_output=True, text=True, cwd=repo_root, timeout=900)
     assert second.returncode == 0, second.stderr[-2000:]
-    assert second.stderr.count("skipped (finished before)") == 4
+    assert (second.stdout + second.stderr).count("skipped (finished before)") == 4
     assert {path: path.stat().st_mtime_ns for path in runs} == before, "finished runs are left untouched"
