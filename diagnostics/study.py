@@ -196,6 +196,19 @@ def run(config: StudyConfig) -> StudyResult:
     return StudyResult(results, report, figures, drawn.skipped, time.monotonic() - started)
 
 
+def check(config: StudyConfig) -> None:
+    """Refuse a missing model, an --out that cannot be a writable folder, unknown recipes or tasks, before any work
+    is done (one-line errors, as each run would give them)."""
+    from diagnostics.finetune import check as check_run
+    from diagnostics.tasks import load_task
+
+    for one in config.finetune_configs():
+        check_run(one)
+        one.resolved_recipe()
+    for task in config.tasks:
+        load_task(task)
+
+
 def _seeds(text: str) -> list[int]:
     """``0-4`` or ``0,3,7``."""
     if "-" in text:
@@ -225,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if config.workers < 1 or not config.seeds:
             raise FinetuneError("--workers must be >= 1 and --seeds non-empty")
+        check(config)
         result = run(config)
     except (ValueError, records.RecordsError) as error:
         print(f"error: {str(error).splitlines()[0]}", file=sys.stderr)
