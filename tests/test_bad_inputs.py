@@ -6,7 +6,7 @@ line on stderr naming the problem and the fix, a non-zero exit, no traceback, an
 
 The tools run in real subprocesses; to keep the battery fast (importing torch and transformers takes most of a
 tool's time) one process runs the cases of the torch tools (finetune first, while transformers is untouched, then
-forgetting and surface) and a second one, started beside it, those of report and plots. Each case runs its module
+forgetting, surface and study) and a second one, started beside it, those of report and plots. Each case runs its module
 as ``python -m`` does (``runpy``), with stdout and stderr captured at the file-descriptor level, so native writes
 and warnings count too, and the driver hashes every file of the inputs folder before and after it. Each case is
 still its own test. The probe attach path is checked in process. An argument
@@ -80,8 +80,9 @@ class Case:
 
 
 MODULES = {"finetune": "diagnostics.finetune", "forgetting": "diagnostics.forgetting",
-           "surface": "diagnostics.surface", "report": "diagnostics.report", "plots": "plots"}
-PROCESSES = (("finetune", "forgetting", "surface"), ("report", "plots"))  # the tools each driver process runs
+           "surface": "diagnostics.surface", "study": "diagnostics.study", "report": "diagnostics.report",
+           "plots": "plots"}
+PROCESSES = (("finetune", "forgetting", "surface", "study"), ("report", "plots"))  # each driver process's tools
 
 FINETUNE = ("--task", "{task}", "--recipe", "default", "--seed", "0", "--out", "{runs}", "--model", "{pretrained}",
             "--max-length", "32", "--epochs", "1", "--batch-size", "8", "--evals", "1", "--threads", "1")
@@ -147,6 +148,13 @@ CASES = [
     Case("surface", "empty-grid", _with(LINE, grid="0"), "at least one point"),
     Case("surface", "unknown-task", _with(LINE, task="no-such-task"), "unknown task"),
     Case("surface", "non-positive-number", _with(LINE, max_examples="0"), "--max-examples"),
+
+    Case("study", "existing-output", ("--out", "{notes}"), "not a folder"),
+    Case("study", "output-under-file", ("--out", "{notes}/study"), "not a folder"),
+    Case("study", "read-only-folder", ("--out", "{read_only}/study"), "writable"),
+    Case("study", "unknown-task", ("--out", "{runs}", "--tasks", "no-such-task"), "unknown task"),
+    Case("study", "unknown-recipe", ("--out", "{runs}", "--recipes", "default,adamw"), "unknown recipe"),
+    Case("study", "non-positive-number", ("--out", "{runs}", "--workers", "0"), "--workers must be >= 1"),
 
     Case("report", "missing-path", ("{missing}",), "does not exist"),
     Case("report", "no-records", ("{not_checkpoint}",), "no finished runs"),
