@@ -100,6 +100,21 @@ def _with(base: tuple[str, ...], **changes: str) -> tuple[str, ...]:
     return tuple(argv)
 
 
+def _records_out_cases(tool: str, base: tuple[str, ...], under_file: str) -> list[Case]:
+    """The output kinds of a tool that adds records to ``--out FILE.h5`` (an existing file is opened, not replaced)."""
+    return [Case(tool, kind, (*base, "--out", path), needle) for kind, path, needle in (
+        ("truncated-hdf5", "{truncated}", "truncated"), ("foreign-hdf5", "{foreign}", "not an instability-diagnostics"),
+        ("newer-schema", "{newer}", "newer"), ("existing-output", "{notes}", "not an HDF5"),
+        ("output-under-file", "{notes}/out.h5", under_file), ("read-only-folder", "{read_only}/out.h5", "writable"))]
+
+
+def _records_in_cases(tool: str, before: tuple[str, ...], after: tuple[str, ...] = ()) -> list[Case]:
+    """The input kinds of a tool that reads records files given as ``before RECORDS after``."""
+    return [Case(tool, kind, (*before, path, *after), needle) for kind, path, needle in (
+        ("truncated-hdf5", "{truncated}", "truncated"), ("foreign-hdf5", "{foreign}", "not an instability-diagnostics"),
+        ("not-hdf5", "{notes}", "not an HDF5"), ("newer-schema", "{newer}", "newer"))]
+
+
 CASES = [
     Case("finetune", "missing-path", _with(FINETUNE, model="{missing}"), "not found"),
     Case("finetune", "not-a-checkpoint", _with(FINETUNE, model="{not_checkpoint}"), "cannot load"),
@@ -124,12 +139,7 @@ CASES = [
     Case("forgetting", "unnamed-pretrained", ("{roberta_checkpoint}", *FORGET[3:]), "--pretrained"),
     Case("forgetting", "empty-text", _with(FORGET, corpus="{empty_corpus}"), "empty"),
     Case("forgetting", "non-text-bytes", _with(FORGET, corpus="{binary_corpus}"), "text"),
-    Case("forgetting", "truncated-hdf5", (*FORGET, "--out", "{truncated}"), "truncated"),
-    Case("forgetting", "foreign-hdf5", (*FORGET, "--out", "{foreign}"), "not an instability-diagnostics"),
-    Case("forgetting", "newer-schema", (*FORGET, "--out", "{newer}"), "newer"),
-    Case("forgetting", "existing-output", (*FORGET, "--out", "{notes}"), "not an HDF5"),
-    Case("forgetting", "output-under-file", (*FORGET, "--out", "{notes}/run.h5"), "folder"),
-    Case("forgetting", "read-only-folder", (*FORGET, "--out", "{read_only}/run.h5"), "writable"),
+    *_records_out_cases("forgetting", FORGET, under_file="folder"),
     Case("forgetting", "non-positive-number", _with(FORGET, max_tokens="0"), "not a positive number"),
 
     Case("surface", "missing-path", _with(LINE, line="{missing}"), "does not exist"),
@@ -139,12 +149,7 @@ CASES = [
     Case("surface", "wrong-head", (*LINE[:2], "{pretrained}", *LINE[3:]), "not a sequence classification"),
     Case("surface", "empty-text", _with(LINE, task="{empty_train_task}"), "no examples"),
     Case("surface", "non-text-bytes", _with(LINE, task="{binary_task}"), "UTF-8"),
-    Case("surface", "truncated-hdf5", (*LINE, "--out", "{truncated}"), "truncated"),
-    Case("surface", "foreign-hdf5", (*LINE, "--out", "{foreign}"), "not an instability-diagnostics"),
-    Case("surface", "newer-schema", (*LINE, "--out", "{newer}"), "newer"),
-    Case("surface", "existing-output", (*LINE, "--out", "{notes}"), "not an HDF5"),
-    Case("surface", "output-under-file", (*LINE, "--out", "{notes}/surface.h5"), "does not exist"),
-    Case("surface", "read-only-folder", (*LINE, "--out", "{read_only}/surface.h5"), "writable"),
+    *_records_out_cases("surface", LINE, under_file="does not exist"),
     Case("surface", "empty-grid", _with(LINE, grid="0"), "at least one point"),
     Case("surface", "unknown-task", _with(LINE, task="no-such-task"), "unknown task"),
     Case("surface", "non-positive-number", _with(LINE, max_examples="0"), "--max-examples"),
@@ -158,20 +163,14 @@ CASES = [
 
     Case("report", "missing-path", ("{missing}",), "does not exist"),
     Case("report", "no-records", ("{not_checkpoint}",), "no finished runs"),
-    Case("report", "truncated-hdf5", ("{truncated}",), "truncated"),
-    Case("report", "foreign-hdf5", ("{foreign}",), "not an instability-diagnostics"),
-    Case("report", "not-hdf5", ("{notes}",), "not an HDF5"),
-    Case("report", "newer-schema", ("{newer}",), "newer"),
+    *_records_in_cases("report", ()),
     Case("report", "existing-output", ("{good}", "--out", "{notes}"), "already exists"),
     Case("report", "output-under-file", ("{good}", "--out", "{notes}/report.md"), "folder"),
     Case("report", "read-only-folder", ("{good}", "--out", "{read_only}/report.md"), "writable"),
 
     Case("plots", "missing-path", ("gradients", "{missing}", *PLOT[2:]), "does not exist"),
     Case("plots", "no-records", ("gradients", "{not_checkpoint}", *PLOT[2:]), "no records"),
-    Case("plots", "truncated-hdf5", ("gradients", "{truncated}", *PLOT[2:]), "truncated"),
-    Case("plots", "foreign-hdf5", ("gradients", "{foreign}", *PLOT[2:]), "not an instability-diagnostics"),
-    Case("plots", "not-hdf5", ("gradients", "{notes}", *PLOT[2:]), "not an HDF5"),
-    Case("plots", "newer-schema", ("gradients", "{newer}", *PLOT[2:]), "newer"),
+    *_records_in_cases("plots", ("gradients",), PLOT[2:]),
     Case("plots", "existing-output", (*PLOT[:3], "{existing_pdf}"), "already exists"),
     Case("plots", "output-under-file", (*PLOT[:3], "{notes}/gradients.pdf"), "does not exist"),
     Case("plots", "read-only-folder", (*PLOT[:3], "{read_only}/gradients.pdf"), "writable"),
