@@ -46,6 +46,7 @@ class BenchConfig:
     warmup: int = 2
     threads: int = 1
     embedded: Path = DEFAULT_MODEL
+    models: tuple[str, ...] = ("bert-base", "embedded")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repetitions", type=int, default=defaults.repetitions)
     parser.add_argument("--threads", type=int, default=defaults.threads,
                         help="torch threads (1 measures most steadily on a CPU shared with other work)")
+    parser.add_argument("--models", default="bert-base,embedded", help="comma-separated: bert-base, embedded")
     parser.add_argument("--embedded", type=Path, default=defaults.embedded, help="the embedded default model folder")
     return parser
 
@@ -91,14 +93,14 @@ def time_model(model, config: BenchConfig) -> dict[str, tuple[float, float]]:
             order = VARIANTS[repetition % len(VARIANTS):] + VARIANTS[: repetition % len(VARIANTS)]
             for name in order:
                 every = 10 if "10 steps" in name else 1 if name.startswith("probes") else None
-                start = time.process_time(), time.perf_counter()
                 session = (probes.attach(model, optimizer, Path(folder) / f"{name}-{repetition}.h5",
                                          schedule=probes.Schedule(every=every, dense=0),
                                          post_clip="post_clip=False" not in name) if every else None)
+                start = time.process_time(), time.perf_counter()  # attaching is once per run: not timed
                 for _ in range(config.steps):
                     _step(model, optimizer, batch, hooks.get(name))
                 if session is not None:
-                    session.close()
+                    session.close()  # timed: it writes the block's rows (a run writes every 50 recorded steps)
                 times[name].append(((time.process_time() - start[0]) / config.steps,
                                     (time.perf_counter() - start[1]) / config.steps))
     result = {name: (statistics.median(cpu for cpu, _ in values), statistics.median(wall for _, wall in values))
@@ -145,11 +147,13 @@ def _probe_work(model, repeats: int = 5) -> tuple[float, float]:
     return (time.process_time() - start[0]) / repeats, (time.perf_counter() - start[1]) / repeats
 
 
-def run(config: BenchConfig) -> dict[str, dict[str, float] | str]:
-    results: dict[str, dict[str, float] | str] = {"BERT-base size (random weights)": time_model(bert_base(), config)}
-    if (config.embedded / "config.json").exists():
+def run(config: BenchConfig) -> dict[str, dict | str]:
+    results: dict[str, dict | str] = {}
+    if "bert-base" in config.models:
+        results["BERT-base size (random weights)"] = time_model(bert_base(), config)
+    if "embedded" in config.models and (config.embedded / "config.json").exists():
         results[f"embedded default ({config.embedded})"] = time_model(embedded(config.embedded), config)
-    else:
+    elif "embedded" in config.models:
         results["embedded default"] = f"skipped: no model at {config.embedded} yet (build it with data/build_model.py)"
     return results
 
@@ -175,8 +179,12 @@ def main(argv: list[str] | None = None) -> int:
     if min(args.batch, args.length, args.steps, args.repetitions, args.threads) < 1:
         print("--batch, --length, --steps, --repetitions and --threads must be at least 1", file=sys.stderr)
         return 2
+    models = tuple(args.models.split(","))
+    if not models or set(models) - {"bert-base", "embedded"}:
+        print(f"--models {args.models!r}: use bert-base, embedded or both, comma-separated", file=sys.stderr)
+        return 2
     config = BenchConfig(args.batch, args.length, args.steps, args.repetitions, threads=args.threads,
-                         embedded=args.embedded)
+                         embedded=args.embedded, models=models)
     torch.set_num_threads(config.threads)
     print(report(run(config), config))
     return 0
