@@ -125,7 +125,8 @@ class _Extras:
         self.named = list(model.named_parameters())
 
     def get(self, name: str):
-        return {"per-tensor .norm().item()": self.norm_items, "per-tensor histc (wandb.watch)": self.histograms}.get(name)
+        extras = {"per-tensor .norm().item()": self.norm_items, "per-tensor histc (wandb.watch)": self.histograms}
+        return extras.get(name)
 
     def norm_items(self) -> dict[str, float]:
         return {name: param.grad.norm().item() for name, param in self.named if param.grad is not None}

@@ -2,8 +2,9 @@
 
 Public API: :func:`attach` (a plain PyTorch loop, Accelerate, torchrun DDP), :class:`ProbeCallback` (the Hugging
 Face ``Trainer``), :class:`Schedule`, the probes (:class:`GradientNorms`, :class:`ActivationGradients`,
-:class:`ParameterNorms`, :class:`RunScalars`, all over :class:`Probe`) and :func:`find_layers`. Importing this
-package does not import transformers; :class:`ProbeCallback` loads it when first used.
+:class:`ParameterNorms`, :class:`RunScalars`, :class:`EarlyWarning`, all over :class:`Probe`) and
+:func:`find_layers`. Importing this package does not import transformers; :class:`ProbeCallback` loads it when
+first used.
 """
 from probes.activation_gradients import ActivationGradients
 from probes.attach import attach
@@ -16,8 +17,9 @@ from probes.run_scalars import RunScalars
 from probes.schedule import Schedule
 from probes.session import ProbeSession
 
-__all__ = ["ActivationGradients", "EarlyWarning", "GradientNorms", "HookRecord", "LayerDiscoveryError", "LayerMap", "ParameterNorms",
-           "Probe", "ProbeCallback", "ProbeSession", "RunScalars", "Schedule", "attach", "find_layers"]
+__all__ = ["ActivationGradients", "EarlyWarning", "GradientNorms", "HookRecord", "LayerDiscoveryError", "LayerMap",
+           "ParameterNorms", "Probe", "ProbeCallback", "ProbeSession", "RunScalars", "Schedule", "attach",
+           "find_layers"]
 
 
 def __getattr__(name: str):

@@ -1,10 +1,10 @@
 """The probe session: runs probes on a model and its optimiser, step by step, and owns their records.
 
 :func:`probes.attach` makes one; ``with probes.attach(model, optimizer, "run.h5") as session:`` around a
-training loop is all a run needs (README, "Attaching probes to your own run"). :class:`probes.step_events.StepEvents` says when a step's gradients
-are final, when it steps and when it was skipped; on recorded steps (``schedule``) the session then computes the
-per-tensor gradient norms in one fused pass (unscaled from a GradScaler), hands each probe its slice of a device
-buffer row, and commits the row when the step ends. Steps are counted from ``start_step``, one per
+training loop is all a run needs (README, "Attaching probes to your own run"). :class:`StepEvents` says when a
+step's gradients are final, when it steps and when it was skipped; on recorded steps (``schedule``) the session
+computes the per-tensor gradient norms in one fused pass (unscaled from a GradScaler), hands each probe its slice
+of a device buffer row, and commits the row when the step ends. Steps are counted from ``start_step``, one per
 ``optimizer.step()`` or skipped step. Values stay on the device until a flush (every ``flush_every`` recorded steps
 and at close): one host copy, collectives across ranks where a probe needs them, then rank 0 writes. Every hook
 handle is kept in ``hooks`` and removed in ``finally``. A failing probe warns once and the probes turn off; a
@@ -72,7 +72,7 @@ class ProbeSession:
             if self.writer is not None:
                 for probe in self.probes:
                     probe.declare(self.writer)
-                if not getattr(self.writer, "_started", False):
+                if not self.writer.started:
                     self.writer.start()
             self.events.register(self.hooks)
             for probe in self.probes:

@@ -76,6 +76,11 @@ def oracle_layers(model, layer_map) -> dict[str, float]:
     return {group: total ** 0.5 for group, total in sums.items()}
 
 
+def oracle_matrix(oracle: list[dict[str, float]], columns: list[str]) -> np.ndarray:
+    """Per-step oracle values laid out as a series' ``(steps, columns)`` values."""
+    return np.array([[step[column] for column in columns] for step in oracle])
+
+
 def count_hooks(model, optimizer) -> int:
     """Every module and optimiser hook currently registered."""
     kinds = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")

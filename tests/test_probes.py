@@ -11,19 +11,15 @@ import torch
 import probes
 import tiny
 from diagnostics.records import RunWriter, RunMeta, open_run
-from probe_harness import LoopConfig, count_hooks, one_thread, oracle_layers, run_loop  # noqa: F401
+from probe_harness import LoopConfig, count_hooks, one_thread, oracle_layers, oracle_matrix, run_loop  # noqa: F401
 from probes.schedule import records_step
-
-
-def _oracle_matrix(result, columns):
-    return np.array([[step[c] for c in columns] for step in result.oracle])
 
 
 def test_layer_norms_equal_param_grad_norms(arch, tmp_path):
     result = run_loop(LoopConfig(arch=arch, clip=0.05), tmp_path / "run.h5")
     layers = result.records.series("layers", "gradient_norms")
     assert layers.attrs["clipping"] == "pre"
-    np.testing.assert_allclose(layers.values, _oracle_matrix(result, layers.columns), rtol=1e-5)
+    np.testing.assert_allclose(layers.values, oracle_matrix(result.oracle, layers.columns), rtol=1e-5)
     components = result.records.series("components")
     per_layer = {c: np.sqrt(sum(components.column(n) ** 2 for n in components.columns if n.startswith(c + "/")))
                  for c in layers.columns}
@@ -86,7 +82,7 @@ def test_no_hooks_left_after_detach_exception_and_nesting(tmp_path):
 def test_accumulation_and_bf16_autocast(tmp_path):
     result = run_loop(LoopConfig(arch="roberta", accumulation=3, bf16=True, clip=0.1), tmp_path / "run.h5")
     layers = result.records.series("layers")
-    np.testing.assert_allclose(layers.values, _oracle_matrix(result, layers.columns), rtol=1e-5)
+    np.testing.assert_allclose(layers.values, oracle_matrix(result.oracle, layers.columns), rtol=1e-5)
     step_losses = np.array(result.losses).reshape(-1, 3).sum(1)  # the harness divides each micro loss by 3
     np.testing.assert_allclose(result.records.series("probe").column("loss"), step_losses, rtol=1e-5)
 
@@ -99,7 +95,7 @@ def test_grad_scaler_norms_unscaled_and_skipped_step_recorded(tmp_path):
     assert list(frame["loss_scale"]) == [2.0 ** 12] * 3 + [2.0 ** 11] * 2  # the scaler backed off after the skip
     layers = result.records.series("layers")
     finite = [0, 1, 3, 4]
-    np.testing.assert_allclose(layers.values[finite], _oracle_matrix(result, layers.columns)[finite], rtol=1e-5)
+    np.testing.assert_allclose(layers.values[finite], oracle_matrix(result.oracle, layers.columns)[finite], rtol=1e-5)
 
 
 @pytest.mark.parametrize("skip", [False, True])

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from diagnostics.records import open_run
-from probe_harness import LoopConfig, one_thread, run_loop  # noqa: F401
+from probe_harness import LoopConfig, one_thread, oracle_matrix, run_loop  # noqa: F401
 
 HARNESS = Path(__file__).with_name("probe_harness.py")
 
@@ -53,4 +53,4 @@ def test_two_processes_match_one_process(tmp_path, single, mode):
     oracle = json.loads((tmp_path / "oracle.json").read_text())  # rank 0's own param.grad after the all-reduce
     if mode == "ddp":
         layers = records.series("layers")
-        np.testing.assert_allclose(layers.values, [[step[c] for c in layers.columns] for step in oracle], rtol=1e-5)
+        np.testing.assert_allclose(layers.values, oracle_matrix(oracle, layers.columns), rtol=1e-5)

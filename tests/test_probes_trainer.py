@@ -12,7 +12,7 @@ import torch
 import probes
 import tiny
 from diagnostics.records import open_run
-from probe_harness import one_thread, oracle_layers  # noqa: F401
+from probe_harness import one_thread, oracle_layers, oracle_matrix  # noqa: F401
 
 transformers = pytest.importorskip("transformers")
 
@@ -61,8 +61,7 @@ def test_trainer_callback_records_pre_clip_norms(tmp_path, accumulation):
     records = open_run(tmp_path / "run.h5")
     layers = records.series("layers")
     assert list(layers.steps) == list(range(6))
-    expected = np.array([[step[c] for c in layers.columns] for step in trainer.oracle])
-    np.testing.assert_allclose(layers.values, expected, rtol=1e-5)
+    np.testing.assert_allclose(layers.values, oracle_matrix(trainer.oracle, layers.columns), rtol=1e-5)
     frame = records.frame("probe")
     logged = [entry["grad_norm"] for entry in trainer.state.log_history if "grad_norm" in entry]
     np.testing.assert_allclose(frame["grad_norm_pre_clip"], logged, rtol=1e-5)
@@ -103,5 +102,5 @@ def test_accelerate_loop_with_accumulation(tmp_path):
     records = open_run(tmp_path / "run.h5")
     layers = records.series("layers")
     assert list(layers.steps) == [0, 1, 2, 3]  # four real steps out of eight micro-batches
-    np.testing.assert_allclose(layers.values, [[step[c] for c in layers.columns] for step in oracle], rtol=1e-5)
+    np.testing.assert_allclose(layers.values, oracle_matrix(oracle, layers.columns), rtol=1e-5)
     assert records.series("activations").values.shape == (4, tiny.LAYERS)
