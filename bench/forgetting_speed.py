@@ -1,6 +1,6 @@
 """Speed of the cached forgetting sweep against the naive one, measured side by side in one run.
 
-    python3 bench/forgetting_speed.py [--blocks 16] [--repeats 3]
+    python3 bench/forgetting_speed.py [--blocks 16] [--repeats 5] [--threads 1]
 
 Naive: for each k = 0..L, reset the blocks with ``reset_blocks`` and run the full forward, with the MLM head on
 every position. Cached (``probes.mlm_sweep``): the fine-tuned model once, then only the reset blocks from the cached
@@ -93,12 +93,15 @@ def measure(name: str, finetuned, pretrained, corpus: MaskedCorpus, batch_size: 
 def main(argv: list[str] | None = None) -> int:
     from transformers.utils import logging
 
-    logging.set_verbosity_error()  # no load reports between the rows
+    logging.set_verbosity_error()  # no load reports or bars between the rows
+    logging.disable_progress_bar()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--blocks", type=int, default=16, help="blocks of 128 tokens in the corpus")
-    parser.add_argument("--repeats", type=int, default=3, help="timings per method (the best is kept)")
+    parser.add_argument("--repeats", type=int, default=5, help="timings per method (the best is kept)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steadier on a shared machine)")
     parser.add_argument("--batch-size", type=int, default=8)
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; times in seconds, best of {args.repeats}")
     print(f"{'model':<28} {'L':>3} {'blocks':>6} {'naive':>9} {'cached':>9} {'ratio':>7} {'bound':>7} "
           f"{'rel diff':>10}")
