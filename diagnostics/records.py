@@ -149,7 +149,11 @@ class RunWriter:
 
     def add_series(self, name: str, columns: Sequence[str], *, kind: str = "scalars",
                    axes: Mapping[str, Sequence] | None = None, attrs: Mapping[str, Any] | None = None) -> None:
-        """Declare a series ``kind/name`` with ``columns`` (and per-column ``axes``); must precede :meth:`start`."""
+        """Declare a series ``kind/name`` with ``columns`` (and per-column ``axes``); must precede :meth:`start`.
+        Series names are unique within a file, whatever their kind (appends name the series alone)."""
+        if name in self._series:
+            raise RecordsError(f"a series named {name!r} is already declared in {self.path}; give each series its "
+                               "own name")
         group = self._new_record(kind, name, "series", attrs)
         columns = list(columns)
         if not columns:

@@ -5,12 +5,15 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 import tiny
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Tiny models run many times faster on one thread than on two contended ones; subprocesses set their own.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
