@@ -36,6 +36,7 @@ from tqdm import tqdm
 from diagnostics import records
 from diagnostics.bert_adam import BertAdam
 from diagnostics.embedded import DEFAULT_MODEL
+from diagnostics.quiet import quiet_transformers
 from diagnostics.recipes import RECIPES, Recipe, get_recipe
 from diagnostics.tasks import Example, Task, TaskError, encode, load_task, majority_baseline, metric
 from probes.layers import find_layers
@@ -108,10 +109,8 @@ class FinetuneResult:
 def load_model(path: Path, num_labels: int, seed: int):
     """The pre-trained encoder with a fresh classification head drawn from `seed`, and its tokenizer."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
-    hf_logging.set_verbosity_error()  # "newly initialized weights" is exactly what we want here
-    hf_logging.disable_progress_bar()
+    quiet_transformers()  # "newly initialized weights" is exactly what we want here
     torch.manual_seed(seed)
     try:
         model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels)

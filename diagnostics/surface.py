@@ -40,6 +40,7 @@ from tqdm import tqdm
 
 from diagnostics.distributed import Ranks, broadcast, map_sharded, process_group
 from diagnostics.interpolation import Subspace, SubspaceError, grid_axis, grid_indices
+from diagnostics.quiet import quiet_transformers
 from diagnostics.records import RecordsError, RunMeta, RunWriter, open_run, write_grid
 from diagnostics.tasks import Example, encode, load_task
 
@@ -376,7 +377,7 @@ def config_from_args(args: argparse.Namespace) -> SurfaceConfig:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     quiet = os.environ.get("RANK", "0") != "0"
-    _quiet_transformers()
+    quiet_transformers()
     try:
         surface = run(config_from_args(args))
     except (SurfaceError, RecordsError, ValueError) as error:
@@ -410,13 +411,6 @@ def _table(surface: Surface) -> str:
         lines += [f"a={value:>6.2f}  loss {surface.loss[i]:.4f}  accuracy {surface.accuracy[i]:.3f}"
                   for i, value in enumerate(a)]
     return "\n".join(lines)
-
-
-def _quiet_transformers() -> None:
-    from transformers.utils import logging
-
-    logging.set_verbosity_error()
-    logging.disable_progress_bar()
 
 
 def _first_line(error: BaseException) -> str:
