@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import csv
 import html
-import json
 import random
 import re
 import subprocess

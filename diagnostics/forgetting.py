@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 import tempfile
@@ -34,6 +33,7 @@ from tqdm import tqdm
 from diagnostics import records
 from diagnostics.embedded import DEFAULT_MODEL, HELDOUT_TEXT
 from diagnostics.mlm import masked_corpus, read_text
+from diagnostics.quiet import quiet_transformers
 from probes.mlm_sweep import DIRECTIONS, layer_reset_sweep
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
@@ -308,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     config = ForgettingConfig(**vars(args))
-    _quiet_transformers()
+    quiet_transformers()
     try:
         result = run(config)
     except ValueError as error:
@@ -319,15 +319,6 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     print(json.dumps(asdict(result)) if config.json else result.table())
     return 0
-
-
-def _quiet_transformers() -> None:
-    """Keep stderr for our own messages: no load reports or download bars from transformers."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from transformers.utils import logging
-
-    logging.set_verbosity_error()
-    logging.disable_progress_bar()
 
 
 def _positive(text: str) -> int:

@@ -16,7 +16,7 @@ from diagnostics.records import Grid, RecordsError, RunRecords, Series, open_run
 
 # The commands that write each record (shown in "missing record" messages).
 FINETUNE = "python -m diagnostics.finetune (it records scalars and, with probes attached, gradient norms)"
-FORGETTING = "python -m diagnostics.forgetting RUN.h5 (layer-reset perplexity)"
+FORGETTING = "python -m diagnostics.forgetting CKPT --out RUN.h5 (layer-reset perplexity)"
 SURFACE = "python -m diagnostics.surface (loss surface between checkpoints)"
 
 TRAIN = ("scalars", "train")  # columns: loss, lr (written by diagnostics.finetune)

@@ -10,6 +10,7 @@ from probes.activation_gradients import ActivationGradients
 from probes.attach import attach
 from probes.base import HookRecord, Probe
 from probes.early_warning import EarlyWarning
+from probes.forgetting import Forgetting
 from probes.gradient_norms import GradientNorms
 from probes.layers import LayerDiscoveryError, LayerMap, find_layers
 from probes.parameter_norms import ParameterNorms
@@ -17,7 +18,7 @@ from probes.run_scalars import RunScalars
 from probes.schedule import Schedule
 from probes.session import ProbeSession
 
-__all__ = ["ActivationGradients", "EarlyWarning", "GradientNorms", "HookRecord", "LayerDiscoveryError", "LayerMap",
+__all__ = ["ActivationGradients", "EarlyWarning", "Forgetting", "GradientNorms", "HookRecord", "LayerDiscoveryError", "LayerMap",
            "ParameterNorms", "Probe", "ProbeCallback", "ProbeSession", "RunScalars", "Schedule", "attach",
            "find_layers"]
 

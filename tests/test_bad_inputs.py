@@ -35,7 +35,6 @@ import records_factory
 import tiny
 from diagnostics.records import SCHEMA_VERSION, RecordsError
 from diagnostics.tasks import Example, write_task
-from probe_harness import one_thread  # noqa: F401 (autouse: one thread for the in-process cases)
 
 REPO = Path(__file__).resolve().parents[1]
 

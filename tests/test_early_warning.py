@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import probes
-from probe_harness import LoopConfig, one_thread, run_loop  # noqa: F401  (one_thread is an autouse fixture)
+from probe_harness import LoopConfig, run_loop
 from probes.early_warning import EarlyWarning, collapse_score, encoder_norm
 
 

@@ -19,7 +19,7 @@ from diagnostics import records
 from diagnostics.bert_adam import BertAdam
 from diagnostics.finetune import (FinetuneConfig, FinetuneError, eval_steps, linear_schedule, load_model, main,
                                   parameter_groups, reinit_top, run)
-from diagnostics.recipes import RECIPES, get_recipe
+from diagnostics.recipes import get_recipe
 from diagnostics.tasks import Example, write_task
 
 REPO = Path(__file__).resolve().parents[1]

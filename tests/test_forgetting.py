@@ -25,7 +25,7 @@ import tiny
 from diagnostics import forgetting, mlm, records
 from diagnostics.embedded import DEFAULT_MODEL, HELDOUT_TEXT
 from diagnostics.layer_reset import reset_blocks
-from probe_harness import LoopConfig, one_thread, run_loop  # noqa: F401 (one_thread: autouse)
+from probe_harness import LoopConfig, run_loop
 from probes.forgetting import SERIES, Forgetting
 from probes.mlm_sweep import layer_reset_sweep, mlm_head
 

@@ -27,7 +27,6 @@ from diagnostics.finetune import FinetuneConfig, run
 from diagnostics.interpolation import Subspace
 from diagnostics.layer_reset import reset_blocks
 from diagnostics.tasks import Example, write_task
-from probe_harness import one_thread  # noqa: F401 (autouse: one thread, tiny models on a busy CPU)
 
 
 def with_dropout(auto_class, arch: str = "bert", seed: int = 0):

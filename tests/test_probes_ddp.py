@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from diagnostics.records import open_run
-from probe_harness import LoopConfig, one_thread, oracle_matrix, run_loop  # noqa: F401
+from probe_harness import LoopConfig, oracle_matrix, run_loop
 
 HARNESS = Path(__file__).with_name("probe_harness.py")
 

@@ -12,7 +12,7 @@ import torch
 import probes
 import tiny
 from diagnostics.records import open_run
-from probe_harness import one_thread, oracle_layers, oracle_matrix  # noqa: F401
+from probe_harness import oracle_layers, oracle_matrix
 
 transformers = pytest.importorskip("transformers")
 

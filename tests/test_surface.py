@@ -33,7 +33,6 @@ from diagnostics.interpolation import (Subspace, SubspaceError, filter_normalise
                                       plane_point)
 from diagnostics.surface import SurfaceConfig, main, run
 from diagnostics.tasks import Example, encode, write_task
-from probe_harness import one_thread  # noqa: F401 (autouse: one thread, tiny models on a busy CPU)
 from probes.layers import find_layers
 
 ROOT = Path(__file__).resolve().parents[1]
