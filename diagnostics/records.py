@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -29,11 +30,17 @@ from typing import Any, Iterable, Mapping, Sequence
 import h5py
 import numpy as np
 
+try:
+    import resource
+except ImportError:  # not on Windows, where only free disk space is checked
+    resource = None
+
 SCHEMA_VERSION = 1
 FILE_TYPE = "instability-diagnostics.run"
 KINDS = ("scalars", "gradient_norms", "activation_gradients", "parameter_norms", "update_ratios",
          "forgetting", "surfaces")
 _STR = h5py.string_dtype()
+_METADATA_ROOM = 256 * 1024  # bytes kept free beyond the data of a flush, for HDF5's own bookkeeping
 _VERSIONED_PACKAGES = ("instability-diagnostics", "torch", "transformers", "numpy", "h5py")
 
 
@@ -245,6 +252,9 @@ class RunWriter:
             group.attrs[key] = _encode(value)
 
     def flush(self) -> None:
+        """Write the buffered rows. When the disk or the file-size limit has no room for them, nothing is written
+        and a RecordsError is raised: HDF5 cannot recover from a failed write, so the file must never see one."""
+        _check_room(self.path, self._bytes_needed())
         for name, rows in self._pending.items():
             if not rows:
                 continue
@@ -266,9 +276,26 @@ class RunWriter:
         self._last_flush = time.monotonic()
 
     def close(self) -> None:
-        if self._file.id.valid:
+        """Flush and close; rows that found no room are dropped (and the RecordsError raised) after closing."""
+        if not self._file.id.valid:
+            return
+        try:
             self.flush()
+        except RecordsError:
+            for rows in self._pending.values():
+                rows.clear()
+            raise
+        finally:
             self._file.close()
+
+    def _bytes_needed(self) -> int:
+        """An upper bound of what the next flush adds to the file: a new chunk of every growing series."""
+        needed = _METADATA_ROOM
+        for name, rows in self._pending.items():
+            if rows:
+                values = self._series[name]["values"]
+                needed += 8 * 1024 + int(np.prod(values.chunks)) * values.dtype.itemsize * (1 + len(rows) // values.chunks[0])
+        return needed
 
     def __enter__(self) -> "RunWriter":
         return self
@@ -448,6 +475,16 @@ def _open_for_reading(path: Path) -> h5py.File:
         if "already open for write" not in str(error):
             raise
     return h5py.File(path, "r", swmr=True)
+
+
+def _check_room(path: Path, needed: int) -> None:
+    """Raise if the disk or the process's file-size limit (RLIMIT_FSIZE) leaves fewer than ``needed`` bytes."""
+    free = shutil.disk_usage(path.parent).free
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0] if resource else -1
+    size = path.stat().st_size
+    if needed > free or (limit not in (-1, getattr(resource, "RLIM_INFINITY", -1)) and size + needed > limit):
+        raise RecordsError(f"no room for {needed} more bytes of records in {path} (disk full or file-size limit); "
+                           "free some space or write to another disk")
 
 
 def _refuse_live_writer(path: Path) -> None:

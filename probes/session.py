@@ -144,10 +144,10 @@ class ProbeSession:
                 probe.write(self.writer, steps, host[:, probe.columns])
             self.writer.flush()
         except Exception as error:  # a failing disk must not stop training
+            self._give_up_writer()
             if self.strict:
                 raise
             self._warn_once("write", f"probes could not write to the records ({error}); training goes on without them")
-            self.writer = None
 
     # ------------------------------------------------------------------------------------------ step events
 
@@ -215,6 +215,15 @@ class ProbeSession:
         if key not in self._warned:
             self._warned.add(key)
             warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+    def _give_up_writer(self) -> None:
+        """Stop writing after a failed write; a writer the session made is closed (what was flushed stays)."""
+        writer, self.writer = self.writer, None
+        if self.owns_writer:
+            try:
+                writer.close()
+            except Exception:  # its rows found no room: they are dropped, the file itself is closed
+                pass
 
     def _discard_writer(self) -> None:
         if self.owns_writer and self.writer is not None:
