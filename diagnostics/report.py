@@ -30,6 +30,7 @@ class ReportConfig:
     json: bool = False
     out: str | None = None
     early: bool = False
+    window: float = early_warning_report.FRACTION
 
 
 @dataclass
@@ -89,7 +90,7 @@ def run(config: ReportConfig) -> Report:
         raise ValueError(f"no finished runs under {', '.join(config.runs)}; "
                          "pass run.h5 files or folders written by python -m diagnostics.finetune")
     rows = group_rows(outcomes)
-    early = early_warning_report.evaluate([Path(o.path) for o in outcomes]) if config.early else None
+    early = early_warning_report.evaluate([Path(o.path) for o in outcomes], config.window) if config.early else None
     return Report(rows, levene_by_task(rows), unfinished, early)
 
 
@@ -101,16 +102,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--early", action="store_true",
                         help="add the early warning: each run's collapse score, the fitted threshold, and precision "
                              "and recall on held-out seeds")
+    parser.add_argument("--window", type=float, default=early_warning_report.FRACTION,
+                        help="share of each run's steps the early warning looks at (default %(default)s)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    config = ReportConfig(runs=args.runs, json=args.json, out=args.out, early=args.early)
+    config = ReportConfig(runs=args.runs, json=args.json, out=args.out, early=args.early, window=args.window)
     try:
         for path in config.runs:
             if not Path(path).exists():
                 raise ValueError(f"{path} does not exist; pass run.h5 files or folders of runs")
+        if not 0 < config.window <= 1:
+            raise ValueError(f"--window {config.window} must lie in (0, 1]: the share of the steps to look at")
         if config.out and Path(config.out).exists():
             raise ValueError(f"{config.out} already exists; pass another --out path")
         folder = Path(config.out or ".").parent
