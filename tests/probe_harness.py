@@ -10,6 +10,7 @@ reference. Run as a script under torchrun it is the distributed worker of ``test
 from __future__ import annotations
 
 import json
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -159,7 +160,13 @@ def distributed_worker(mode: str, out: str, oracle_path: str | None) -> None:
             optimizer.zero_grad()
     if rank == 0 and oracle_path:
         Path(oracle_path).write_text(json.dumps(oracle))
+    dist.barrier()
     dist.destroy_process_group()
+    # Gloo's background threads can abort the interpreter's own teardown ("terminate called without an active
+    # exception", seen once in CI with FSDP2): everything is written, so leave without that teardown.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
