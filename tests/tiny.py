@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 from transformers import (AlbertConfig, AutoModelForMaskedLM, AutoModelForSequenceClassification, BertConfig,
                           BertTokenizerFast, DistilBertConfig, ElectraConfig, RobertaConfig)
 
@@ -29,6 +29,9 @@ def tokenizer() -> BertTokenizerFast:
     wordpiece = Tokenizer(models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]"))
     wordpiece.normalizer = normalizers.BertNormalizer(lowercase=True)
     wordpiece.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    ids = {token: vocab.index(token) for token in ("[CLS]", "[SEP]")}
+    wordpiece.post_processor = processors.TemplateProcessing(  # BERT's [CLS] A [SEP] B [SEP], in every transformers
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=list(ids.items()))
     return BertTokenizerFast(tokenizer_object=wordpiece, unk_token="[UNK]", pad_token="[PAD]",
                              cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
 
