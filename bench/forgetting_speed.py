@@ -3,7 +3,7 @@
     python3 bench/forgetting_speed.py [--blocks 16] [--repeats 5] [--threads 1]
 
 Naive: for each k = 0..L, reset the blocks with ``reset_blocks`` and run the full forward, with the MLM head on
-every position. Cached (``probes.mlm_sweep``): the fine-tuned model once, then only the reset blocks from the cached
+every position. Cached (``probes.model.sweep``): the fine-tuned model once, then only the reset blocks from the cached
 hidden state, the head at masked positions only. Both are timed alternately, best of ``--repeats``; the script
 checks that they agree to 1e-5 relative and prints time(cached) / time(naive) next to the block-call bound
 0.5 + 1/(L+1). Models: a 12-layer, 128-wide BERT with random weights (small vocabulary, so the head costs little
@@ -23,9 +23,9 @@ from transformers import (AutoModelForMaskedLM, AutoModelForSequenceClassificati
                           BertConfig)
 
 from diagnostics.embedded import DEFAULT_MODEL, HELDOUT_TEXT  # noqa: E402
-from diagnostics.layer_reset import reset_blocks  # noqa: E402
-from diagnostics.mlm import MaskedCorpus, mask_blocks, masked_corpus, masked_nll, read_text  # noqa: E402
-from probes.mlm_sweep import mlm_head, sweep_nll  # noqa: E402
+from probes.model.reset import reset_blocks  # noqa: E402
+from probes.model.mlm import MaskedCorpus, mask_blocks, masked_corpus, masked_nll, read_text  # noqa: E402
+from probes.model.sweep import mlm_head, sweep_nll  # noqa: E402
 
 
 @torch.inference_mode()

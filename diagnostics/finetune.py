@@ -8,7 +8,7 @@ Writes ``OUT/<task>-<recipe>-s<seed>/``:
 * ``step0/``: the model right after the seed's head initialisation (and Zhang's re-initialisation), before any
   update, with its tokenizer: the loss-surface diagnostic needs the pre-trained encoder plus this head;
 * ``final/``: the fine-tuned model and tokenizer;
-* ``run.h5``: the records (``diagnostics.records``): series ``train`` (loss, lr per optimiser step) and ``eval``
+* ``run.h5``: the records (``probes.records``): series ``train`` (loss, lr per optimiser step) and ``eval``
   (dev metric and dev loss, ``--evals`` times evenly and at the end), and a summary (final dev metric, majority
   baseline, failed flag = final metric at or below the majority baseline, Dodge et al. 2020).
 
@@ -33,13 +33,13 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from diagnostics import records
+from probes import records
 from diagnostics.bert_adam import BertAdam
 from diagnostics.embedded import DEFAULT_MODEL
 from diagnostics.quiet import quiet_transformers
 from diagnostics.recipes import RECIPES, Recipe, get_recipe
 from diagnostics.tasks import Example, Task, TaskError, encode, load_task, majority_baseline, metric
-from probes.layers import find_layers
+from probes.model.layers import find_layers
 
 REINIT_STD = 0.02  # Zhang et al.: N(0, 0.02) for re-initialised weights
 EVAL_BATCH = 64

@@ -8,7 +8,7 @@ The encoder comes from CKPT (a ``save_pretrained`` folder of any head), the MLM 
 For each k the blocks L-k+1..L are replaced by their pre-trained weights (``--direction bottom``: blocks 1..k);
 the input stage (embeddings) goes with block 1, so k = L is the pre-trained model itself. The held-out text is cut
 into blocks of ``--block-length`` tokens (capped by the model's positions), and 15% of the non-special tokens are
-masked once from ``--seed`` (80% [MASK], 10% random, 10% kept; ``diagnostics.mlm``), the same masking for every k.
+masked once from ``--seed`` (80% [MASK], 10% random, 10% kept; ``probes.model.mlm``), the same masking for every k.
 Perplexity is exp(summed NLL / masked tokens) from ``cross_entropy``. A failed run starts orders of magnitude above
 the pre-trained perplexity and recovers only when about the top 40% of blocks are reset; a successful one starts a
 little above it (Mosbach et al. 2020, Fig. 2).
@@ -30,11 +30,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from diagnostics import records
+from probes import records
 from diagnostics.embedded import DEFAULT_MODEL, HELDOUT_TEXT
-from diagnostics.mlm import masked_corpus, read_text
+from probes.model.mlm import masked_corpus, read_text
 from diagnostics.quiet import quiet_transformers
-from probes.mlm_sweep import DIRECTIONS, layer_reset_sweep
+from probes.model.sweep import DIRECTIONS, layer_reset_sweep
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")

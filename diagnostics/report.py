@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from diagnostics import early_warning_report
-from diagnostics.records import iter_runs, open_run
+from probes.records import iter_runs, open_run
 from diagnostics.seed_statistics import GroupRow, Outcome, group_rows, levene_by_task
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from diagnostics import records
+from probes import records
 from diagnostics.finetune import FinetuneConfig, FinetuneError, FinetuneResult, finished_run
 from diagnostics.quiet import quiet_transformers
 from diagnostics.report import ReportConfig

@@ -39,9 +39,9 @@ from torch import nn
 from tqdm import tqdm
 
 from diagnostics.distributed import Ranks, broadcast, map_sharded, process_group
-from diagnostics.interpolation import Subspace, SubspaceError, grid_axis, grid_indices
+from probes.model.interpolation import Subspace, SubspaceError, grid_axis, grid_indices
 from diagnostics.quiet import quiet_transformers
-from diagnostics.records import RecordsError, RunMeta, RunWriter, open_run, write_grid
+from probes.records import RecordsError, RunMeta, RunWriter, open_run, write_grid
 from diagnostics.tasks import Example, encode, load_task
 
 FIELDS = ("loss", "accuracy")

@@ -2,7 +2,7 @@
 
 Command line: ``python -m plots FIGURE RECORDS... -o FILE.pdf`` or ``python -m plots all RUNS_DIR -o DIR`` (see
 :mod:`plots.cli`). In a notebook each figure is a function ``plot_<figure>(records, ax=None, ...) -> Figure``
-taking records files, folders or :class:`diagnostics.records.RunRecords`::
+taking records files, folders or :class:`probes.records.RunRecords`::
 
     from plots import plot_gradients
     plot_gradients(["runs/rte-default-s1/run.h5", "runs/rte-default-s2/run.h5"], layers="all")

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from diagnostics.records import RecordsError
+from probes.records import RecordsError
 
 from plots.batch import Report, draw_figures
 from plots.registry import FIGURES

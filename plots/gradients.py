@@ -17,7 +17,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from diagnostics.records import RunRecords
+from probes.records import RunRecords
 
 from plots import sources
 from plots.runs import RecordsLike, Run, by_outcome, fetch_each, load_runs

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, TypeVar
 
-from diagnostics.records import RunRecords, iter_runs, open_run
+from probes.records import RunRecords, iter_runs, open_run
 
 from plots import sources
 from plots.sources import MissingRecord, NotApplicable

@@ -1,6 +1,6 @@
 """Where each figure's data lives in a records file: every record, column and attribute name ``plots`` reads.
 
-A renamed record is one edit here. Each fetcher takes a :class:`~diagnostics.records.RunRecords` and returns plain
+A renamed record is one edit here. Each fetcher takes a :class:`~probes.records.RunRecords` and returns plain
 numpy data, or raises :class:`MissingRecord` whose one-line message names the record needed and the command that
 writes it. Not a command; imported by the figure modules.
 """
@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from diagnostics.records import Grid, RecordsError, RunRecords, Series, open_run
+from probes.records import Grid, RecordsError, RunRecords, Series, open_run
 
 # The commands that write each record (shown in "missing record" messages).
 FINETUNE = "python -m diagnostics.finetune (it records scalars and, with probes attached, gradient norms)"

@@ -1,30 +1,41 @@
-"""Hooks that attach to an existing fine-tuning run and record per-layer signals to HDF5.
+"""The floor of the toolkit: hooks that attach to a fine-tuning run, the records format they write, and what they
+know about a model (:mod:`probes.model`). ``diagnostics`` and ``plots`` build on this package; it imports neither.
 
 Public API: :func:`attach` (a plain PyTorch loop, Accelerate, torchrun DDP), :class:`ProbeCallback` (the Hugging
 Face ``Trainer``), :class:`Schedule`, the probes (:class:`GradientNorms`, :class:`ActivationGradients`,
-:class:`ParameterNorms`, :class:`RunScalars`, :class:`EarlyWarning`, all over :class:`Probe`) and
-:func:`find_layers`. Importing this package does not import transformers; :class:`ProbeCallback` loads it when
-first used.
+:class:`ParameterNorms`, :class:`RunScalars`, :class:`EarlyWarning`, :class:`Forgetting`, all over
+:class:`Probe`) and :func:`find_layers`. Names are imported when first used, so ``import probes.records`` (h5py and
+numpy only, what ``plots`` reads) loads neither torch nor transformers.
 """
-from probes.activation_gradients import ActivationGradients
-from probes.attach import attach
-from probes.base import HookRecord, Probe
-from probes.early_warning import EarlyWarning
-from probes.forgetting import Forgetting
-from probes.gradient_norms import GradientNorms
-from probes.layers import LayerDiscoveryError, LayerMap, find_layers
-from probes.parameter_norms import ParameterNorms
-from probes.run_scalars import RunScalars
-from probes.schedule import Schedule
-from probes.session import ProbeSession
+from importlib import import_module
 
-__all__ = ["ActivationGradients", "EarlyWarning", "Forgetting", "GradientNorms", "HookRecord", "LayerDiscoveryError", "LayerMap",
-           "ParameterNorms", "Probe", "ProbeCallback", "ProbeSession", "RunScalars", "Schedule", "attach",
-           "find_layers"]
+_PUBLIC = {
+    "ActivationGradients": "probes.activation_gradients",
+    "EarlyWarning": "probes.early_warning",
+    "Forgetting": "probes.forgetting",
+    "GradientNorms": "probes.gradient_norms",
+    "HookRecord": "probes.base",
+    "LayerDiscoveryError": "probes.model.layers",
+    "LayerMap": "probes.model.layers",
+    "ParameterNorms": "probes.parameter_norms",
+    "Probe": "probes.base",
+    "ProbeCallback": "probes.trainer_callback",
+    "ProbeSession": "probes.session",
+    "RunScalars": "probes.run_scalars",
+    "Schedule": "probes.schedule",
+    "attach": "probes.attaching",
+    "find_layers": "probes.model.layers",
+}
+__all__ = sorted(_PUBLIC)
 
 
 def __getattr__(name: str):
-    if name == "ProbeCallback":
-        from probes.trainer_callback import ProbeCallback
-        return ProbeCallback
-    raise AttributeError(f"module 'probes' has no attribute {name!r}")
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'probes' has no attribute {name!r}")
+    value = getattr(import_module(_PUBLIC[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_PUBLIC))

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 if TYPE_CHECKING:
-    from diagnostics.records import RunWriter
+    from probes.records import RunWriter
     from probes.session import ProbeSession
 
 

@@ -1,11 +1,11 @@
 """Forgetting during training: MLM perplexity of the live model with its top k blocks reset (kind ``forgetting``).
 
-    corpus = masked_corpus(text, tokenizer, max_tokens=4096)       # diagnostics.mlm: masked once, in advance
+    corpus = masked_corpus(text, tokenizer, max_tokens=4096)       # probes.model.mlm: masked once, in advance
     probe = Forgetting(pretrained_mlm, corpus)                      # the curve k = 0..L every 50 steps
     probe = Forgetting(pretrained_mlm, corpus, curve=False)         # only k = 0 and the pre-trained reference
     with probes.attach(model, optimizer, "run.h5", probes=[probe]): ...
 
-The same measurement as ``python -m diagnostics.forgetting`` (the cached sweep of ``probes.mlm_sweep``), taken after
+The same measurement as ``python -m diagnostics.forgetting`` (the cached sweep of ``probes.model.sweep``), taken after
 the update of every step that both the session's schedule and the probe's ``schedule`` select. Series
 ``forgetting/training``: columns ``k=0`` ... ``k=L`` with a ``k`` axis, or ``finetuned`` and ``pretrained``; only
 the evaluated steps are appended. The evaluation runs under ``torch.inference_mode()`` with every module in eval
@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from diagnostics.mlm import MaskedCorpus
+from probes.model.mlm import MaskedCorpus
 from probes.base import Probe
-from probes.mlm_sweep import check_same_shape, sweep_nll
+from probes.model.sweep import check_same_shape, sweep_nll
 from probes.schedule import Schedule
 
 SERIES = "training"

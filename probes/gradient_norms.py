@@ -1,6 +1,6 @@
 """Parameter-gradient L2 norms per layer and per parameter tensor (kind ``gradient_norms``).
 
-Series ``layers``: one column per layer of :func:`probes.layers.find_layers` (``embeddings``, ``encoder.1`` ...,
+Series ``layers``: one column per layer of :func:`probes.model.layers.find_layers` (``embeddings``, ``encoder.1`` ...,
 ``pooler``, ``head``) with a ``depth`` axis; series ``components``: one column per parameter tensor
 (``encoder.3/attention.self.query.weight``) with ``depth``, ``layer`` and ``component`` axes, for the papers'
 one-matrix-per-layer curves. Both are pre-clipping norms read at the end of the step's last backward (after

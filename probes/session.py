@@ -18,10 +18,10 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from diagnostics.records import RunWriter
+from probes.records import RunWriter
 from probes import distributed
 from probes.base import HookRecord, Probe
-from probes.layers import LayerMap
+from probes.model.layers import LayerMap
 from probes.norms import tensor_norms, total_norm
 from probes.rows import DeviceRows
 from probes.run_scalars import RunScalars

@@ -1,6 +1,6 @@
 """The trainable parameters of a model, in the columns probes record them under (pure bookkeeping, no hooks).
 
-Layers are the groups of :func:`probes.layers.find_layers`, ordered from the input up: ``embeddings``, ``other``
+Layers are the groups of :func:`probes.model.layers.find_layers`, ordered from the input up: ``embeddings``, ``other``
 (ALBERT's and ELECTRA's embedding projection), ``encoder.shared`` (ALBERT) or ``encoder.1`` ... ``encoder.L``,
 ``pooler``, ``head``; only groups that hold a trainable parameter appear. Their ``depth`` axis is 0 for the
 embeddings, d for ``encoder.d``, L+1 for the pooler and L+2 for the head, NaN where no single depth applies.
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from torch import nn
 
-from probes.layers import LayerMap
+from probes.model.layers import LayerMap
 
 
 @dataclass(frozen=True)

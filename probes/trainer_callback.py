@@ -14,10 +14,10 @@ from typing import Any, Sequence
 
 from transformers import TrainerCallback
 
-from diagnostics.records import RunMeta, RunWriter
+from probes.records import RunMeta, RunWriter
 from probes.base import Probe
 from probes.schedule import Schedule
-from probes.attach import attach
+from probes.attaching import attach
 from probes.session import ProbeSession
 
 

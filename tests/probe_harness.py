@@ -22,7 +22,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve
 
 import tiny  # noqa: E402
 import probes  # noqa: E402
-from diagnostics.records import RunRecords, open_run  # noqa: E402
+from probes.records import RunRecords, open_run  # noqa: E402
 
 
 @dataclass

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from diagnostics.records import RunMeta, RunWriter, write_grid
+from probes.records import RunMeta, RunWriter, write_grid
 
 LN2 = float(np.log(2.0))
 MAJORITY = {"rte": 0.527, "mrpc": 0.684}

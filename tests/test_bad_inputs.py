@@ -33,7 +33,7 @@ import torch
 import probes
 import records_factory
 import tiny
-from diagnostics.records import SCHEMA_VERSION, RecordsError
+from probes.records import SCHEMA_VERSION, RecordsError
 from diagnostics.tasks import Example, write_task
 
 REPO = Path(__file__).resolve().parents[1]
@@ -438,7 +438,7 @@ def test_infinite_gradient_is_flagged_in_its_layer_and_the_run_goes_on(tmp_path)
             if all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None):
                 optimizer.step()
             optimizer.zero_grad()
-    from diagnostics.records import open_run
+    from probes.records import open_run
 
     run = open_run(tmp_path / "run.h5")
     frame, layers = run.frame("probe"), run.frame("layers")

@@ -13,7 +13,7 @@ import torch
 from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from diagnostics.embedded import DATA_DIR, DEFAULT_MODEL, HELDOUT_TEXT
-from diagnostics.mlm import masked_corpus, model_perplexity, read_text
+from probes.model.mlm import masked_corpus, model_perplexity, read_text
 
 ENGLISH = (
     "The committee met on Tuesday to discuss the new budget. Several members argued that the proposal was "

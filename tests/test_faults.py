@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 
 import tiny
-from diagnostics import records
+from probes import records
 from diagnostics.tasks import Example, write_task
 
 REPO = Path(__file__).resolve().parents[1]

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import tiny
-from diagnostics import records
+from probes import records
 from diagnostics.bert_adam import BertAdam
 from diagnostics.finetune import (FinetuneConfig, FinetuneError, eval_steps, linear_schedule, load_model, main,
                                   parameter_groups, reinit_top, run)

@@ -22,12 +22,14 @@ from transformers import AlbertModel, BertForMaskedLM
 
 import probes
 import tiny
-from diagnostics import forgetting, mlm, records
+from diagnostics import forgetting
+from probes import records
+from probes.model import mlm
 from diagnostics.embedded import DEFAULT_MODEL, HELDOUT_TEXT
-from diagnostics.layer_reset import reset_blocks
+from probes.model.reset import reset_blocks
 from probe_harness import LoopConfig, run_loop
 from probes.forgetting import SERIES, Forgetting
-from probes.mlm_sweep import layer_reset_sweep, mlm_head
+from probes.model.sweep import layer_reset_sweep, mlm_head
 
 BLOCK = 64
 SWEPT = ("bert", "roberta", "distilbert", "electra")  # ALBERT has its own oracle below

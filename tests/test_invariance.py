@@ -22,10 +22,10 @@ from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassificatio
 
 import probes
 import tiny
-from diagnostics import records
+from probes import records
 from diagnostics.finetune import FinetuneConfig, run
-from diagnostics.interpolation import Subspace
-from diagnostics.layer_reset import reset_blocks
+from probes.model.interpolation import Subspace
+from probes.model.reset import reset_blocks
 from diagnostics.tasks import Example, write_task
 
 

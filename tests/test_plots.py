@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import records_factory as factory
-from diagnostics.records import RunMeta, RunWriter, open_run, write_grid, write_summary
+from probes.records import RunMeta, RunWriter, open_run, write_grid, write_summary
 from plots import (plot_forgetting, plot_generalisation, plot_gradients, plot_line, plot_seeds, plot_surface,
                    plot_training, sources)
 from plots.batch import draw_figures

@@ -10,7 +10,7 @@ import torch
 
 import probes
 import tiny
-from diagnostics.records import RunWriter, RunMeta, open_run
+from probes.records import RunWriter, RunMeta, open_run
 from probe_harness import LoopConfig, count_hooks, oracle_layers, oracle_matrix, run_loop
 from probes.schedule import records_step
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from diagnostics.records import open_run
+from probes.records import open_run
 from probe_harness import LoopConfig, oracle_matrix, run_loop
 
 HARNESS = Path(__file__).with_name("probe_harness.py")

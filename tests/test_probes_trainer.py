@@ -11,7 +11,7 @@ import torch
 
 import probes
 import tiny
-from diagnostics.records import open_run
+from probes.records import open_run
 from probe_harness import oracle_layers, oracle_matrix
 
 transformers = pytest.importorskip("transformers")

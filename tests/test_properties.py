@@ -12,7 +12,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from diagnostics.interpolation import Subspace, anchor_weights, lerp_order, line_point, plane_point
+from probes.model.interpolation import Subspace, anchor_weights, lerp_order, line_point, plane_point
 from probes.schedule import PER_OCTAVE, Schedule, records_step
 
 SETTINGS = settings(max_examples=60, deadline=None)

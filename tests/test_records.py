@@ -14,8 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from diagnostics import records
-from diagnostics.records import RecordsError, RunMeta, RunWriter, open_run
+from probes import records
+from probes.records import RecordsError, RunMeta, RunWriter, open_run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -132,7 +132,7 @@ def test_errors_are_one_line(tmp_path):
 WRITER = textwrap.dedent("""
     import sys, time
     sys.path.insert(0, {repo!r})
-    from diagnostics.records import RunMeta, RunWriter
+    from probes.records import RunMeta, RunWriter
     run = RunWriter.create(sys.argv[1], RunMeta(seed=1), flush_every_steps=10, flush_every_seconds=3600)
     run.add_series("train", ["loss"])
     run.start()

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from diagnostics.records import RunMeta, RunWriter, write_summary
+from probes.records import RunMeta, RunWriter, write_summary
 from diagnostics.seed_statistics import Outcome, group_rows, levene_by_task
 
 VALUES = {"default": [0.5, 0.5, 0.62, 0.66, 0.5], "mosbach": [0.64, 0.66, 0.65, 0.61, 0.67]}

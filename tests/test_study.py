@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from diagnostics.embedded import DEFAULT_MODEL
-from diagnostics.records import open_run
+from probes.records import open_run
 from diagnostics.study import _seeds, pick_runs
 from diagnostics.finetune import FinetuneResult
 

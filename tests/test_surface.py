@@ -28,12 +28,12 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 import tiny
-from diagnostics import records
-from diagnostics.interpolation import (Subspace, SubspaceError, filter_normalised, grid_axis, line_point,
+from probes import records
+from probes.model.interpolation import (Subspace, SubspaceError, filter_normalised, grid_axis, line_point,
                                       plane_point)
 from diagnostics.surface import SurfaceConfig, main, run
 from diagnostics.tasks import Example, encode, write_task
-from probes.layers import find_layers
+from probes.model.layers import find_layers
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = 24  # per test run: small and fast, enough to separate the anchors' losses

@@ -13,12 +13,12 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from diagnostics.records import RunMeta, RunWriter
+from probes.records import RunMeta, RunWriter
 from probes import distributed
 from probes.activation_gradients import ActivationGradients
 from probes.base import Probe
 from probes.gradient_norms import GradientNorms
-from probes.layers import find_layers
+from probes.model.layers import find_layers
 from probes.schedule import Schedule
 from probes.session import ProbeSession
 

@@ -7,7 +7,7 @@ projection to the hidden size). Parameters are matched by their name inside the 
 shape, so a classifier can be patched from a ``*ForMaskedLM`` of the same architecture. ALBERT shares one block
 across depths, so it can only reset all of its depths or none. Buffers are left alone (they are not trained).
 
-This is the plain way to build one reset model (the naive oracle of the cached sweep in ``probes/mlm_sweep.py``);
+This is the plain way to build one reset model (the naive oracle of the cached sweep in ``probes/model/sweep.py``);
 library code, no command line.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Iterable, Iterator
 import torch
 from torch import nn
 
-from probes.layers import LayerMap, find_layers
+from probes.model.layers import LayerMap, find_layers
 
 
 @contextmanager

@@ -24,8 +24,8 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from diagnostics.mlm import IGNORE, MaskedCorpus, masked_nll, perplexity
-from probes.layers import find_layers
+from probes.model.mlm import IGNORE, MaskedCorpus, masked_nll, perplexity
+from probes.model.layers import find_layers
 
 DIRECTIONS = ("top", "bottom")
 # The modules of each *ForMaskedLM that turn hidden states into vocabulary logits, applied in this order.
