@@ -8,9 +8,10 @@ Writes ``OUT/<task>-<recipe>-s<seed>/``:
 * ``step0/``: the model right after the seed's head initialisation (and Zhang's re-initialisation), before any
   update, with its tokenizer: the loss-surface diagnostic needs the pre-trained encoder plus this head;
 * ``final/``: the fine-tuned model and tokenizer;
-* ``run.h5``: the records (``probes.records``): series ``train`` (loss, lr per optimiser step) and ``eval``
-  (dev metric and dev loss, ``--evals`` times evenly and at the end), and a summary (final dev metric, majority
-  baseline, failed flag = final metric at or below the majority baseline, Dodge et al. 2020).
+* ``run.h5``: the records (``probes.records``): series ``train`` (loss, lr, gradient norms per optimiser step,
+  from the probes' :class:`~probes.RunScalars`), the probes' per-layer series, ``eval`` (dev metric and dev loss,
+  ``--evals`` times evenly and at the end), and a summary (final dev metric, majority baseline, failed flag =
+  final metric at or below the majority baseline, Dodge et al. 2020).
 
 The seed sets the classifier (and pooler) initialisation, dropout and the data order. Re-running a finished run
 prints "already finished, skipping" and exits 0 (seed sweeps rely on this); a folder holding an unfinished run, or
@@ -33,7 +34,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from probes import records
+from probes import catalogue, records
 from diagnostics.bert_adam import BertAdam
 from diagnostics.embedded import DEFAULT_MODEL
 from diagnostics.quiet import quiet_transformers
@@ -46,7 +47,8 @@ EVAL_BATCH = 64
 EARLY_WARNING_FRACTION = 0.15  # the early warning decides after this share of the steps
 
 # Probes: called with (model, optimizer, writer) and entered before the records start, so it can declare its series
-# and attach its hooks; exited (hooks removed) when training ends, before `final/` is saved.
+# and attach its hooks; entering gives the probe session (`probes.attach(...)`), which records loss and lr; exited
+# (hooks removed) when training ends, before `final/` is saved.
 Probes = Callable[[nn.Module, torch.optim.Optimizer, records.RunWriter], contextlib.AbstractContextManager]
 
 
@@ -209,15 +211,16 @@ def total_steps(task: Task, recipe: Recipe) -> int:
     return -(-len(task.train) // recipe.batch_size) * recipe.epochs
 
 
-def standard_probes(total: int) -> Probes:
-    """What every run of this runner records: per-layer and per-matrix gradient norms and per-depth activation
-    gradients at every step, and the early warning over the first 15% of steps (runs of 27 steps or more)."""
+def standard_probes(total: int, enabled: bool = True) -> Probes:
+    """What every run of this runner records at every step: loss, learning rate and total gradient norms
+    (:class:`~probes.RunScalars`, always); unless ``enabled`` is False, per-layer and per-matrix gradient norms,
+    per-depth activation gradients and the early warning over the first 15% of steps (runs of 27 steps or more)."""
     import probes
 
     def attach(model: nn.Module, optimizer: torch.optim.Optimizer, writer: records.RunWriter):
-        chosen = [probes.GradientNorms(), probes.ActivationGradients()]
+        chosen = [probes.GradientNorms(), probes.ActivationGradients()] if enabled else []
         window_end = round(EARLY_WARNING_FRACTION * total)
-        if window_end >= 4:
+        if enabled and window_end >= 4:
             chosen.append(probes.EarlyWarning(window_end))
         return probes.attach(model, optimizer, writer, probes=chosen, schedule=probes.Schedule(every=1))
 
@@ -235,9 +238,10 @@ def subset(task: Task, train_examples: int | None, dev_examples: int | None) -> 
 
 
 def train(model, tokenizer, task: Task, recipe: Recipe, config: FinetuneConfig, run: records.RunWriter,
-          probes: Probes | None = None) -> tuple[int, float, float]:
-    """The training loop; appends `train` rows (at the 0-based step of each update) and `eval` rows (after that
-    many updates); returns (optimiser steps, final dev metric, mean training loss of the last 10% of steps)."""
+          probes: Probes) -> tuple[int, float, float]:
+    """The training loop under ``probes`` (they record the `train` rows, at the 0-based step of each update);
+    appends `eval` rows (after that many updates); returns (optimiser steps, final dev metric, mean training loss
+    of the last 10% of steps)."""
     optimizer = BertAdam(parameter_groups(model, recipe), lr=recipe.lr, betas=recipe.adam_betas,
                          eps=recipe.adam_eps, correct_bias=recipe.correct_bias)
     total = total_steps(task, recipe)
@@ -247,8 +251,7 @@ def train(model, tokenizer, task: Task, recipe: Recipe, config: FinetuneConfig, 
     last_losses: list[float] = []
     scheduled = eval_steps(total, config.evals)
     generator = torch.Generator().manual_seed(config.seed)
-    attached = probes(model, optimizer, run) if probes else contextlib.nullcontext()
-    with attached, tqdm(total=total, desc=config.run_dir(task.name).name, disable=not sys.stderr.isatty()) as bar:
+    with probes(model, optimizer, run) as session, tqdm(total=total, desc=config.run_dir(task.name).name, disable=not sys.stderr.isatty()) as bar:
         run.start()
         step = 0
         model.train()
@@ -259,16 +262,16 @@ def train(model, tokenizer, task: Task, recipe: Recipe, config: FinetuneConfig, 
                     group["lr"] = recipe.lr * group["lr_scale"] * lr_scale
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
                     loss = model(**encode(examples, tokenizer, config.max_length)).loss
+                session.log_scalars(lr=recipe.lr * lr_scale)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 last_losses = (last_losses + [float(loss.detach())])[-max(1, total // 10):]
-                run.append("train", step, [last_losses[-1], recipe.lr * lr_scale])
                 step += 1
                 if step in scheduled:
                     dev_metric, dev_loss = evaluate(model, tokenizer, task, config.max_length, config.bf16)
-                    run.append("eval", step, [dev_metric, dev_loss])
+                    run.append(catalogue.EVAL.name, step, [dev_metric, dev_loss])
                 bar.update()
     return total, dev_metric, sum(last_losses) / len(last_losses)
 
@@ -320,11 +323,9 @@ def run(config: FinetuneConfig, probes: Probes | None = None) -> FinetuneResult:
     meta = records.RunMeta(model=str(config.model), seed=config.seed, task=task.name, recipe=recipe.name,
                            config={**_plain(asdict(config)), "resolved_recipe": _plain(asdict(recipe))},
                            argv=list(sys.argv))
-    with records.RunWriter.create(run_dir / "run.h5", meta, flush_every_steps=50, flush_every_seconds=30.0) as rw:
-        rw.add_series("train", ["loss", "lr"], kind="scalars")
-        rw.add_series("eval", [task.metric, "loss"], kind="scalars")
-        if probes is None and config.probes:
-            probes = standard_probes(total_steps(task, recipe))
+    with records.RunWriter.create(run_dir / "run.h5", meta) as rw:
+        rw.add_series(catalogue.EVAL.name, [task.metric, "loss"], kind=catalogue.EVAL.kind)
+        probes = probes or standard_probes(total_steps(task, recipe), enabled=config.probes)
         steps, final, final_loss = train(model, tokenizer, task, recipe, config, rw, probes)
     save(model, tokenizer, run_dir / "final")
     result = FinetuneResult(run_dir, False, float(final), task.metric, task.majority_baseline,
@@ -364,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--train-examples", type=int, help="use only the first N training examples")
     parser.add_argument("--dev-examples", type=int, help="use only the first N dev examples")
     parser.add_argument("--no-probes", dest="probes", action="store_false",
-                        help="record only loss, lr and the dev metric (no gradient probes)")
+                        help="record only loss, lr, total gradient norms and the dev metric (no per-layer probes)")
     overrides = parser.add_argument_group("recipe overrides (default: the recipe's value)")
     overrides.add_argument("--lr", type=float)
     overrides.add_argument("--epochs", type=int)

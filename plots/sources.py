@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from probes import catalogue
 from probes.records import Grid, RecordsError, RunRecords, Series, open_run
 
 # The commands that write each record (shown in "missing record" messages).
@@ -19,14 +20,18 @@ FINETUNE = "python -m diagnostics.finetune (it records scalars and, with probes 
 FORGETTING = "python -m diagnostics.forgetting CKPT --out RUN.h5 (layer-reset perplexity)"
 SURFACE = "python -m diagnostics.surface (loss surface between checkpoints)"
 
-TRAIN = ("scalars", "train")  # columns: loss, lr (written by diagnostics.finetune)
-PROBE = ("scalars", "probe")  # columns: loss, lr, grad_norm_pre_clip... (written by probes on any training loop)
-EVAL = ("scalars", "eval")  # columns: accuracy and/or the task metric, loss
-LAYER_NORMS = ("gradient_norms", "layers")  # columns: embeddings, encoder.1..L (or encoder.shared), pooler, head
-COMPONENT_NORMS = ("gradient_norms", "components")  # columns: "<layer>/<parameter path>"
-ACTIVATION_NORMS = ("activation_gradients", "activations")  # columns: encoder.1..L, also for ALBERT
-FORGETTING_KIND = "forgetting"  # grids over k with field perplexity
-SURFACES_KIND = "surfaces"  # grids over a (and b) with fields loss, accuracy
+def _where(spec: catalogue.SeriesSpec) -> tuple[str, str]:
+    return spec.kind, spec.name
+
+
+TRAIN = _where(catalogue.TRAIN)
+LEGACY_PROBE = _where(catalogue.LEGACY_PROBE_SCALARS)
+EVAL = _where(catalogue.EVAL)
+LAYER_NORMS = _where(catalogue.LAYER_NORMS)
+COMPONENT_NORMS = _where(catalogue.COMPONENT_NORMS)
+ACTIVATION_NORMS = _where(catalogue.ACTIVATION_NORMS)
+FORGETTING_KIND = catalogue.FORGETTING.kind
+SURFACES_KIND = catalogue.SURFACE_PLANE.kind
 DEFAULT_SURFACE_LABELS = ("pre-trained", "failed", "successful")
 LAYER_ORDER = ("embeddings", "encoder", "pooler", "head")
 
@@ -91,9 +96,9 @@ def learning_rate(run: RunRecords) -> Curve:
 
 
 def _train_series(run: RunRecords) -> tuple[str, str]:
-    """The fine-tuning runner's ``train`` series, else the probes' ``probe`` series (a loop of the user's own)."""
-    kind, name = PROBE
-    return PROBE if name in run.records.get(kind, {}) and TRAIN[1] not in run.records.get(kind, {}) else TRAIN
+    """The ``train`` series, else the ``probe`` series of a 0.1 file of probes on a loop of the user's own."""
+    kind, name = LEGACY_PROBE
+    return LEGACY_PROBE if name in run.records.get(kind, {}) and TRAIN[1] not in run.records.get(kind, {}) else TRAIN
 
 
 def dev_metric(run: RunRecords) -> tuple[Curve, str]:

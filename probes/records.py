@@ -4,7 +4,7 @@ A records file holds one run (one seed, one rank-0 process). Its prose specifica
 short, the root carries the run's metadata, and each kind of record is a group holding named records of two shapes:
 
 * a **series** grows during training: ``step`` ``(N,)``, ``values`` ``(N, C)`` and the column names ``columns``
-  ``(C,)`` (plus optional per-column axes such as ``depth``); chunked and resizable, flushed on a schedule;
+  ``(C,)`` (plus optional per-column axes such as ``depth``); chunked and resizable, grown a block of rows at a time;
 * a **grid** has fixed axes (``k`` for a forgetting curve, ``a`` and ``b`` for a loss surface) stored as datasets,
   and one dataset per field, NaN where a point is not computed yet, so an interrupted grid can be resumed.
 
@@ -20,7 +20,6 @@ import os
 import platform
 import shutil
 import sys
-import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
@@ -29,6 +28,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import h5py
 import numpy as np
+
+from probes.catalogue import KINDS
 
 try:
     import resource
@@ -40,8 +41,6 @@ __all__ = ["FILE_TYPE", "KINDS", "SCHEMA_VERSION", "Grid", "RecordsError", "RunM
 
 SCHEMA_VERSION = 1
 FILE_TYPE = "instability-diagnostics.run"
-KINDS = ("scalars", "gradient_norms", "activation_gradients", "parameter_norms", "update_ratios",
-         "forgetting", "surfaces")
 _STR = h5py.string_dtype()
 _METADATA_ROOM = 256 * 1024  # bytes kept free beyond the data of a flush, for HDF5's own bookkeeping
 _VERSIONED_PACKAGES = ("instability-diagnostics", "torch", "transformers", "numpy", "h5py")
@@ -99,29 +98,23 @@ class Grid:
 class RunWriter:
     """Writes records into one file: declare series and grids, :meth:`start`, then append and fill.
 
-    Use :meth:`create` for a new file and :meth:`open` to add records to an existing one. Appends are buffered in
-    memory and flushed every ``flush_every_steps`` appended rows or ``flush_every_seconds``, whichever comes first,
-    and at :meth:`close`.
+    Use :meth:`create` for a new file and :meth:`open` to add records to an existing one. Nothing is buffered
+    here: :meth:`extend` writes a block of rows at once (the probes buffer rows on the device and hand over one
+    block per flush), and readers see it after :meth:`flush`.
     """
 
-    def __init__(self, file: h5py.File, flush_every_steps: int, flush_every_seconds: float) -> None:
-        self._file = file
-        self._flush_every_steps = max(1, flush_every_steps)
-        self._flush_every_seconds = flush_every_seconds
-        self._pending: dict[str, list[tuple[int, np.ndarray]]] = {}
+    def __init__(self, file: h5py.File) -> None:
+        self._file, self._path = file, Path(file.filename)
         self._series: dict[str, h5py.Group] = {}
         self._grids: dict[str, h5py.Group] = {}
-        self._rows_since_flush = 0
-        self._last_flush = time.monotonic()
         self._started = False
 
     @property
     def path(self) -> Path:
-        return Path(self._file.filename)
+        return self._path
 
     @classmethod
-    def create(cls, path: str | os.PathLike, meta: RunMeta, *, flush_every_steps: int = 50,
-               flush_every_seconds: float = 30.0) -> "RunWriter":
+    def create(cls, path: str | os.PathLike, meta: RunMeta) -> "RunWriter":
         """A new records file at ``path``; refuses a path that exists."""
         path = Path(path)
         if path.exists():
@@ -133,11 +126,10 @@ class RunWriter:
         except OSError as error:
             raise RecordsError(f"cannot create {path} ({_first_line(error)}); pass a writable output path") from None
         _write_meta(file, meta)
-        return cls(file, flush_every_steps, flush_every_seconds)
+        return cls(file)
 
     @classmethod
-    def open(cls, path: str | os.PathLike, *, flush_every_steps: int = 50,
-             flush_every_seconds: float = 30.0) -> "RunWriter":
+    def open(cls, path: str | os.PathLike) -> "RunWriter":
         """An existing records file, validated, to add records to (a file left by a killed writer is recovered)."""
         path = Path(path)
         _validate(path)
@@ -150,12 +142,12 @@ class RunWriter:
             _refuse_live_writer(path)
             _recover(path)
             file = h5py.File(path, "a", libver="latest")
-        return cls(file, flush_every_steps, flush_every_seconds)
+        return cls(file)
 
     @classmethod
-    def open_or_create(cls, path: str | os.PathLike, meta: RunMeta, **schedule: Any) -> "RunWriter":
+    def open_or_create(cls, path: str | os.PathLike, meta: RunMeta) -> "RunWriter":
         """:meth:`open` if ``path`` exists, else :meth:`create` with ``meta``."""
-        return cls.open(path, **schedule) if Path(path).exists() else cls.create(path, meta, **schedule)
+        return cls.open(path) if Path(path).exists() else cls.create(path, meta)
 
     def add_series(self, name: str, columns: Sequence[str], *, kind: str = "scalars",
                    axes: Mapping[str, Sequence] | None = None, attrs: Mapping[str, Any] | None = None) -> None:
@@ -180,7 +172,6 @@ class RunWriter:
             group.create_dataset(axis, data=values.astype(object) if values.dtype.kind == "U" else values,
                                  dtype=_STR if values.dtype.kind == "U" else values.dtype)
         self._series[name] = group
-        self._pending[name] = []
 
     def add_grid(self, name: str, axes: Mapping[str, Sequence[float]], fields: Sequence[str], *, kind: str,
                  attrs: Mapping[str, Any] | None = None) -> Grid | None:
@@ -227,15 +218,31 @@ class RunWriter:
         self._file.swmr_mode = True
         self._started = True
 
-    def append(self, name: str, step: int, values: Sequence[float] | np.ndarray) -> None:
-        """Buffer one row of series ``name`` at ``step``; flushes when the schedule says so."""
+    def extend(self, name: str, steps: Sequence[int], block: np.ndarray) -> None:
+        """Append the rows ``block[i]`` at ``steps[i]`` to series ``name`` and make them visible to readers.
+
+        When the disk or the file-size limit has no room for them, nothing is written and a RecordsError is
+        raised: HDF5 cannot recover from a failed write, so the file must never see one."""
         self._require_started()
-        row = np.asarray(values, dtype="f4").reshape(-1)
-        self._pending[name].append((int(step), row))
-        self._rows_since_flush += 1
-        if (self._rows_since_flush >= self._flush_every_steps
-                or time.monotonic() - self._last_flush >= self._flush_every_seconds):
-            self.flush()
+        group = self._series[name]
+        block, width = np.asarray(block, dtype="f4"), group["values"].shape[1]
+        if block.ndim != 2 or block.shape != (len(steps), width):
+            raise RecordsError(f"series {name!r} takes {len(steps)} rows of {width} columns for {len(steps)} steps, "
+                               f"got shape {block.shape}")
+        if not len(steps):
+            return
+        _check_room(self.path, self._bytes_needed(group["values"], len(steps)))
+        start = group["step"].shape[0]
+        group["step"].resize((start + len(steps),))
+        group["values"].resize((start + len(steps), block.shape[1]))
+        group["step"][start:] = np.asarray(steps, dtype="i8")
+        group["values"][start:] = block
+        group["step"].flush()
+        group["values"].flush()
+
+    def append(self, name: str, step: int, values: Sequence[float] | np.ndarray) -> None:
+        """Append one row of series ``name`` at ``step`` (see :meth:`extend`)."""
+        self.extend(name, [step], np.asarray(values, dtype="f4").reshape(1, -1))
 
     def write_point(self, name: str, index: tuple[int, ...], values: Mapping[str, float]) -> None:
         """Fill one point of grid ``name`` and flush it to disk at once (each point is worth keeping)."""
@@ -255,50 +262,18 @@ class RunWriter:
             group.attrs[key] = _encode(value)
 
     def flush(self) -> None:
-        """Write the buffered rows. When the disk or the file-size limit has no room for them, nothing is written
-        and a RecordsError is raised: HDF5 cannot recover from a failed write, so the file must never see one."""
-        _check_room(self.path, self._bytes_needed())
-        for name, rows in self._pending.items():
-            if not rows:
-                continue
-            group = self._series[name]
-            steps = np.array([step for step, _ in rows], dtype="i8")
-            values = np.stack([row for _, row in rows])
-            if values.shape[1] != group["values"].shape[1]:
-                raise RecordsError(f"series {name!r} has {group['values'].shape[1]} columns, got rows of {values.shape[1]}")
-            start = group["step"].shape[0]
-            group["step"].resize((start + len(steps),))
-            group["values"].resize((start + len(steps), values.shape[1]))
-            group["step"][start:] = steps
-            group["values"][start:] = values
-            group["step"].flush()
-            group["values"].flush()
-            rows.clear()
+        """Make everything written so far durable in the file (its metadata included)."""
         self._file.flush()
-        self._rows_since_flush = 0
-        self._last_flush = time.monotonic()
 
     def close(self) -> None:
-        """Flush and close; rows that found no room are dropped (and the RecordsError raised) after closing."""
-        if not self._file.id.valid:
-            return
-        try:
-            self.flush()
-        except RecordsError:
-            for rows in self._pending.values():
-                rows.clear()
-            raise
-        finally:
+        if self._file.id.valid:
             self._file.close()
 
-    def _bytes_needed(self) -> int:
-        """An upper bound of what the next flush adds to the file: a new chunk of every growing series."""
-        needed = _METADATA_ROOM
-        for name, rows in self._pending.items():
-            if rows:
-                values = self._series[name]["values"]
-                needed += 8 * 1024 + int(np.prod(values.chunks)) * values.dtype.itemsize * (1 + len(rows) // values.chunks[0])
-        return needed
+    @staticmethod
+    def _bytes_needed(values: h5py.Dataset, rows: int) -> int:
+        """An upper bound of what appending ``rows`` rows adds to the file: new chunks and HDF5's bookkeeping."""
+        chunk = int(np.prod(values.chunks)) * values.dtype.itemsize
+        return _METADATA_ROOM + 8 * 1024 + chunk * (1 + rows // values.chunks[0])
 
     def __enter__(self) -> "RunWriter":
         return self
@@ -325,6 +300,8 @@ class RunWriter:
         return group
 
     def _require_started(self) -> None:
+        if not self._file.id.valid:
+            raise RecordsError(f"the writer of {self.path} is closed; open it again with RunWriter.open")
         if not self._started:
             raise RecordsError("call start() after declaring records and before writing to them")
 

@@ -22,6 +22,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve
 
 import tiny  # noqa: E402
 import probes  # noqa: E402
+from layer_table import layer_of  # noqa: E402
 from probes.records import RunRecords, open_run  # noqa: E402
 
 
@@ -57,12 +58,13 @@ class LoopResult:
     records: RunRecords | None
 
 
-def oracle_layers(model, layer_map) -> dict[str, float]:
-    """Per-layer L2 norms of ``param.grad`` (float64 per tensor, summed in Python)."""
+def oracle_layers(model) -> dict[str, float]:
+    """Per-layer L2 norms of ``param.grad`` (float64 per tensor, summed in Python), grouped by the hand-written
+    table of tests/layer_table.py, not by the code under test."""
     sums: dict[str, float] = {}
     for name, param in model.named_parameters():
         if param.grad is not None:
-            group = layer_map.group_of(name)
+            group = layer_of(model.config.model_type, name)
             sums[group] = sums.get(group, 0.0) + float(param.grad.double().norm()) ** 2
     return {group: total ** 0.5 for group, total in sums.items()}
 
@@ -83,7 +85,6 @@ def run_loop(config: LoopConfig, path: Path | None = None, model=None, batches=N
     """Train; with ``config.probe`` a probe session records to ``path`` (None: compute without writing)."""
     model = model if model is not None else tiny.classifier(config.arch, seed=0)
     model.train()
-    layer_map = probes.find_layers(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr)
     scaler = torch.amp.GradScaler("cpu", init_scale=config.scale) if config.scale else None
     torch.manual_seed(1)
@@ -104,7 +105,7 @@ def run_loop(config: LoopConfig, path: Path | None = None, model=None, batches=N
                 (scaler.scale(loss) if scaler else loss).backward()
             if scaler:
                 scaler.unscale_(optimizer)
-            oracle.append(oracle_layers(model, layer_map))
+            oracle.append(oracle_layers(model))
             totals.append(float(np.sqrt(sum(v ** 2 for v in oracle[-1].values()))))
             inside = count_hooks(model, optimizer)
             if config.skip_nonfinite and not np.isfinite(totals[-1]):
@@ -154,7 +155,7 @@ def distributed_worker(mode: str, out: str, oracle_path: str | None) -> None:
             half = {key: value.chunk(world)[rank] for key, value in batch.items()}
             wrapped(**half).loss.backward()
             if mode == "ddp":
-                oracle.append(oracle_layers(model, layer_map))
+                oracle.append(oracle_layers(model))
             torch.nn.utils.clip_grad_norm_(wrapped.parameters(), 0.1)
             optimizer.step()
             optimizer.zero_grad()

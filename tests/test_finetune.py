@@ -15,7 +15,8 @@ import pytest
 import torch
 
 import tiny
-from probes import records
+import probes
+from probes import catalogue, records
 from diagnostics.bert_adam import BertAdam
 from diagnostics.finetune import (FinetuneConfig, FinetuneError, eval_steps, linear_schedule, load_model, main,
                                   parameter_groups, reinit_top, run)
@@ -189,18 +190,19 @@ def test_probes_declare_series_before_start_and_see_every_step(toy_task, tiny_ml
     seen = []
 
     @contextlib.contextmanager
-    def probes(model, optimizer, writer):
-        writer.add_series("probe", ["calls"], kind="scalars")
+    def my_probes(model, optimizer, writer):
+        writer.add_series("calls", ["calls"], kind="scalars")
         handle = optimizer.register_step_pre_hook(lambda *_: seen.append(len(seen) + 1))
         try:
-            yield
+            with probes.attach(model, optimizer, writer, probes=[]) as session:
+                yield session
         finally:
             handle.remove()
-            writer.append("probe", len(seen), [len(seen)])
+            writer.append("calls", len(seen), [len(seen)])
 
-    result = run(_config(toy_task, tmp_path, tiny_mlm_dir), probes=probes)
+    result = run(_config(toy_task, tmp_path, tiny_mlm_dir), probes=my_probes)
     assert seen == list(range(1, 7))
-    assert records.open_run(result.run_dir / "run.h5").series("probe").values.tolist() == [[6.0]]
+    assert records.open_run(result.run_dir / "run.h5").series("calls").values.tolist() == [[6.0]]
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
@@ -220,7 +222,7 @@ def test_cli_end_to_end_then_skip_then_refuse_unfinished(toy_task, tiny_mlm_dir,
     for part in ("step0/config.json", "step0/tokenizer_config.json", "final/config.json", "final/model.safetensors"):
         assert (run_dir / part).is_file(), part
     rr = records.open_run(run_dir / "run.h5")
-    assert rr.series("train").columns == ["loss", "lr"] and len(rr.series("train").steps) == 12
+    assert rr.series("train").columns == list(catalogue.TRAIN.columns) and len(rr.series("train").steps) == 12
     assert list(rr.series("eval").steps) == [4, 8, 12] and rr.series("eval").columns == ["accuracy", "loss"]
     assert rr.summary["steps"] == 12 and rr.summary["metric"] == "accuracy" and rr.summary["majority"] == 0.5
     assert rr.summary["final_dev_metric"] == rr.series("eval").column("accuracy")[-1]

@@ -28,7 +28,8 @@ from probes.model import mlm
 from diagnostics.embedded import DEFAULT_MODEL, HELDOUT_TEXT
 from probes.model.reset import reset_blocks
 from probe_harness import LoopConfig, run_loop
-from probes.forgetting import SERIES, Forgetting
+from probes.catalogue import FORGETTING_DURING
+from probes.forgetting import Forgetting
 from probes.model.sweep import layer_reset_sweep, mlm_head
 
 BLOCK = 64
@@ -405,7 +406,7 @@ def test_probe_follows_the_curve_without_changing_training(tmp_path, corpus):
     plain = run_loop(LoopConfig(steps=5, lr=1e-2, probe=False), model=dropout_classifier())
     assert probed.losses == plain.losses and torch.equal(probed.rng, plain.rng)
     assert all(torch.equal(probed.weights[name], plain.weights[name]) for name in plain.weights)
-    series = probed.records.series(SERIES, "forgetting")
+    series = probed.records.series(FORGETTING_DURING.name, FORGETTING_DURING.kind)
     assert list(series.steps) == [0, 2, 4] and series.columns == [f"k={k}" for k in range(5)]
     final = dropout_classifier()
     final.load_state_dict(probed.weights)
@@ -427,7 +428,7 @@ def test_probe_k0_only_and_modes_restored(tmp_path, corpus):
             optimizer.step()
             optimizer.zero_grad()
             assert [module.training for module in model.modules()] == modes
-    series = records.open_run(tmp_path / "run.h5").series(SERIES, "forgetting")
+    series = records.open_run(tmp_path / "run.h5").series(FORGETTING_DURING.name, FORGETTING_DURING.kind)
     assert series.columns == ["finetuned", "pretrained"] and list(series.steps) == [0, 1]
     reference = mlm.model_perplexity(pretrained, corpus)
     assert list(series.column("pretrained")) == pytest.approx([reference] * 2, rel=1e-5)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import transformers
@@ -99,7 +100,7 @@ def test_finetune_run_with_and_without_probes_trains_bit_identically(task, dropo
     assert "gradient_norms" in probed[1].records and "gradient_norms" not in plain[1].records
     for name in ("train", "eval"):
         first, second = probed[1].series(name, "scalars"), plain[1].series(name, "scalars")
-        assert first.steps.tolist() == second.steps.tolist() and (first.values == second.values).all(), name
+        assert first.steps.tolist() == second.steps.tolist() and np.array_equal(first.values, second.values, equal_nan=True), name
     assert probed[0].final_dev_metric == plain[0].final_dev_metric and probed[0].steps == plain[0].steps == 8
     for part in ("step0", "final"):
         assert same_tensors(probed[2][part], plain[2][part]), part

@@ -49,7 +49,7 @@ def test_two_processes_match_one_process(tmp_path, single, mode):
     for name in ("layers", "components", "activations"):  # key-bias gradients are ~1e-13 rounding noise: atol
         np.testing.assert_allclose(records.series(name).values, single.series(name).values, rtol=1e-4, atol=1e-9)
     columns = ["loss", "grad_norm_pre_clip", "grad_norm_post_clip"]
-    np.testing.assert_allclose(records.frame("probe")[columns], single.frame("probe")[columns], rtol=1e-4)
+    np.testing.assert_allclose(records.frame("train")[columns], single.frame("train")[columns], rtol=1e-4)
     oracle = json.loads((tmp_path / "oracle.json").read_text())  # rank 0's own param.grad after the all-reduce
     if mode == "ddp":
         layers = records.series("layers")
