@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from probes.catalogue import (ACTIVATION_NORMS, COMPONENT_NORMS, EVAL, FORGETTING, LAYER_NORMS, SURFACE_PLANE,
+                               TRAIN)
 from probes.records import RunMeta, RunWriter, write_grid
 
 LN2 = float(np.log(2.0))
@@ -40,27 +42,27 @@ def finetune_run(path: str | Path, *, failed: bool, seed: int = 1, depth: int = 
     with RunWriter.create(path, meta) as run:
         run.set_summary({"final_dev_metric": float(accuracy[-1]), "metric": "accuracy",
                          "majority": MAJORITY.get(task, 0.5), "failed": int(failed), "steps": steps})
-        run.add_series("train", ["loss", "lr"])
-        run.add_series("eval", ["accuracy", "loss"])
+        run.add_series(TRAIN.name, ["loss", "lr"], kind=TRAIN.kind)
+        run.add_series(EVAL.name, ["accuracy", "loss"], kind=EVAL.kind)
         layers = _layer_names(depth)
         if gradients:
-            run.add_series("layers", layers, kind="gradient_norms", attrs={"clipping": "pre"},
+            run.add_series(LAYER_NORMS.name, layers, kind=LAYER_NORMS.kind, attrs={"clipping": "pre"},
                            axes={"depth": [_depth(name, depth) for name in layers]})
-            run.add_series("components", _component_names(layers), kind="gradient_norms",
+            run.add_series(COMPONENT_NORMS.name, _component_names(layers), kind=COMPONENT_NORMS.kind,
                            attrs={"clipping": "pre"})
-            run.add_series("activations", layers[1:-2], kind="activation_gradients",
+            run.add_series(ACTIVATION_NORMS.name, layers[1:-2], kind=ACTIVATION_NORMS.kind,
                            axes={"depth": np.arange(1, depth + 1, dtype="f8")})
         run.start()
         for step in range(steps):
-            run.append("train", step, [loss[step], lr[step]])
+            run.append(TRAIN.name, step, [loss[step], lr[step]])
         for step, value in zip(eval_steps, accuracy):
-            run.append("eval", int(step), [value, LN2 + 0.01 if failed else 0.7 - 0.3 * step / steps])
+            run.append(EVAL.name, int(step), [value, LN2 + 0.01 if failed else 0.7 - 0.3 * step / steps])
         if gradients:
             norms = _gradient_norms(steps, warmup, depth, failed, rng)
             for step in range(steps):
-                run.append("layers", step, norms[step])
-                run.append("components", step, _split_components(norms[step], layers))
-                run.append("activations", step, 0.05 * norms[step, 1:-2])
+                run.append(LAYER_NORMS.name, step, norms[step])
+                run.append(COMPONENT_NORMS.name, step, _split_components(norms[step], layers))
+                run.append(ACTIVATION_NORMS.name, step, 0.05 * norms[step, 1:-2])
     if forgetting:
         _forgetting(path, depth, failed, rng)
     return Path(path)
@@ -74,11 +76,11 @@ def surface_records(path: str | Path, *, size: int = 25) -> Path:
     attrs = {"labels": ["pre-trained", "failed", "successful"], "checkpoints": ["p", "f", "s"],
              "task": "rte", "split": "train"}
     meta = RunMeta(model="tiny-bert", task="rte", argv=["records_factory"])
-    write_grid(path, "plane", {"a": axis, "b": axis}, {"loss": loss, "accuracy": accuracy}, kind="surfaces",
+    write_grid(path, "plane", {"a": axis, "b": axis}, {"loss": loss, "accuracy": accuracy}, kind=SURFACE_PLANE.kind,
                attrs={**attrs, "kind": "plane"}, meta=meta)
     line = np.linspace(-0.5, 1.5, 41)
     loss, accuracy = _landscape(1 - line, line)
-    write_grid(path, "line", {"a": line}, {"loss": loss, "accuracy": accuracy}, kind="surfaces",
+    write_grid(path, "line", {"a": line}, {"loss": loss, "accuracy": accuracy}, kind=SURFACE_PLANE.kind,
                attrs={**attrs, "kind": "line", "labels": ["failed", "successful"]})
     return Path(path)
 
@@ -186,7 +188,7 @@ def _forgetting(path: str | Path, depth: int, failed: bool, rng: np.random.Gener
     start = 10 ** rng.uniform(4, 6.5) if failed else rng.uniform(13, 27)
     recovered = np.clip(k / (depth / 2), 0, 1)
     perplexity = np.exp(np.log(start) + (np.log(pretrained * 1.01) - np.log(start)) * recovered ** 0.7)
-    write_grid(path, "top", {"k": k}, {"perplexity": perplexity}, kind="forgetting",
+    write_grid(path, "top", {"k": k}, {"perplexity": perplexity}, kind=FORGETTING.kind,
                attrs={"direction": "top", "pretrained_perplexity": pretrained, "masked_tokens": 4096})
 
 
