@@ -17,9 +17,8 @@ import torch
 import tiny
 from probes import records
 from diagnostics.bert_adam import BertAdam
-from diagnostics.finetune import (FinetuneConfig, FinetuneError, eval_steps, linear_schedule, load_model, main,
-                                  parameter_groups, reinit_top, run)
-from diagnostics.recipes import get_recipe
+from diagnostics.finetune import FinetuneConfig, FinetuneError, eval_steps, load_model, main, run
+from diagnostics.recipes import RecipeError, get_recipe, linear_schedule, parameter_groups, reinit_top
 from diagnostics.tasks import Example, write_task
 
 REPO = Path(__file__).resolve().parents[1]
@@ -159,7 +158,7 @@ def test_reinit_top_resets_only_the_top_blocks_and_the_pooler():
     assert top.attention.self.query.bias.eq(0).all() and 0.005 < top.attention.self.query.weight.std() < 0.05
     assert model.bert.pooler.dense.bias.eq(0).all()
     assert model.bert.encoder.layer[-2].output.LayerNorm.weight.eq(0.5).all()
-    with pytest.raises(FinetuneError, match="cannot re-initialise 9 blocks"):
+    with pytest.raises(RecipeError, match="cannot re-initialise 9 blocks"):
         reinit_top(model, layers=9, pooler=False)
 
 
