@@ -40,6 +40,9 @@ from tqdm import tqdm
 
 from probes import records
 from diagnostics.bert_adam import BertAdam
+from diagnostics.checkpoints import CheckpointError, checkpoint_folder, load_tokenizer
+from diagnostics.checkpoints import load_model as load_model_folder
+from diagnostics.command import CommandParser, fail
 from diagnostics.embedded import DEFAULT_MODEL
 from diagnostics.hardware import DEVICES, PRECISIONS, Hardware, HardwareError, choose_hardware
 from diagnostics.quiet import quiet_transformers
@@ -48,6 +51,7 @@ from diagnostics.tasks import Example, Task, TaskError, encode, load_task, major
 
 EVAL_BATCH = 64
 EARLY_WARNING_FRACTION = 0.15  # the early warning decides after this share of the steps
+SAME_DATA = ("max_length", "train_examples", "dev_examples")  # a finished run is reused only if these agree
 
 # Probes: called with (model, optimizer, writer) and entered before the records start, so it can declare its series
 # and attach its hooks; exited (hooks removed) when training ends, before `final/` is saved.
@@ -113,16 +117,14 @@ class FinetuneResult:
 
 def load_model(path: Path, num_labels: int, seed: int):
     """The pre-trained encoder with a fresh classification head drawn from `seed`, and its tokenizer."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification
 
     quiet_transformers()  # "newly initialized weights" is exactly what we want here
+    folder = checkpoint_folder(path, "--model")
     torch.manual_seed(seed)
-    try:
-        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels)
-        return model, AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as error:  # what transformers raises for a folder it cannot load
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise FinetuneError(f"cannot load {path} ({reason}); pass --model a save_pretrained folder") from None
+    model = load_model_folder(AutoModelForSequenceClassification, folder, "--model", fresh_head=True,
+                              num_labels=num_labels)
+    return model, load_tokenizer([folder], model.config.vocab_size)
 
 
 # ---------------------------------------------------------------- training and evaluation
@@ -272,10 +274,18 @@ def finished_run(run_dir: Path) -> records.RunRecords | None:
     return done if "final_dev_metric" in done.summary else None
 
 
-def skipped_result(run_dir: Path, done: records.RunRecords, recipe: Recipe) -> FinetuneResult:
-    """The result of a finished run, if it was run with the same recipe settings (else a FinetuneError)."""
-    before = done.meta.get("config", {}).get("resolved_recipe", {})
+def skipped_result(run_dir: Path, done: records.RunRecords, recipe: Recipe,
+                   config: FinetuneConfig | None = None) -> FinetuneResult:
+    """The result of a finished run, if it was run with the same recipe settings, and the same data and precision
+    as `config` asks for (else a FinetuneError)."""
+    before_config = done.meta.get("config", {})
+    before = before_config.get("resolved_recipe", {})
     changed = sorted(k for k, v in _plain(asdict(recipe)).items() if before.get(k) != v)
+    if config is not None:
+        changed += [k for k in SAME_DATA if k in before_config and before_config[k] != getattr(config, k)]
+        ran_in = before_config.get("hardware", {}).get("precision")
+        if config.precision != "auto" and ran_in not in (None, config.precision):
+            changed.append("precision")
     if changed:
         raise FinetuneError(f"{run_dir} holds a finished run with other settings ({', '.join(changed)}); "
                             "pick another --out")
@@ -295,7 +305,7 @@ def run(config: FinetuneConfig, probes: Probes | None = None, hardware: Hardware
     run_dir = config.run_dir(task.name)
     done = finished_run(run_dir)
     if done is not None:
-        return skipped_result(run_dir, done, recipe)
+        return skipped_result(run_dir, done, recipe, config)
     if run_dir.exists():
         raise FinetuneError(f"{run_dir} holds an unfinished run; delete it or pick another --out")
     if config.threads:
@@ -340,7 +350,7 @@ def _plain(values: dict) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m diagnostics.finetune", description=__doc__.splitlines()[0])
+    parser = CommandParser(prog="python -m diagnostics.finetune", description=__doc__.splitlines()[0])
     parser.add_argument("--task", required=True, help="task name (see diagnostics.tasks.task_names) or folder")
     parser.add_argument("--recipe", required=True, choices=sorted(RECIPES))
     parser.add_argument("--seed", type=int, required=True)
@@ -372,8 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check(config: FinetuneConfig) -> None:
     """Reject impossible values before any work is done."""
-    if not Path(config.model).is_dir():
-        raise FinetuneError(f"model folder {config.model} not found; build it (data/README.md) or pass --model")
+    checkpoint_folder(config.model, "--model")
     existing = next(p for p in (Path(config.out), *Path(config.out).parents) if p.exists())
     if not existing.is_dir() or not os.access(existing, os.W_OK):
         raise FinetuneError(f"cannot write runs under {config.out}: {existing} is "
@@ -393,9 +402,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check(config)
         result = run(config, announce=True)
-    except (FinetuneError, RecipeError, records.RecordsError, TaskError, HardwareError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    except (FinetuneError, RecipeError, CheckpointError, records.RecordsError, TaskError, HardwareError) as error:
+        return fail(error)
     if result.skipped:
         print(f"{result.run_dir}: already finished, skipping")
     else:

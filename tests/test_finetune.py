@@ -239,7 +239,7 @@ def test_cli_end_to_end_then_skip_then_refuse_unfinished(toy_task, tiny_mlm_dir,
 
 @pytest.mark.parametrize("change, message", [
     (("--task", "nope"), "unknown task 'nope'"),
-    (("--model", "/nonexistent"), "model folder /nonexistent not found"),
+    (("--model", "/nonexistent"), "--model /nonexistent does not exist"),
     (("--epochs", "0"), "--epochs must be positive"),
 ])
 def test_bad_input_is_one_line(toy_task, tiny_mlm_dir, tmp_path, capsys, change, message):
