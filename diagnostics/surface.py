@@ -258,8 +258,6 @@ def run(config: SurfaceConfig, announce: bool = False) -> Surface | None:
         tokenizer = load_tokenizer([Path(c) for c in config.checkpoints], model.config.vocab_size)
         batches = prepare_batches(examples, tokenizer, model,
                                   max_length=config.max_length, batch_size=config.batch_size, device=ranks.device)
-        if announce and ranks.is_main:
-            print(f"hardware: {hardware.describe()}", file=sys.stderr)
         shape = tuple(len(v) for v in axes.values())
         writer, values, error = None, {f: np.full(shape, np.nan) for f in FIELDS}, None
         if ranks.is_main and config.out:
@@ -272,6 +270,8 @@ def run(config: SurfaceConfig, announce: bool = False) -> Surface | None:
         error, missing = broadcast((error, missing), ranks)
         if error:
             raise SurfaceError(error)
+        if announce and ranks.is_main:
+            print(f"hardware: {hardware.describe()}", file=sys.stderr)
         started = time.perf_counter()
         try:
             computed = _fill(model, space, batches, axes, missing, values, writer, name, ranks, hardware)
