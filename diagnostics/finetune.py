@@ -17,6 +17,11 @@ The seed sets the classifier (and pooler) initialisation, dropout and the data o
 prints "already finished, skipping" and exits 0 (seed sweeps rely on this); a folder holding an unfinished run, or
 a finished one with other recipe settings, is refused: settings live in the records, not in the folder name, so
 give each learning rate or recipe variant its own --out. Recipes are in ``diagnostics.recipes``; any recipe field can be overridden here.
+
+The run computes on a GPU when torch sees one and in bf16 autocast only where the hardware has native bf16
+(``diagnostics.hardware``; ``--device``, ``--precision`` override); the choice is printed and stored in the
+records' config. Training batches are grouped by length (as Hugging Face's ``group_by_length``) and dev batches
+sorted by length, so little of each batch is padding; the order is drawn from the seed, so a run is reproducible.
 """
 from __future__ import annotations
 
@@ -36,15 +41,18 @@ from tqdm import tqdm
 
 from probes import catalogue, records
 from diagnostics.bert_adam import BertAdam
+from diagnostics.checkpoints import CheckpointError, checkpoint_folder, load_tokenizer
+from diagnostics.checkpoints import load_model as load_model_folder
+from diagnostics.command import CommandParser, fail
 from diagnostics.embedded import DEFAULT_MODEL
+from diagnostics.hardware import DEVICES, PRECISIONS, Hardware, HardwareError, choose_hardware
 from diagnostics.quiet import quiet_transformers
-from diagnostics.recipes import RECIPES, Recipe, get_recipe
+from diagnostics.recipes import RECIPES, Recipe, RecipeError, get_recipe, linear_schedule, parameter_groups, reinit_top
 from diagnostics.tasks import Example, Task, TaskError, encode, load_task, majority_baseline, metric
-from probes.model.layers import find_layers
 
-REINIT_STD = 0.02  # Zhang et al.: N(0, 0.02) for re-initialised weights
 EVAL_BATCH = 64
 EARLY_WARNING_FRACTION = 0.15  # the early warning decides after this share of the steps
+SAME_DATA = ("max_length", "train_examples", "dev_examples")  # a finished run is reused only if these agree
 
 # Probes: called with (model, optimizer, writer) and entered before the records start, so it can declare its series
 # and attach its hooks; entering gives the probe session (`probes.attach(...)`), which records loss and lr; exited
@@ -68,7 +76,8 @@ class FinetuneConfig:
     max_length: int = 128
     evals: int = 10
     threads: int | None = None
-    bf16: bool = True
+    device: str = "auto"
+    precision: str = "auto"
     lr: float | None = None
     epochs: int | None = None
     batch_size: int | None = None
@@ -110,95 +119,64 @@ class FinetuneResult:
 
 def load_model(path: Path, num_labels: int, seed: int):
     """The pre-trained encoder with a fresh classification head drawn from `seed`, and its tokenizer."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification
 
     quiet_transformers()  # "newly initialized weights" is exactly what we want here
+    folder = checkpoint_folder(path, "--model")
     torch.manual_seed(seed)
-    try:
-        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels)
-        return model, AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as error:  # what transformers raises for a folder it cannot load
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise FinetuneError(f"cannot load {path} ({reason}); pass --model a save_pretrained folder") from None
-
-
-def reinit_(module: nn.Module) -> None:
-    """Zhang et al.'s re-initialisation: Linear/Embedding weights N(0, 0.02), biases 0, LayerNorm 1 and 0."""
-    for sub in module.modules():
-        if isinstance(sub, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(sub.weight, 0.0, REINIT_STD)
-        if isinstance(sub, nn.LayerNorm):
-            nn.init.ones_(sub.weight)
-        if isinstance(getattr(sub, "bias", None), nn.Parameter):
-            nn.init.zeros_(sub.bias)
-
-
-def reinit_top(model: nn.Module, layers: int, pooler: bool) -> None:
-    """Re-initialise the top `layers` encoder blocks and, if asked, the pooler."""
-    layer_map = find_layers(model)
-    if layers and layer_map.shared:
-        raise FinetuneError("this model shares one block across depths (ALBERT): re-initialising its top blocks "
-                            "would reset them all; use --reinit-layers 0")
-    if layers > layer_map.depth:
-        raise FinetuneError(f"cannot re-initialise {layers} blocks of a {layer_map.depth}-block model")
-    for block in layer_map.blocks[layer_map.depth - layers:]:
-        reinit_(block)
-    if pooler and layer_map.pooler_prefix:
-        reinit_(model.get_submodule(layer_map.pooler_prefix))
-
-
-def parameter_groups(model: nn.Module, recipe: Recipe) -> list[dict]:
-    """BERT's groups: no weight decay on biases and LayerNorm weights; lr scaled by depth if layer-wise decay."""
-    layer_map = find_layers(model)
-    groups: dict[tuple[float, float], list[nn.Parameter]] = {}
-    for name, param in model.named_parameters():
-        no_decay = name.endswith("bias") or "LayerNorm" in name or "layer_norm" in name
-        depth = _depth(layer_map.group_of(name))
-        scale = 1.0 if depth is None else recipe.layerwise_lr_decay ** (layer_map.depth + 1 - depth)
-        key = (0.0 if no_decay else recipe.weight_decay, scale)
-        groups.setdefault(key, []).append(param)
-    return [{"params": params, "weight_decay": decay, "lr": recipe.lr * scale, "lr_scale": scale}
-            for (decay, scale), params in groups.items()]
-
-
-def _depth(group: str) -> int | None:
-    """0 for the embeddings, d for encoder block d, None for the rest (head, pooler, ALBERT's shared block)."""
-    if group == "embeddings":
-        return 0
-    suffix = group.removeprefix("encoder.")
-    return int(suffix) if suffix.isdigit() else None
-
-
-def linear_schedule(step: int, total: int, warmup: int) -> float:
-    """The lr multiplier: linear warm-up over `warmup` steps, then linear decay to 0 at `total`."""
-    if step < warmup:
-        return (step + 1) / warmup
-    return max(0.0, (total - step) / max(1, total - warmup))
+    model = load_model_folder(AutoModelForSequenceClassification, folder, "--model", fresh_head=True,
+                              num_labels=num_labels)
+    return model, load_tokenizer([folder], model.config.vocab_size)
 
 
 # ---------------------------------------------------------------- training and evaluation
 
 
-def batches(examples: list[Example], size: int, generator: torch.Generator) -> Iterator[list[Example]]:
-    """One epoch in a random order drawn from `generator` (the last batch may be smaller)."""
+def token_lengths(examples: list[Example], tokenizer, max_length: int) -> list[int]:
+    """Each example's length in tokens after truncation to `max_length` (what its row of a batch costs)."""
+    pairs = [e.text_pair for e in examples]
+    encoded = tokenizer([e.text for e in examples], pairs if pairs[0] is not None else None, truncation=True,
+                        max_length=max_length)
+    return [len(ids) for ids in encoded["input_ids"]]
+
+
+def batches(examples: list[Example], lengths: list[int], size: int,
+            generator: torch.Generator) -> Iterator[list[Example]]:
+    """One epoch of length-grouped batches drawn from `generator`, as Hugging Face's ``group_by_length``: a random
+    order cut into chunks of up to 50 batches, each chunk sorted by length (longest first) and cut into batches,
+    so a batch pads to little more than its own examples; then the batches are shuffled. The last may be smaller."""
     order = torch.randperm(len(examples), generator=generator).tolist()
-    for start in range(0, len(order), size):
-        yield [examples[i] for i in order[start:start + size]]
+    chunk = size * max(1, min(len(order) // (size * 4), 50))
+    grouped = []
+    for start in range(0, len(order), chunk):
+        by_length = sorted(order[start:start + chunk], key=lambda i: -lengths[i])
+        grouped += [by_length[i:i + size] for i in range(0, len(by_length), size)]
+    for b in torch.randperm(len(grouped), generator=generator).tolist():
+        yield [examples[i] for i in grouped[b]]
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {key: value.to(device) for key, value in batch.items()}
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, tokenizer, task: Task, max_length: int, bf16: bool) -> tuple[float, float]:
-    """(dev metric, mean dev loss)."""
+def evaluate(model: nn.Module, tokenizer, task: Task, max_length: int,
+             hardware: Hardware | None = None) -> tuple[float, float]:
+    """(dev metric, mean dev loss), over dev batches sorted by length (so each pads to little more than itself)."""
+    device = hardware.device if hardware else torch.device("cpu")
     model.eval()
-    predictions, total_loss = [], 0.0
-    for start in range(0, len(task.dev), EVAL_BATCH):
-        batch = encode(task.dev[start:start + EVAL_BATCH], tokenizer, max_length)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    lengths = token_lengths(task.dev, tokenizer, max_length)
+    dev = [task.dev[i] for i in sorted(range(len(task.dev)), key=lambda i: -lengths[i])]
+    predictions, total_loss = [], torch.zeros((), dtype=torch.float64, device=device)
+    for start in range(0, len(dev), EVAL_BATCH):
+        batch = to_device(encode(dev[start:start + EVAL_BATCH], tokenizer, max_length), device)
+        with hardware.autocast() if hardware else contextlib.nullcontext():
             out = model(**batch)
-        total_loss += float(out.loss) * len(batch["labels"])
-        predictions += out.logits.argmax(-1).tolist()
+        total_loss += out.loss.double() * len(batch["labels"])
+        predictions.append(out.logits.argmax(-1))
     model.train()
-    return metric(task.metric, predictions, [e.label for e in task.dev]), total_loss / len(task.dev)
+    predicted = torch.cat(predictions).tolist()
+    return metric(task.metric, predicted, [e.label for e in dev]), float(total_loss) / len(dev)
 
 
 def eval_steps(total: int, evals: int) -> set[int]:
@@ -238,10 +216,14 @@ def subset(task: Task, train_examples: int | None, dev_examples: int | None) -> 
 
 
 def train(model, tokenizer, task: Task, recipe: Recipe, config: FinetuneConfig, run: records.RunWriter,
-          probes: Probes) -> tuple[int, float, float]:
-    """The training loop under ``probes`` (they record the `train` rows, at the 0-based step of each update);
-    appends `eval` rows (after that many updates); returns (optimiser steps, final dev metric, mean training loss
-    of the last 10% of steps)."""
+          probes: Probes, hardware: Hardware | None = None,
+          on_step: Callable[[], None] | None = None) -> tuple[int, float, float]:
+    """The training loop on `hardware` (default: CPU, fp32) under ``probes`` (they record the `train` rows, at the
+    0-based step of each update); appends `eval` rows (after that many updates); calls `on_step` after each update
+    (then it shows no progress bar of its own); returns (optimiser steps, final dev metric, mean training loss of
+    the last 10% of steps)."""
+    hardware = hardware or choose_hardware("cpu", "fp32")
+    model.to(hardware.device)
     optimizer = BertAdam(parameter_groups(model, recipe), lr=recipe.lr, betas=recipe.adam_betas,
                          eps=recipe.adam_eps, correct_bias=recipe.correct_bias)
     total = total_steps(task, recipe)
@@ -251,17 +233,20 @@ def train(model, tokenizer, task: Task, recipe: Recipe, config: FinetuneConfig, 
     last_losses: list[float] = []
     scheduled = eval_steps(total, config.evals)
     generator = torch.Generator().manual_seed(config.seed)
-    with probes(model, optimizer, run) as session, tqdm(total=total, desc=config.run_dir(task.name).name, disable=not sys.stderr.isatty()) as bar:
+    lengths = token_lengths(task.train, tokenizer, config.max_length)
+    with probes(model, optimizer, run) as session, tqdm(total=total, desc=config.run_dir(task.name).name,
+                                                        unit="step",
+                                                        disable=on_step is not None or not sys.stderr.isatty()) as bar:
         run.start()
         step = 0
         model.train()
         for _ in range(recipe.epochs):
-            for examples in batches(task.train, recipe.batch_size, generator):
+            for examples in batches(task.train, lengths, recipe.batch_size, generator):
                 lr_scale = linear_schedule(step, total, warmup)
                 for group in optimizer.param_groups:
                     group["lr"] = recipe.lr * group["lr_scale"] * lr_scale
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
-                    loss = model(**encode(examples, tokenizer, config.max_length)).loss
+                with hardware.autocast():
+                    loss = model(**to_device(encode(examples, tokenizer, config.max_length), hardware.device)).loss
                 session.log_scalars(lr=recipe.lr * lr_scale)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.max_grad_norm)
@@ -270,9 +255,11 @@ def train(model, tokenizer, task: Task, recipe: Recipe, config: FinetuneConfig, 
                 last_losses = (last_losses + [float(loss.detach())])[-max(1, total // 10):]
                 step += 1
                 if step in scheduled:
-                    dev_metric, dev_loss = evaluate(model, tokenizer, task, config.max_length, config.bf16)
+                    dev_metric, dev_loss = evaluate(model, tokenizer, task, config.max_length, hardware)
                     run.append(catalogue.EVAL.name, step, [dev_metric, dev_loss])
                 bar.update()
+                if on_step is not None:
+                    on_step()
     return total, dev_metric, sum(last_losses) / len(last_losses)
 
 
@@ -291,10 +278,18 @@ def finished_run(run_dir: Path) -> records.RunRecords | None:
     return done if "final_dev_metric" in done.summary else None
 
 
-def skipped_result(run_dir: Path, done: records.RunRecords, recipe: Recipe) -> FinetuneResult:
-    """The result of a finished run, if it was run with the same recipe settings (else a FinetuneError)."""
-    before = done.meta.get("config", {}).get("resolved_recipe", {})
+def skipped_result(run_dir: Path, done: records.RunRecords, recipe: Recipe,
+                   config: FinetuneConfig | None = None) -> FinetuneResult:
+    """The result of a finished run, if it was run with the same recipe settings, and the same data and precision
+    as `config` asks for (else a FinetuneError)."""
+    before_config = done.meta.get("config", {})
+    before = before_config.get("resolved_recipe", {})
     changed = sorted(k for k, v in _plain(asdict(recipe)).items() if before.get(k) != v)
+    if config is not None:
+        changed += [k for k in SAME_DATA if k in before_config and before_config[k] != getattr(config, k)]
+        ran_in = before_config.get("hardware", {}).get("precision")
+        if config.precision != "auto" and ran_in not in (None, config.precision):
+            changed.append("precision")
     if changed:
         raise FinetuneError(f"{run_dir} holds a finished run with other settings ({', '.join(changed)}); "
                             "pick another --out")
@@ -303,30 +298,35 @@ def skipped_result(run_dir: Path, done: records.RunRecords, recipe: Recipe) -> F
                           float(summary["majority"]), bool(summary["failed"]), int(summary["steps"]), 0.0)
 
 
-def run(config: FinetuneConfig, probes: Probes | None = None) -> FinetuneResult:
-    """Fine-tune one seed (or skip a finished run) and return how it ended; `probes` see the whole loop."""
+def run(config: FinetuneConfig, probes: Probes | None = None, hardware: Hardware | None = None,
+        on_step: Callable[[], None] | None = None, announce: bool = False) -> FinetuneResult:
+    """Fine-tune one seed (or skip a finished run) and return how it ended; `probes` see the whole loop. The run
+    computes on `hardware`, else on what ``config.device`` and ``config.precision`` choose (said on stderr with
+    `announce`)."""
     started = time.monotonic()
     task = subset(load_task(config.task), config.train_examples, config.dev_examples)
     recipe = config.resolved_recipe()
     run_dir = config.run_dir(task.name)
     done = finished_run(run_dir)
     if done is not None:
-        return skipped_result(run_dir, done, recipe)
+        return skipped_result(run_dir, done, recipe, config)
     if run_dir.exists():
         raise FinetuneError(f"{run_dir} holds an unfinished run; delete it or pick another --out")
     if config.threads:
         torch.set_num_threads(config.threads)
+    hardware = hardware or choose_hardware(config.device, config.precision, announce)
     model, tokenizer = load_model(Path(config.model), task.num_labels, config.seed)
     reinit_top(model, recipe.reinit_layers, recipe.reinit_pooler)
     run_dir.mkdir(parents=True)
     save(model, tokenizer, run_dir / "step0")
     meta = records.RunMeta(model=str(config.model), seed=config.seed, task=task.name, recipe=recipe.name,
-                           config={**_plain(asdict(config)), "resolved_recipe": _plain(asdict(recipe))},
+                           config={**_plain(asdict(config)), "resolved_recipe": _plain(asdict(recipe)),
+                                   "hardware": hardware.as_meta()},
                            argv=list(sys.argv))
     with records.RunWriter.create(run_dir / "run.h5", meta) as rw:
         rw.add_series(catalogue.EVAL.name, [task.metric, "loss"], kind=catalogue.EVAL.kind)
         probes = probes or standard_probes(total_steps(task, recipe), enabled=config.probes)
-        steps, final, final_loss = train(model, tokenizer, task, recipe, config, rw, probes)
+        steps, final, final_loss = train(model, tokenizer, task, recipe, config, rw, probes, hardware, on_step)
     save(model, tokenizer, run_dir / "final")
     result = FinetuneResult(run_dir, False, float(final), task.metric, task.majority_baseline,
                             bool(final <= task.majority_baseline + 1e-9), steps, time.monotonic() - started)
@@ -352,7 +352,7 @@ def _plain(values: dict) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m diagnostics.finetune", description=__doc__.splitlines()[0])
+    parser = CommandParser(prog="python -m diagnostics.finetune", description=__doc__.splitlines()[0])
     parser.add_argument("--task", required=True, help="task name (see diagnostics.tasks.task_names) or folder")
     parser.add_argument("--recipe", required=True, choices=sorted(RECIPES))
     parser.add_argument("--seed", type=int, required=True)
@@ -361,7 +361,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--evals", type=int, default=10, help="dev evaluations per run (the last at the end)")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (1 for parallel seed sweeps)")
-    parser.add_argument("--fp32", dest="bf16", action="store_false", help="no bf16 autocast (the default uses it)")
+    parser.add_argument("--device", choices=DEVICES, default="auto", help="auto: CUDA if torch sees a GPU")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="auto: bf16 autocast where the hardware has native bf16, else fp32")
     parser.add_argument("--train-examples", type=int, help="use only the first N training examples")
     parser.add_argument("--dev-examples", type=int, help="use only the first N dev examples")
     parser.add_argument("--no-probes", dest="probes", action="store_false",
@@ -382,8 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check(config: FinetuneConfig) -> None:
     """Reject impossible values before any work is done."""
-    if not Path(config.model).is_dir():
-        raise FinetuneError(f"model folder {config.model} not found; build it (data/README.md) or pass --model")
+    checkpoint_folder(config.model, "--model")
     existing = next(p for p in (Path(config.out), *Path(config.out).parents) if p.exists())
     if not existing.is_dir() or not os.access(existing, os.W_OK):
         raise FinetuneError(f"cannot write runs under {config.out}: {existing} is "
@@ -402,10 +403,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     try:
         check(config)
-        result = run(config)
-    except (FinetuneError, records.RecordsError, TaskError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+        result = run(config, announce=True)
+    except (FinetuneError, RecipeError, CheckpointError, records.RecordsError, TaskError, HardwareError) as error:
+        return fail(error)
     if result.skipped:
         print(f"{result.run_dir}: already finished, skipping")
     else:

@@ -31,13 +31,14 @@ import numpy as np
 from tqdm import tqdm
 
 from probes import records
+from diagnostics.checkpoints import checkpoint_folder, load_model, load_tokenizer, read_config, same_architecture
+from diagnostics.command import CommandParser, fail
 from diagnostics.embedded import DEFAULT_MODEL, HELDOUT_TEXT
+from diagnostics.hardware import DEVICES, PRECISIONS, Hardware, choose_hardware
 from probes.model.mlm import masked_corpus, read_text
 from diagnostics.quiet import quiet_transformers
 from probes.model.sweep import DIRECTIONS, layer_reset_sweep
 
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                "pytorch_model.bin.index.json")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -54,6 +55,8 @@ class ForgettingConfig:
     out: Path | None = None
     name: str | None = None
     json: bool = False
+    device: str = "auto"
+    precision: str = "auto"
 
 
 @dataclass
@@ -69,6 +72,7 @@ class ForgettingResult:
     seed: int
     max_tokens: int | None
     block_length: int
+    hardware: dict = field(default_factory=dict)
     step: int | None = None
     out: str | None = None
     record: str | None = None
@@ -87,25 +91,30 @@ class ForgettingResult:
         return "\n".join(lines)
 
 
-def run(config: ForgettingConfig) -> ForgettingResult:
-    """Load, sweep k = 0..L, and (with ``out``) write the record; raises ValueError for bad input."""
-    checkpoint = _checkpoint_folder(config.checkpoint, "checkpoint")
-    pretrained = _checkpoint_folder(_pretrained_path(config), "pre-trained model")
+def run(config: ForgettingConfig, hardware: Hardware | None = None, announce: bool = False) -> ForgettingResult:
+    """Load, sweep k = 0..L on `hardware` (else what ``config.device`` and ``config.precision`` choose, said on
+    stderr with `announce`), and (with ``out``) write the record; raises ValueError for bad input."""
+    checkpoint = checkpoint_folder(config.checkpoint, "checkpoint")
+    pretrained = checkpoint_folder(_pretrained_path(config), "pre-trained model")
+    same_architecture([("pre-trained model", pretrained), ("checkpoint", checkpoint)])
     name = _record_name(config)
     text = read_text(config.corpus)
     finetuned, pretrained_mlm, tokenizer = _load(checkpoint, pretrained)
+    hardware = hardware or choose_hardware(config.device, config.precision, announce)
+    finetuned.to(hardware.device), pretrained_mlm.to(hardware.device)
     positions = int(getattr(pretrained_mlm.config, "max_position_embeddings", config.block_length + 2))
     block_length = min(config.block_length, positions - 2)  # two left for RoBERTa's position offset
     corpus = masked_corpus(text, tokenizer, block_length=block_length, max_tokens=config.max_tokens,
                            seed=config.seed)
     batches = -(-len(corpus.input_ids) // config.batch_size)
-    totals = layer_reset_sweep(finetuned, pretrained_mlm, corpus, direction=config.direction,
-                               batch_size=config.batch_size,
-                               progress=lambda it: tqdm(it, total=batches, desc="forgetting", unit="batch",
-                                                        leave=False))
+    with hardware.autocast():
+        totals = layer_reset_sweep(finetuned, pretrained_mlm, corpus, direction=config.direction,
+                                   batch_size=config.batch_size,
+                                   progress=lambda it: tqdm(it, total=batches, desc="forgetting", unit="batch",
+                                                            leave=False))
     result = ForgettingResult(config.direction, totals.k, totals.perplexity, totals.pretrained_perplexity,
                               totals.masked_tokens, str(checkpoint), str(pretrained), str(config.corpus),
-                              config.seed, config.max_tokens, block_length, _step(checkpoint))
+                              config.seed, config.max_tokens, block_length, hardware.as_meta(), _step(checkpoint))
     if config.out is not None:
         _write(config, result, name)
         result.out, result.record = str(config.out), name
@@ -121,7 +130,9 @@ def _write(config: ForgettingConfig, result: ForgettingResult, name: str) -> Non
         attrs["step"] = result.step
     attrs["config"] = _plain(asdict(config))
     attrs["argv"] = result.argv
-    meta = records.RunMeta(model=result.pretrained, config=_plain(asdict(config)), argv=result.argv)
+    attrs["hardware"] = result.hardware
+    meta = records.RunMeta(model=result.pretrained, config={**_plain(asdict(config)), "hardware": result.hardware},
+                           argv=result.argv)
     records.write_grid(config.out, name, {"k": result.k}, {"perplexity": np.array(result.perplexity)},
                        kind="forgetting", attrs=attrs, meta=meta)
 
@@ -129,48 +140,23 @@ def _write(config: ForgettingConfig, result: ForgettingResult, name: str) -> Non
 # ----------------------------------------------------------------------------------------------- inputs
 
 
-def _checkpoint_folder(path: Path, what: str) -> Path:
-    """``path`` if it is a ``save_pretrained`` folder (config and weights), else a one-line error."""
-    if not path.exists():
-        raise ValueError(f"{what} {path} does not exist; pass a save_pretrained folder")
-    if not path.is_dir() or not (path / "config.json").is_file():
-        raise ValueError(f"{what} {path} is not a checkpoint folder (no config.json); "
-                         "pass a folder written by save_pretrained")
-    _config_json(path)
-    if not any((path / name).is_file() for name in WEIGHT_FILES):
-        raise ValueError(f"{what} {path} has no weights file ({WEIGHT_FILES[0]}); "
-                         "pass a folder written by save_pretrained")
-    return path
-
-
-def _config_json(folder: Path) -> dict:
-    try:
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{folder / 'config.json'} cannot be read ({type(error).__name__}); "
-                         "pass a folder written by save_pretrained") from None
-    if not isinstance(config, dict) or "model_type" not in config:
-        raise ValueError(f"{folder / 'config.json'} names no model_type; pass a folder written by save_pretrained")
-    return config
-
-
 def _pretrained_path(config: ForgettingConfig) -> Path:
     """--pretrained, else what the checkpoint or its run names, else the embedded default of the same kind."""
     if config.pretrained is not None:
         return config.pretrained
     checkpoint = config.checkpoint
-    model_type = _config_json(checkpoint)["model_type"]
+    model_type = read_config(checkpoint)["model_type"]
     for candidate in _named_pretrained(checkpoint):
         if candidate.resolve() != checkpoint.resolve() and (candidate / "config.json").is_file():
             return candidate
-    if (DEFAULT_MODEL / "config.json").is_file() and _config_json(DEFAULT_MODEL)["model_type"] == model_type:
+    if (DEFAULT_MODEL / "config.json").is_file() and read_config(DEFAULT_MODEL)["model_type"] == model_type:
         return DEFAULT_MODEL
     raise ValueError(f"{checkpoint} does not name its pre-trained {model_type} model; pass --pretrained DIR")
 
 
 def _named_pretrained(checkpoint: Path) -> list[Path]:
     """Folders the checkpoint's config or its run's records file name as the pre-trained model."""
-    config = _config_json(checkpoint)
+    config = read_config(checkpoint)
     names = [config.get(key) for key in ("_name_or_path", "name_or_path")]
     run_file = checkpoint.parent / "run.h5"
     if run_file.is_file():
@@ -213,54 +199,14 @@ def _load(checkpoint: Path, pretrained: Path):
     """The fine-tuned base model, the pre-trained MLM model (both in eval mode) and the tokenizer."""
     from transformers import AutoModel, AutoModelForMaskedLM
 
-    finetuned = _from_pretrained(AutoModel, checkpoint, "checkpoint")
-    pretrained_mlm = _from_pretrained(AutoModelForMaskedLM, pretrained, "pre-trained model")
-    tokenizer = _tokenizer(checkpoint, pretrained, pretrained_mlm.config.vocab_size)
+    finetuned = load_model(AutoModel, checkpoint, "checkpoint")
+    pretrained_mlm = load_model(AutoModelForMaskedLM, pretrained, "pre-trained model")
+    tokenizer = load_tokenizer([pretrained, checkpoint], pretrained_mlm.config.vocab_size)
+    if tokenizer.mask_token_id is None or tokenizer.cls_token_id is None or tokenizer.sep_token_id is None:
+        raise ValueError(f"the tokenizer of {pretrained} has no mask, cls or sep token; pass an MLM tokenizer")
     return finetuned.eval(), pretrained_mlm.eval(), tokenizer
 
 
-def _from_pretrained(auto_class, folder: Path, what: str):
-    """``auto_class.from_pretrained(folder)``, refusing a checkpoint that lacks any weight the model needs."""
-    try:
-        model, info = auto_class.from_pretrained(folder, output_loading_info=True)
-    except Exception as error:  # transformers raises many kinds for a broken folder; all mean the same here
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ValueError(f"cannot load {what} {folder} ({message}); pass a folder written by save_pretrained") \
-            from None
-    missing = sorted(key for key in info["missing_keys"] if "pooler" not in key)
-    if missing:
-        base = model.base_model_prefix if getattr(model, model.base_model_prefix, None) is not None else ""
-        in_base = not base or any(key.startswith(base + ".") for key in missing)
-        part, fix = ("encoder", "a checkpoint of the whole model") if in_base else \
-            ("MLM head", "a *ForMaskedLM pre-trained model")
-        raise ValueError(f"{what} {folder} has no {part} weights ({len(missing)} missing, first {missing[0]}); "
-                         f"pass {fix}")
-    return model
-
-
-def _tokenizer(checkpoint: Path, pretrained: Path, vocab_size: int):
-    """The pre-trained model's tokenizer, checked against the model's vocabulary and the checkpoint's tokenizer."""
-    from transformers import AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(pretrained)
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise ValueError(f"cannot load the tokenizer of {pretrained} ({type(error).__name__}); "
-                         "save the tokenizer next to the pre-trained model") from None
-    if len(tokenizer) > vocab_size:
-        raise ValueError(f"the tokenizer of {pretrained} has {len(tokenizer)} tokens but the model only "
-                         f"{vocab_size}; pass the tokenizer's own model")
-    if tokenizer.mask_token_id is None or tokenizer.cls_token_id is None or tokenizer.sep_token_id is None:
-        raise ValueError(f"the tokenizer of {pretrained} has no mask, cls or sep token; pass an MLM tokenizer")
-    if (checkpoint / "tokenizer_config.json").is_file():
-        try:
-            own = AutoTokenizer.from_pretrained(checkpoint).get_vocab()
-        except (OSError, ValueError, KeyError, TypeError):
-            own = None
-        if own is not None and own != tokenizer.get_vocab():
-            raise ValueError(f"the tokenizer of {checkpoint} has another vocabulary than {pretrained}'s; "
-                             "pass the pre-trained model the checkpoint was fine-tuned from")
-    return tokenizer
 
 
 def _step(checkpoint: Path) -> int | None:
@@ -288,7 +234,7 @@ def _step(checkpoint: Path) -> int | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m diagnostics.forgetting",
+    parser = CommandParser(prog="python -m diagnostics.forgetting",
                                      description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", type=Path, help="fine-tuned save_pretrained folder (any head)")
@@ -302,6 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, help="records file to add a forgetting record to (created if absent)")
     parser.add_argument("--name", help="record name (default final, final-1, ...)")
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    parser.add_argument("--device", choices=DEVICES, default="auto", help="auto: CUDA if torch sees a GPU")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="auto: bf16 autocast where the hardware has native bf16, else fp32")
     return parser
 
 
@@ -310,10 +259,9 @@ def main(argv: list[str] | None = None) -> int:
     config = ForgettingConfig(**vars(args))
     quiet_transformers()
     try:
-        result = run(config)
+        result = run(config, announce=True)
     except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return fail(error)
     except KeyboardInterrupt:
         print("interrupted; nothing written", file=sys.stderr)
         return 130

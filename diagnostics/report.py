@@ -15,11 +15,11 @@ import argparse
 import json
 import math
 import os
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from diagnostics import early_warning_report
+from diagnostics.command import CommandParser, fail
 from probes.records import iter_runs, open_run
 from diagnostics.seed_statistics import GroupRow, Outcome, group_rows, levene_by_task
 
@@ -95,7 +95,7 @@ def run(config: ReportConfig) -> Report:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m diagnostics.report", description=__doc__.split("\n\n")[0])
+    parser = CommandParser(prog="python -m diagnostics.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", help="run.h5 files or folders holding them")
     parser.add_argument("--json", action="store_true", help="print the rows as one JSON list")
     parser.add_argument("--out", help="also write the Markdown report to this file (refused if it exists)")
@@ -124,8 +124,7 @@ def main(argv: list[str] | None = None) -> int:
                              "pass another --out path")
         report = run(config)
     except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return fail(error)
     text = report.markdown()
     print(json.dumps(report.json_rows(), indent=1) if config.json else text, end="" if not config.json else "\n")
     if config.out:

@@ -18,9 +18,8 @@ import tiny
 import probes
 from probes import catalogue, records
 from diagnostics.bert_adam import BertAdam
-from diagnostics.finetune import (FinetuneConfig, FinetuneError, eval_steps, linear_schedule, load_model, main,
-                                  parameter_groups, reinit_top, run)
-from diagnostics.recipes import get_recipe
+from diagnostics.finetune import FinetuneConfig, FinetuneError, eval_steps, load_model, main, run
+from diagnostics.recipes import RecipeError, get_recipe, linear_schedule, parameter_groups, reinit_top
 from diagnostics.tasks import Example, write_task
 
 REPO = Path(__file__).resolve().parents[1]
@@ -160,7 +159,7 @@ def test_reinit_top_resets_only_the_top_blocks_and_the_pooler():
     assert top.attention.self.query.bias.eq(0).all() and 0.005 < top.attention.self.query.weight.std() < 0.05
     assert model.bert.pooler.dense.bias.eq(0).all()
     assert model.bert.encoder.layer[-2].output.LayerNorm.weight.eq(0.5).all()
-    with pytest.raises(FinetuneError, match="cannot re-initialise 9 blocks"):
+    with pytest.raises(RecipeError, match="cannot re-initialise 9 blocks"):
         reinit_top(model, layers=9, pooler=False)
 
 
@@ -242,7 +241,7 @@ def test_cli_end_to_end_then_skip_then_refuse_unfinished(toy_task, tiny_mlm_dir,
 
 @pytest.mark.parametrize("change, message", [
     (("--task", "nope"), "unknown task 'nope'"),
-    (("--model", "/nonexistent"), "model folder /nonexistent not found"),
+    (("--model", "/nonexistent"), "--model /nonexistent does not exist"),
     (("--epochs", "0"), "--epochs must be positive"),
 ])
 def test_bad_input_is_one_line(toy_task, tiny_mlm_dir, tmp_path, capsys, change, message):
