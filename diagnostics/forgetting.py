@@ -31,6 +31,7 @@ import numpy as np
 from tqdm import tqdm
 
 from probes import records
+from diagnostics import interrupt
 from diagnostics.embedded import DEFAULT_MODEL, HELDOUT_TEXT
 from probes.model.mlm import masked_corpus, read_text
 from diagnostics.quiet import quiet_transformers
@@ -107,7 +108,8 @@ def run(config: ForgettingConfig) -> ForgettingResult:
                               totals.masked_tokens, str(checkpoint), str(pretrained), str(config.corpus),
                               config.seed, config.max_tokens, block_length, _step(checkpoint))
     if config.out is not None:
-        _write(config, result, name)
+        with interrupt.deferred(kept=f"forgetting/{name} was written whole to {config.out}"):
+            _write(config, result, name)
         result.out, result.record = str(config.out), name
     return result
 
@@ -310,13 +312,15 @@ def main(argv: list[str] | None = None) -> int:
     config = ForgettingConfig(**vars(args))
     quiet_transformers()
     try:
-        result = run(config)
+        with interrupt.stop_on_signals():
+            result = run(config)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted; nothing written", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as stop:
+        print(f"interrupted by {interrupt.describe(stop)}; {getattr(stop, 'kept', '') or 'nothing written'}",
+              file=sys.stderr)
+        return interrupt.exit_status(stop)
     print(json.dumps(asdict(result)) if config.json else result.table())
     return 0
 

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from diagnostics import interrupt
 from diagnostics.distributed import Ranks, broadcast, map_sharded, process_group
 from probes.model.interpolation import Subspace, SubspaceError, grid_axis, grid_indices
 from diagnostics.quiet import quiet_transformers
@@ -379,16 +380,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     quiet = os.environ.get("RANK", "0") != "0"
     quiet_transformers()
     try:
-        surface = run(config_from_args(args))
+        with interrupt.stop_on_signals():
+            surface = run(config_from_args(args))
     except (SurfaceError, RecordsError, ValueError) as error:
         if not quiet:
             print(f"surface: {_first_line(error)}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         if not quiet:
-            print("surface: interrupted; every finished point is saved, run the same command to resume",
-                  file=sys.stderr)
-        return 130
+            saved = f" in {args.out}" if args.out else " (none: no --out)"
+            print(f"surface: interrupted by {interrupt.describe(stop)}; every finished point is saved{saved}, run "
+                  "the same command to resume", file=sys.stderr)
+        return interrupt.exit_status(stop)
     if surface is None:
         return 0
     if args.json:
