@@ -41,6 +41,7 @@ from tqdm import tqdm
 
 from probes import catalogue, records
 from diagnostics.bert_adam import BertAdam
+from diagnostics import interrupt
 from diagnostics.checkpoints import CheckpointError, checkpoint_folder, load_tokenizer
 from diagnostics.checkpoints import load_model as load_model_folder
 from diagnostics.command import CommandParser, fail
@@ -382,6 +383,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def kept(config: FinetuneConfig) -> str:
+    """What an interrupted run left, and what running the same command again does (it refuses the folder)."""
+    try:
+        run_dir = config.run_dir(load_task(config.task).name)
+    except (TaskError, OSError):
+        return f"see {config.out}"
+    if not run_dir.exists():
+        return "nothing was written"
+    again = "running the same command again refuses the unfinished folder: delete it or pick another --out"
+    try:
+        steps = records.open_run(run_dir / "run.h5").series("train").steps.size
+    except records.RecordsError:
+        return f"{run_dir} holds no records yet; {again}"
+    return f"{run_dir / 'run.h5'} keeps {steps} training steps; {again}"
+
+
 def check(config: FinetuneConfig) -> None:
     """Reject impossible values before any work is done."""
     checkpoint_folder(config.model, "--model")
@@ -403,9 +420,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     try:
         check(config)
-        result = run(config, announce=True)
+        with interrupt.stop_on_signals():
+            result = run(config, announce=True)
     except (FinetuneError, RecipeError, CheckpointError, records.RecordsError, TaskError, HardwareError) as error:
         return fail(error)
+    except KeyboardInterrupt as stop:
+        print(f"interrupted by {interrupt.describe(stop)}: {kept(config)}", file=sys.stderr)
+        return interrupt.exit_status(stop)
     if result.skipped:
         print(f"{result.run_dir}: already finished, skipping")
     else:

@@ -31,6 +31,7 @@ import numpy as np
 from tqdm import tqdm
 
 from probes import records
+from diagnostics import interrupt
 from diagnostics.checkpoints import checkpoint_folder, load_model, load_tokenizer, read_config, same_architecture
 from diagnostics.command import CommandParser, fail
 from diagnostics.embedded import DEFAULT_MODEL, HELDOUT_TEXT
@@ -116,7 +117,8 @@ def run(config: ForgettingConfig, hardware: Hardware | None = None, announce: bo
                               totals.masked_tokens, str(checkpoint), str(pretrained), str(config.corpus),
                               config.seed, config.max_tokens, block_length, hardware.as_meta(), _step(checkpoint))
     if config.out is not None:
-        _write(config, result, name)
+        with interrupt.deferred(kept=f"forgetting/{name} was written whole to {config.out}"):
+            _write(config, result, name)
         result.out, result.record = str(config.out), name
     return result
 
@@ -259,12 +261,14 @@ def main(argv: list[str] | None = None) -> int:
     config = ForgettingConfig(**vars(args))
     quiet_transformers()
     try:
-        result = run(config, announce=True)
+        with interrupt.stop_on_signals():
+            result = run(config, announce=True)
     except ValueError as error:
         return fail(error)
-    except KeyboardInterrupt:
-        print("interrupted; nothing written", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as stop:
+        print(f"interrupted by {interrupt.describe(stop)}; {getattr(stop, 'kept', '') or 'nothing written'}",
+              file=sys.stderr)
+        return interrupt.exit_status(stop)
     print(json.dumps(asdict(result)) if config.json else result.table())
     return 0
 

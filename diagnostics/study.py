@@ -29,12 +29,13 @@ import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field, replace
-from multiprocessing import get_context
+from multiprocessing import active_children, get_context
 from pathlib import Path
 
 from tqdm import tqdm
 
 from probes import records
+from diagnostics import interrupt
 from diagnostics.command import CommandParser, fail
 from diagnostics.finetune import FinetuneConfig, FinetuneError, FinetuneResult, finished_run, total_steps
 from diagnostics.hardware import DEVICES, Hardware, choose_hardware
@@ -91,7 +92,8 @@ def _finetune_one(config: FinetuneConfig, steps) -> FinetuneResult:
     from diagnostics.finetune import run
 
     quiet_transformers()
-    return run(config, on_step=lambda: steps.put(1))
+    with interrupt.stop_on_signals():  # SIGTERM from the parent (or Ctrl-C) closes this run's records
+        return run(config, on_step=lambda: steps.put(1))
 
 
 def set_aside_unfinished(config: FinetuneConfig) -> None:
@@ -127,7 +129,8 @@ def fine_tune_all(config: StudyConfig) -> list[FinetuneResult]:
     planned = planned_steps(configs)
     results: list[FinetuneResult] = []
     context = get_context("spawn")  # fresh interpreters: no forked torch thread pools
-    with context.Manager() as manager, ProcessPoolExecutor(max_workers=config.workers, mp_context=context) as pool, \
+    with context.Manager() as manager, ProcessPoolExecutor(max_workers=config.workers, mp_context=context,
+                                                           initializer=interrupt.ignore_ctrl_c) as pool, \
             tqdm(total=sum(planned.values()), desc="fine-tuning", unit="step", smoothing=0.05) as bar:
         steps = manager.Queue()
         pending = {pool.submit(_finetune_one, one, steps): index for index, one in enumerate(configs)}
@@ -146,6 +149,8 @@ def fine_tune_all(config: StudyConfig) -> list[FinetuneResult]:
                               f"{verdict}, {state}")
         except KeyboardInterrupt:
             pool.shutdown(wait=False, cancel_futures=True)
+            for worker in active_children():  # each stops its run cleanly; the pool then waits for them
+                worker.terminate()
             raise
     return sorted(results, key=lambda r: r.run_dir.name)
 
@@ -234,6 +239,15 @@ def run(config: StudyConfig) -> StudyResult:
     return StudyResult(results, report, figures, drawn.skipped, time.monotonic() - started)
 
 
+def kept(config: StudyConfig) -> str:
+    """What an interrupted study keeps, and what running the same command again does."""
+    runs = [path.parent for path in config.out.glob("*/run.h5")]
+    finished = sum(finished_run(run_dir) is not None for run_dir in runs)
+    return (f"{finished} finished runs and every finished surface point are kept in {config.out}; running the "
+            f"same command again sets the {len(runs) - finished} unfinished runs aside as <run>.interrupted-N "
+            "(their records kept) and redoes them")
+
+
 def check(config: StudyConfig) -> None:
     """Refuse a missing model, an --out that cannot be a writable folder, unknown recipes or tasks, before any work
     is done (one-line errors, as each run would give them)."""
@@ -283,12 +297,13 @@ def main(argv: list[str] | None = None) -> int:
         if config.workers < 1 or not config.seeds:
             raise FinetuneError("--workers must be >= 1 and --seeds non-empty")
         check(config)
-        result = run(config)
+        with interrupt.stop_on_signals():
+            result = run(config)
     except (ValueError, records.RecordsError) as error:
         return fail(error)
-    except KeyboardInterrupt:
-        print("interrupted: finished runs and points are kept; run the same command to go on", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as stop:
+        print(f"interrupted by {interrupt.describe(stop)}: {kept(config)}", file=sys.stderr)
+        return interrupt.exit_status(stop)
     print(f"{len(result.runs)} runs, report {result.report}, figures in {result.figures} "
           f"({result.seconds / 60:.1f} min)")
     for name, why in result.skipped_figures.items():

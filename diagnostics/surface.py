@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from diagnostics import interrupt
 from diagnostics.checkpoints import checkpoint_folder, load_model, load_tokenizer, same_architecture
 from diagnostics.command import CommandParser, fail
 from diagnostics.distributed import Ranks, broadcast, map_sharded, process_group
@@ -351,13 +352,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     quiet = os.environ.get("RANK", "0") != "0"
     quiet_transformers()
     try:
-        surface = run(config_from_args(args), announce=True)
+        with interrupt.stop_on_signals():
+            surface = run(config_from_args(args), announce=True)
     except (SurfaceError, RecordsError, ValueError) as error:
         return 1 if quiet else fail(error)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         if not quiet:
-            print("interrupted; every finished point is saved, run the same command to resume", file=sys.stderr)
-        return 130
+            saved = f" in {args.out}" if args.out else " (none: no --out)"
+            print(f"interrupted by {interrupt.describe(stop)}; every finished point is saved{saved}, run the same "
+                  "command to resume", file=sys.stderr)
+        return interrupt.exit_status(stop)
     if surface is None:
         return 0
     if args.json:

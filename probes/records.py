@@ -15,6 +15,7 @@ record refuses an existing name. Only h5py and numpy are imported, so ``plots`` 
 """
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import platform
@@ -43,6 +44,7 @@ SCHEMA_VERSION = 1
 FILE_TYPE = "instability-diagnostics.run"
 _STR = h5py.string_dtype()
 _METADATA_ROOM = 256 * 1024  # bytes kept free beyond the data of a flush, for HDF5's own bookkeeping
+_SWMR_READ_ATTEMPTS = 20
 _VERSIONED_PACKAGES = ("instability-diagnostics", "torch", "transformers", "numpy", "h5py")
 
 
@@ -382,7 +384,9 @@ def open_run(path: str | os.PathLike) -> RunRecords:
     _validate(path)
     try:
         return _read_run(path)
-    except (OSError, KeyError) as error:
+    except RecordsError as error:
+        raise RecordsError(f"{path} is damaged: {error}; rerun the command that made it") from None
+    except Exception as error:  # h5py and json raise many kinds for damaged bytes; all mean the same here
         raise RecordsError(f"{path} is truncated or corrupt ({_first_line(error)}); "
                            "it cannot be read, rerun the command that made it") from None
 
@@ -391,32 +395,87 @@ def _read_run(path: Path) -> RunRecords:
     with _open_for_reading(path) as file:
         meta = {key: _decode(value) for key, value in file.attrs.items()}
         summary = _attrs(file["summary"]) if "summary" in file else {}
+        _check_types(meta, _META_TYPES, "root")
+        _check_types(summary, _SUMMARY_TYPES, "summary")
         records: dict[str, dict[str, Series | Grid]] = {}
         for kind in KINDS:
             if kind not in file:
                 continue
+            if not isinstance(file[kind], h5py.Group):
+                raise RecordsError(f"{kind!r} is not a group")
             records[kind] = {}
             for name, group in file[kind].items():
-                reader = _read_series if group.attrs.get("type") == "series" else _read_grid
-                records[kind][name] = reader(group)
+                shape = group.attrs.get("type") if isinstance(group, h5py.Group) else None
+                if shape not in ("series", "grid"):
+                    raise RecordsError(f"{kind}/{name} is neither a series nor a grid")
+                records[kind][name] = (_read_series if shape == "series" else _read_grid)(group)
     return RunRecords(path, meta, summary, records)
 
 
 def _read_series(group: h5py.Group) -> Series:
+    for name in ("step", "values", "columns"):
+        _dataset(group, name)
     group["step"].refresh()
     group["values"].refresh()
-    steps = group["step"][()]
-    values = group["values"][: len(steps)]
-    columns = [c.decode() if isinstance(c, bytes) else c for c in group["columns"][()]]
-    axes = {name: _decode_array(group[name][()]) for name in group if name not in ("step", "values", "columns")}
+    steps = _array(group, "step", "iu", ndim=1)
+    columns = [c.decode() if isinstance(c, bytes) else c for c in _array(group, "columns", "OSU", ndim=1)]
+    values = _dataset(group, "values")
+    if values.ndim != 2 or values.dtype.kind != "f" or values.shape[1] != len(columns) or len(values) < len(steps):
+        raise RecordsError(f"{group.name}/values has shape {values.shape} ({values.dtype}) for {len(steps)} steps "
+                           f"of {len(columns)} columns")
+    values = values[: len(steps)]
+    axes = {}
+    for name in group:
+        if name not in ("step", "values", "columns"):
+            axes[name] = _decode_array(_array(group, name, "iufOSU", ndim=1))
+            if len(axes[name]) != len(columns):
+                raise RecordsError(f"axis {group.name}/{name} has {len(axes[name])} entries for {len(columns)} columns")
     return Series(steps, columns, values, axes, _attrs(group))
 
 
 def _read_grid(group: h5py.Group) -> Grid:
     attrs = _attrs(group)
-    axes = {name: group[name][()] for name in attrs.pop("axes")}
-    fields = {name: group[name][()] for name in attrs.pop("fields")}
+    names = {key: attrs.pop(key, None) for key in ("axes", "fields")}
+    if not all(isinstance(v, list) and v and all(isinstance(n, str) for n in v) for v in names.values()):
+        raise RecordsError(f"grid {group.name} does not list its axes and fields")
+    axes = {name: _array(group, name, "iuf", ndim=1) for name in names["axes"]}
+    shape = tuple(len(values) for values in axes.values())
+    fields = {name: _array(group, name, "f", ndim=len(shape)) for name in names["fields"]}
+    for name, values in fields.items():
+        if values.shape != shape:
+            raise RecordsError(f"field {group.name}/{name} has shape {values.shape}, its axes {shape}")
     return Grid(axes, fields, attrs)
+
+
+def _dataset(group: h5py.Group, name: str) -> h5py.Dataset:
+    found = group.get(name)
+    if not isinstance(found, h5py.Dataset):
+        raise RecordsError(f"{group.name} has no dataset {name!r}")
+    return found
+
+
+def _array(group: h5py.Group, name: str, kinds: str, ndim: int) -> np.ndarray:
+    """Dataset ``name`` of ``group`` read whole, refused unless of ``ndim`` dimensions and a dtype kind in ``kinds``."""
+    values = _dataset(group, name)[()]
+    if np.ndim(values) != ndim or np.asarray(values).dtype.kind not in kinds:
+        raise RecordsError(f"{group.name}/{name} has shape {np.shape(values)} ({np.asarray(values).dtype}), "
+                           f"not {ndim}-dimensional")
+    return values
+
+
+# What the root and the summary hold, where present: readers rely on these types.
+_META_TYPES = {"type": str, "schema_version": int, "model": str, "seed": int, "task": str, "recipe": str,
+               "config": dict, "argv": list, "versions": dict, "started": str, "host": str}
+_SUMMARY_TYPES = {"final_dev_metric": float, "metric": str, "majority": float, "failed": int, "steps": int,
+                  "final_train_loss": float, "seconds": float}
+
+
+def _check_types(values: Mapping[str, Any], types: Mapping[str, type], where: str) -> None:
+    for key, kind in types.items():
+        value = values.get(key)
+        numeric = kind in (int, float) and isinstance(value, (int, float)) and not isinstance(value, bool)
+        if key in values and not (isinstance(value, kind) or (numeric and (kind is float or float(value).is_integer()))):
+            raise RecordsError(f"attribute {key!r} of the {where} is {value!r}, not a {kind.__name__}")
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -432,14 +491,17 @@ def _validate(path: Path) -> None:
         raise RecordsError(f"{path} is not an HDF5 file; pass a records file written by this toolkit")
     try:
         with _open_for_reading(path) as file:
-            kind, version = file.attrs.get("type"), file.attrs.get("schema_version")
-    except OSError as error:
+            kind, version = _decode(file.attrs.get("type")), _decode(file.attrs.get("schema_version"))
+    except Exception as error:  # OSError mostly; h5py raises others for damaged bytes
         raise RecordsError(f"{path} is truncated or corrupt ({_first_line(error)}); "
                            "it cannot be read, rerun the command that made it") from None
     if kind != FILE_TYPE:
         raise RecordsError(f"{path} is an HDF5 file but not an instability-diagnostics records file (type={kind!r}); "
                            "pass a file written by this toolkit")
-    if int(version) > SCHEMA_VERSION:
+    if not isinstance(version, int) or version < 1:
+        raise RecordsError(f"{path} has no valid schema version ({version!r}); it is damaged, rerun the command "
+                           "that made it")
+    if version > SCHEMA_VERSION:
         raise RecordsError(f"{path} uses records schema {int(version)}, newer than this toolkit's "
                            f"{SCHEMA_VERSION}; upgrade instability-diagnostics")
 
@@ -447,14 +509,30 @@ def _validate(path: Path) -> None:
 def _open_for_reading(path: Path) -> h5py.File:
     """Open read-only; a file a writer holds (or a killed writer left) is opened as an SWMR reader instead.
 
-    The plain open comes first because only it checks the file's length, which catches a truncated copy.
+    The plain open comes first because only it checks the file's length, which catches a truncated copy. Readers
+    take no file lock, so a reader never keeps a writer out (a writer holding the file is seen by its flags).
     """
     try:
-        return h5py.File(path, "r")
+        return h5py.File(path, "r", locking=False)
     except OSError as error:
         if "already open for write" not in str(error):
             raise
-    return h5py.File(path, "r", swmr=True)
+    access = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
+    access.set_file_locking(False, True)
+    _limit_read_attempts(access)
+    return h5py.File(h5py.h5f.open(os.fsencode(path), h5py.h5f.ACC_RDONLY | h5py.h5f.ACC_SWMR_READ, fapl=access))
+
+
+def _limit_read_attempts(access: h5py.h5p.PropFAID) -> None:
+    """An SWMR reader retries metadata whose checksum fails (a read torn by the writer); HDF5's default of 100
+    attempts backs off for minutes on a damaged file. 20 attempts fail in milliseconds (h5py does not wrap the call,
+    so it is made through the HDF5 library h5py loaded; without it the default stays)."""
+    try:
+        function = ctypes.CDLL(h5py.h5p.__file__).H5Pset_metadata_read_attempts
+    except (OSError, AttributeError):
+        return
+    function.argtypes, function.restype = [ctypes.c_int64, ctypes.c_uint], ctypes.c_int
+    function(access.id, _SWMR_READ_ATTEMPTS)
 
 
 def _check_room(path: Path, needed: int) -> None:

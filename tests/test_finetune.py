@@ -18,7 +18,7 @@ import tiny
 import probes
 from probes import catalogue, records
 from diagnostics.bert_adam import BertAdam
-from diagnostics.finetune import FinetuneConfig, FinetuneError, eval_steps, load_model, main, run
+from diagnostics.finetune import FinetuneConfig, eval_steps, load_model, main, run
 from diagnostics.recipes import RecipeError, get_recipe, linear_schedule, parameter_groups, reinit_top
 from diagnostics.tasks import Example, write_task
 
