@@ -37,7 +37,7 @@ class ProbeSession:
                  probes: Sequence[Probe], schedule: Schedule, layers: LayerMap, *, scaler: Any = None,
                  start_step: int = 0, flush_every: int = 50, strict: bool = False, post_clip: bool = True):
         self.model, self.optimizer, self.layers = model, optimizer, layers
-        self.table: ParameterTable = parameter_table(model, layers)
+        self.table: ParameterTable = parameter_table(model, layers, distributed.named_parameters(model))
         self.scaler, self.writer, self.owns_writer = scaler, writer, False
         self.schedule, self.step, self.strict = schedule, start_step, strict
         self.rank, self.world = distributed.rank_and_world()
