@@ -21,9 +21,11 @@ import torch
 import probes
 import tiny
 from probes.records import open_run
+import trainer_worker
 from probe_harness import FSDP1, LoopConfig, oracle_matrix, run_loop
 
 HARNESS = Path(__file__).with_name("probe_harness.py")
+TRAINER = Path(__file__).with_name("trainer_worker.py")
 
 
 def torchrun(script: Path, *arguments: str, timeout: int = 300) -> str:
@@ -77,6 +79,24 @@ def test_fsdp1_flat_and_original_parameters_match_one_process(tmp_path, single):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{mode}.h5" for mode in FSDP1)
     for mode in FSDP1:
         assert_matches_one_process(open_run(tmp_path / f"{mode}.h5"), single)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("options", [[], ["fsdp=full_shard"]], ids=["ddp", "fsdp-args"])
+def test_trainer_under_torchrun_matches_one_process(tmp_path, options):
+    """The Trainer's own distributed path, 2 processes of 4 examples against one of 8. With ``fsdp`` arguments on a
+    CPU, Accelerate (which enables FSDP only on accelerators) trains with DDP: recorded in ``wrapped.txt``. The
+    Trainer's default ``average_tokens_across_devices=True`` multiplies the loss by the number of processes for
+    models that accept loss keywords, a classifier's gradients included: turned off here, so that the gradients
+    themselves equal one process's (probes record gradients as they are either way)."""
+    single = trainer_worker.train(tmp_path / "single", per_device_batch=8)
+    torchrun(TRAINER, str(tmp_path / "two"), "4", "average_tokens_across_devices=False", *options)
+    records, expected = open_run(tmp_path / "two" / "run.h5"), open_run(tmp_path / "single" / "run.h5")
+    assert list(records.series("layers").steps) == [0, 1, 2]
+    assert_matches_one_process(records, expected)
+    logged = [entry["grad_norm"] for entry in single.state.log_history if "grad_norm" in entry]
+    np.testing.assert_allclose(records.frame("probe")["grad_norm_pre_clip"], logged, rtol=1e-5)
+    print("trained as", (tmp_path / "two" / "wrapped.txt").read_text())
 
 
 @pytest.fixture
