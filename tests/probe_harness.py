@@ -154,11 +154,24 @@ def wrap(mode: str, model, layer_map, world: int):
 
 def train_distributed(mode: str, out: Path, rank: int, world: int) -> list[dict[str, float]]:
     """4 steps, each rank on its half of every global batch, clipped to 0.1; returns rank 0's post-all-reduce
-    oracle under DDP (empty otherwise: sharded gradients have no single-rank oracle)."""
+    oracle under DDP (empty otherwise: sharded gradients have no single-rank oracle). Mode ``accelerate-fsdp``:
+    ``accelerator.prepare`` with an FSDP1 plugin (what it wraps the model in is written next to ``out``)."""
     model = tiny.classifier("bert", seed=0)
     layer_map = probes.find_layers(model)
-    wrapped = wrap(mode, model, layer_map, world)
-    optimizer = torch.optim.AdamW(wrapped.parameters(), lr=1e-3)
+    optimizer = None
+    if mode == "accelerate-fsdp":
+        import accelerate
+
+        plugin = accelerate.FullyShardedDataParallelPlugin(
+            fsdp_version=1, auto_wrap_policy="transformer_based_wrap",
+            transformer_cls_names_to_wrap=[type(layer_map.blocks[0]).__name__])
+        accelerator = accelerate.Accelerator(cpu=True, fsdp_plugin=plugin)
+        wrapped, optimizer = accelerator.prepare(model, torch.optim.AdamW(model.parameters(), lr=1e-3))
+        if rank == 0:
+            out.with_suffix(".txt").write_text(type(wrapped).__name__)
+    else:
+        wrapped = wrap(mode, model, layer_map, world)
+    optimizer = optimizer or torch.optim.AdamW(wrapped.parameters(), lr=1e-3)
     oracle = []
     with probes.attach(wrapped, optimizer, out, schedule=probes.Schedule(every=1, dense=0), strict=True):
         for step in range(4):
@@ -167,7 +180,9 @@ def train_distributed(mode: str, out: Path, rank: int, world: int) -> list[dict[
             wrapped(**half).loss.backward()
             if mode == "ddp":
                 oracle.append(oracle_layers(model, layer_map))
-            if mode in FSDP1:
+            if mode == "accelerate-fsdp":
+                accelerator.clip_grad_norm_(wrapped.parameters(), 0.1)
+            elif mode in FSDP1:
                 wrapped.clip_grad_norm_(0.1)  # FSDP1's own: the parameters' norms over every shard
             else:
                 torch.nn.utils.clip_grad_norm_(wrapped.parameters(), 0.1)

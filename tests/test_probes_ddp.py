@@ -74,11 +74,16 @@ def test_two_processes_match_one_process(tmp_path, single, mode):
 
 @pytest.mark.slow
 def test_fsdp1_flat_and_original_parameters_match_one_process(tmp_path, single):
-    """Issue 16: FSDP1 recorded 67 of 105 tensors (original parameters) or 7 (flat ones), silently."""
-    torchrun(HARNESS, ",".join(FSDP1), str(tmp_path))
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{mode}.h5" for mode in FSDP1)
-    for mode in FSDP1:
+    """Issue 16: FSDP1 recorded 67 of 105 tensors (original parameters) or 7 (flat ones), silently. Also
+    ``probes.attach`` after ``accelerator.prepare`` with an FSDP1 plugin, in the same two processes; on a CPU
+    Accelerate (which enables FSDP only on accelerators) wraps the model in DDP."""
+    modes = [*FSDP1, "accelerate-fsdp"]
+    torchrun(HARNESS, ",".join(modes), str(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f"{mode}.h5" for mode in modes] +
+                                                                ["accelerate-fsdp.txt"])
+    for mode in modes:
         assert_matches_one_process(open_run(tmp_path / f"{mode}.h5"), single)
+    print("accelerate wrapped the model in", (tmp_path / "accelerate-fsdp.txt").read_text())
 
 
 @pytest.mark.slow
