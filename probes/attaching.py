@@ -1,6 +1,7 @@
 """``probes.attach``: the one call that puts probes on a run, whatever wraps the model and the optimiser.
 
-It unwraps DDP / DataParallel models and Accelerate optimisers (finding an Accelerate GradScaler on the way), finds
+It refuses, in one line, a wrapper whose gradients it cannot read exactly (DeepSpeed, FSDP1 CPU offload...),
+unwraps DDP / DataParallel / FSDP1 models and Accelerate optimisers (finding an Accelerate GradScaler on the way), finds
 the model's layers, makes the records writer on rank 0 (from a path) or adopts the caller's, and opens a
 :class:`probes.session.ProbeSession` (a context manager: leaving it flushes, removes every hook and closes a writer
 it made). Example: ``with probes.attach(model, optimizer, "runs/run.h5") as session: ...``.
@@ -35,6 +36,7 @@ def attach(model: nn.Module, optimizer: torch.optim.Optimizer, writer: RunWriter
     ``scaler`` is the GradScaler of an AMP loop (found by itself on an Accelerate optimiser). ``post_clip=False``
     skips the post-clipping total (a second pass over the gradients, ~2% of a BERT-base step on a CPU).
     """
+    distributed.refuse_unsupported(model, optimizer)
     inner = distributed.unwrap_model(model)
     chosen = list(probes) if probes is not None else [GradientNorms(), ActivationGradients()]
     layers = find_layers(inner, blocks)

@@ -39,7 +39,7 @@ class ProbeSession:
                  start_step: int = 0, flush_every: int = 50, strict: bool = False, post_clip: bool = True,
                  owns_writer: bool = False):
         self.model, self.optimizer, self.layers = model, optimizer, layers
-        self.table: ParameterTable = parameter_table(model, layers)
+        self.table: ParameterTable = parameter_table(model, layers, distributed.named_parameters(model))
         self.scaler, self.writer, self.owns_writer = scaler, writer, owns_writer
         self.schedule, self.step, self.strict = schedule, start_step, strict
         self.rank, self.world = distributed.rank_and_world()
