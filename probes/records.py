@@ -30,6 +30,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import h5py
 import numpy as np
 
+from probes.output_paths import make_parent
+
 try:
     import resource
 except ImportError:  # not on Windows, where only free disk space is checked
@@ -122,12 +124,11 @@ class RunWriter:
     @classmethod
     def create(cls, path: str | os.PathLike, meta: RunMeta, *, flush_every_steps: int = 50,
                flush_every_seconds: float = 30.0) -> "RunWriter":
-        """A new records file at ``path``; refuses a path that exists."""
+        """A new records file at ``path`` (its folders are created); refuses a path that exists."""
         path = Path(path)
         if path.exists():
             raise RecordsError(f"{path} already exists; records are never overwritten: pass another output path")
-        if not path.parent.is_dir():
-            raise RecordsError(f"folder {path.parent} does not exist; create it or pass another output path")
+        make_parent(path, RecordsError)
         try:
             file = h5py.File(path, "x", libver="latest")
         except OSError as error:
