@@ -238,6 +238,16 @@ class RunWriter:
                 or time.monotonic() - self._last_flush >= self._flush_every_seconds):
             self.flush()
 
+    def latest(self, name: str) -> tuple[int, dict[str, float]] | None:
+        """The last flushed row of series ``name`` as ``(step, {column: value})``, None before its first flush:
+        what a live summary (a trainer's loggers) mirrors, read through this writer's own handle."""
+        group = self._series.get(name)
+        if group is None or group["step"].shape[0] == 0:
+            return None
+        last = group["step"].shape[0] - 1
+        columns = [c.decode() if isinstance(c, bytes) else c for c in group["columns"][()]]
+        return int(group["step"][last]), dict(zip(columns, map(float, group["values"][last])))
+
     def write_point(self, name: str, index: tuple[int, ...], values: Mapping[str, float]) -> None:
         """Fill one point of grid ``name`` and flush it to disk at once (each point is worth keeping)."""
         self._require_started()
