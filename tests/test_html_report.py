@@ -61,6 +61,7 @@ def page(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_page_is_self_contained_with_every_figure_and_working_links(page):
     text = page.read_text()
     parsed = Page()
@@ -74,6 +75,7 @@ def test_page_is_self_contained_with_every_figure_and_working_links(page):
     assert "failed" in text and "succeeded" in text and "precision" in text
 
 
+@pytest.mark.slow
 def test_rerun_gives_the_same_page_and_needs_overwrite(page):
     before = page.read_bytes()
     runs = page.parent.parent / "records"
@@ -86,6 +88,7 @@ def test_rerun_gives_the_same_page_and_needs_overwrite(page):
     assert page.read_bytes() == before
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="no headless browser: apt-get install chromium (Debian) to run it")
 def test_page_in_headless_chromium(page, tmp_path):
     def chromium(*args: str) -> subprocess.CompletedProcess:
