@@ -4,6 +4,7 @@
     python -m diagnostics.report runs/study --json          # the rows as JSON, for scripts
     python -m diagnostics.report runs/study --out report.md # also write the Markdown table
     python -m diagnostics.report runs/study --early         # the early warning: scores, precision, recall
+    python -m diagnostics.report runs/study --html report.html  # one self-contained page with every figure
 
 A run failed when its final dev metric is at or below the majority-class baseline. Levene's test compares the
 variance of the dev metric between the recipes of each task (scipy). Unfinished runs (no summary yet) are listed
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from diagnostics import early_warning_report
 from diagnostics.command import CommandParser, fail
+from probes.output_paths import check_parent
 from probes.records import iter_runs, open_run
 from diagnostics.seed_statistics import GroupRow, Outcome, group_rows, levene_by_task
 
@@ -31,6 +33,8 @@ class ReportConfig:
     out: str | None = None
     early: bool = False
     window: float = early_warning_report.FRACTION
+    html: str | None = None
+    overwrite: bool = False
 
 
 @dataclass
@@ -104,19 +108,27 @@ def build_parser() -> argparse.ArgumentParser:
                              "and recall on held-out seeds")
     parser.add_argument("--window", type=float, default=early_warning_report.FRACTION,
                         help="share of each run's steps the early warning looks at (default %(default)s)")
+    parser.add_argument("--html", metavar="OUT", help="also write one self-contained HTML page: the table, each "
+                        "run's verdict, every figure inline, links to the records (diagnostics.html_report)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out or --html file")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    config = ReportConfig(runs=args.runs, json=args.json, out=args.out, early=args.early, window=args.window)
+    config = ReportConfig(runs=args.runs, json=args.json, out=args.out, early=args.early, window=args.window,
+                          html=args.html, overwrite=args.overwrite)
     try:
         for path in config.runs:
             if not Path(path).exists():
                 raise ValueError(f"{path} does not exist; pass run.h5 files or folders of runs")
         if not 0 < config.window <= 1:
             raise ValueError(f"--window {config.window} must lie in (0, 1]: the share of the steps to look at")
-        if config.out and Path(config.out).exists():
+        if config.html and Path(config.html).exists() and not config.overwrite:
+            raise ValueError(f"{config.html} already exists; pass --overwrite to replace it, or another --html path")
+        if config.html:
+            check_parent(config.html)
+        if config.out and Path(config.out).exists() and not config.overwrite:
             raise ValueError(f"{config.out} already exists; pass another --out path")
         folder = Path(config.out or ".").parent
         if config.out and not (folder.is_dir() and os.access(folder, os.W_OK)):
@@ -129,6 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(report.json_rows(), indent=1) if config.json else text, end="" if not config.json else "\n")
     if config.out:
         Path(config.out).write_text(text)
+    if config.html:
+        from diagnostics.html_report import write_html
+        print(f"wrote {write_html(report, config.runs, Path(config.html))}", file=sys.stderr)
     return 0
 
 

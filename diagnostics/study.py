@@ -14,7 +14,8 @@ What it does, in order, everything into OUT:
 3. computes the loss plane through the failed run's step-0 checkpoint, its final model and a successful run's
    final model, and the line from the failed to the successful model, into ``surfaces.h5`` (resumable);
 4. writes ``report.md`` (failed runs, spread, Levene's test, the early warning's precision and recall, where
-   the records came from) and draws every figure into ``OUT/figures/``.
+   the records came from), draws every figure into ``OUT/figures/`` and writes ``report.html`` (one
+   self-contained page: the tables, each run's verdict, every figure inline, links to the records).
 ``report.md`` and the figures are derived from the records and are redrawn on every run; records are never
 overwritten. Every run of a study computes in one precision, fp32 unless ``--precision bf16`` (faster where bf16 is
 native, and labelled so in the report), on the GPU when torch sees one (``--device``), so the report does not
@@ -40,6 +41,7 @@ from diagnostics.command import CommandParser, fail
 from diagnostics.finetune import FinetuneConfig, FinetuneError, FinetuneResult, finished_run, total_steps
 from diagnostics.hardware import DEVICES, Hardware, choose_hardware
 from diagnostics.quiet import quiet_transformers
+from diagnostics.html_report import write_html
 from diagnostics.report import ReportConfig
 from diagnostics.report import run as report_run
 
@@ -236,6 +238,9 @@ def run(config: StudyConfig) -> StudyResult:
               "(add seeds, or a recipe that fails more often)", file=sys.stderr)
     report = write_report(config, results)
     figures, drawn = draw(config)
+    write_html(report_run(ReportConfig(runs=[str(r.run_dir / "run.h5") for r in results], early=True)),
+               [r.run_dir / "run.h5" for r in results], config.out / "report.html", figure_records=[config.out],
+               intro=f"{len(results)} runs of python -m diagnostics.study {' '.join(sys.argv[1:])}")
     return StudyResult(results, report, figures, drawn.skipped, time.monotonic() - started)
 
 

@@ -16,6 +16,7 @@ import seaborn as sns
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
 
 from probes.records import RunRecords
 
@@ -57,6 +58,7 @@ def plot_gradients(records: RecordsLike | Sequence[RecordsLike], ax: Axes | Sequ
             handles.setdefault("end of warm-up", axis.axvline(warmup, color=NEUTRAL, linestyle=":", linewidth=1))
         axis.set_yscale("log")
         axis.set_xlabel("iteration")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers, also in a short run
         verdict = {True: "failed run", False: "successful run", None: "run"}[run.failed]
         panel_title(axis, index, f"{verdict} ({run.label})")
     details = [what for what, shown in (("one matrix per layer", matrix), ("before clipping", clipping == "pre"),

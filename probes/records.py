@@ -31,6 +31,7 @@ import h5py
 import numpy as np
 
 from probes.catalogue import KINDS
+from probes.output_paths import make_parent
 
 try:
     import resource
@@ -117,12 +118,11 @@ class RunWriter:
 
     @classmethod
     def create(cls, path: str | os.PathLike, meta: RunMeta) -> "RunWriter":
-        """A new records file at ``path``; refuses a path that exists."""
+        """A new records file at ``path`` (its folders are created); refuses a path that exists."""
         path = Path(path)
         if path.exists():
             raise RecordsError(f"{path} already exists; records are never overwritten: pass another output path")
-        if not path.parent.is_dir():
-            raise RecordsError(f"folder {path.parent} does not exist; create it or pass another output path")
+        make_parent(path, RecordsError)
         try:
             file = h5py.File(path, "x", libver="latest")
         except OSError as error:
@@ -245,6 +245,16 @@ class RunWriter:
     def append(self, name: str, step: int, values: Sequence[float] | np.ndarray) -> None:
         """Append one row of series ``name`` at ``step`` (see :meth:`extend`)."""
         self.extend(name, [step], np.asarray(values, dtype="f4").reshape(1, -1))
+
+    def latest(self, name: str) -> tuple[int, dict[str, float]] | None:
+        """The last flushed row of series ``name`` as ``(step, {column: value})``, None before its first flush:
+        what a live summary (a trainer's loggers) mirrors, read through this writer's own handle."""
+        group = self._series.get(name)
+        if group is None or group["step"].shape[0] == 0:
+            return None
+        last = group["step"].shape[0] - 1
+        columns = [c.decode() if isinstance(c, bytes) else c for c in group["columns"][()]]
+        return int(group["step"][last]), dict(zip(columns, map(float, group["values"][last])))
 
     def write_point(self, name: str, index: tuple[int, ...], values: Mapping[str, float]) -> None:
         """Fill one point of grid ``name`` and flush it to disk at once (each point is worth keeping)."""

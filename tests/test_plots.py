@@ -300,3 +300,15 @@ def test_cli_all_draws_what_records_allow_and_says_what_it_skipped(example, tmp_
     assert len(skipped) == 4 and any("gradients: " in s and "diagnostics.finetune" in s for s in skipped)
     again = run_cli("all", example / "study", "-o", tmp_path / "study")
     assert again.returncode == 1 and "already exists" in again.stderr
+
+
+def test_issue_17_short_run_has_integer_iterations_and_output_folders_are_made(tmp_path):
+    run = factory.finetune_run(tmp_path / "short.h5", failed=True, steps=12, forgetting=False)
+    figure = plot_gradients([run])
+    ticks = [t for t in figure.axes[0].get_xticks() if 0 <= t <= 11]
+    assert len(ticks) >= 2 and all(float(t).is_integer() for t in ticks)
+    out = save(figure, tmp_path / "figures" / "new" / "gradients.png", overwrite=False)
+    assert out.read_bytes().startswith(b"\x89PNG")
+    (tmp_path / "notes.txt").write_text("a file")
+    with pytest.raises(FigureError, match="notes.txt is a file, not a folder"):
+        save(figure, tmp_path / "notes.txt" / "gradients.png", overwrite=False)

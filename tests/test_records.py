@@ -124,9 +124,17 @@ def test_foreign_truncated_and_newer_files(tmp_path):
 
 
 def test_errors_are_one_line(tmp_path):
+    (tmp_path / "notes.txt").write_text("a file, not a folder")
     with pytest.raises(RecordsError) as error:
-        RunWriter.create(tmp_path / "no" / "such" / "dir.h5", RunMeta())
-    assert "\n" not in str(error.value) and "does not exist" in str(error.value)
+        RunWriter.create(tmp_path / "notes.txt" / "such" / "run.h5", RunMeta())
+    assert "\n" not in str(error.value) and "notes.txt is a file, not a folder" in str(error.value)
+    assert (tmp_path / "notes.txt").read_text() == "a file, not a folder"
+
+
+def test_issue_17_new_file_creates_its_folders(tmp_path):
+    """The README's plain-loop example writes runs/my-run.h5 in a fresh folder."""
+    RunWriter.create(tmp_path / "runs" / "deeper" / "my-run.h5", RunMeta()).close()
+    assert open_run(tmp_path / "runs" / "deeper" / "my-run.h5").meta["type"] == "instability-diagnostics.run"
 
 
 WRITER = textwrap.dedent("""

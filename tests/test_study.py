@@ -40,8 +40,11 @@ def test_quick_study_end_to_end_and_rerun_skips(tmp_path, repo_root):
         assert "final_dev_metric" in run.summary and run.series("layers", kind="gradient_norms").steps.size > 0
     assert (out / "report.md").read_text().count("| hedge |") == 2
     assert {p.name for p in (out / "figures").glob("*.pdf")} >= {"training.pdf", "seeds.pdf", "gradients.pdf"}
+    page = (out / "report.html").read_text()  # issue 17: one page with every figure and links to the records
+    assert 'id="figure-gradients"' in page and all(f'href="{p.parent.name}/run.h5"' in page for p in runs)
     before = {path: path.stat().st_mtime_ns for path in runs}
     second = subprocess.run(command, capture_output=True, text=True, cwd=repo_root, timeout=900)
     assert second.returncode == 0, second.stderr[-2000:]
     assert (second.stdout + second.stderr).count("skipped (finished before)") == 4
     assert {path: path.stat().st_mtime_ns for path in runs} == before, "finished runs are left untouched"
+    assert (out / "report.html").read_text() == page
