@@ -16,6 +16,7 @@ import argparse
 import json
 import math
 import os
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
