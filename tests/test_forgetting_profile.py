@@ -251,3 +251,31 @@ def test_reset_depths_rules():
     assert reset_depths(1, 4, "bottom") == {0, 1} and reset_depths(1, 4, "bottom", "finetuned") == {1}
     with pytest.raises(ValueError, match="embeddings rule"):
         reset_depths(1, 4, embeddings="sometimes")
+
+
+# ----------------------------------------------------------------------------------------------- command
+
+
+def test_command_json_and_records_hold_the_profile(tmp_path, capsys):
+    pretrained = tiny.save(tiny.masked_lm("bert", seed=0), tmp_path / "pretrained")
+    checkpoint = tiny.save(tiny.classifier("bert", seed=1), tmp_path / "run" / "final")
+    (tmp_path / "corpus.txt").write_text(tiny.TEXT)
+    out = tmp_path / "records.h5"
+    argv = [str(checkpoint), "--pretrained", str(pretrained), "--corpus", str(tmp_path / "corpus.txt"),
+            "--max-tokens", "600", "--out", str(out), "--json"]
+    assert forgetting.main(argv) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])  # a library may log to stdout first
+    assert result["layers"] == ["embeddings", "encoder.1", "encoder.2", "encoder.3", "encoder.4"]
+    for key in ("embeddings_finetuned", "embeddings_reset", "alone", "cka", "weight_change"):
+        assert len(result[key]) == DEPTH + 1 and all(math.isfinite(v) for v in result[key]), key
+    assert result["embeddings_only_reset"] == result["embeddings_reset"][0]
+    assert result["embeddings_reset"][-1] == pytest.approx(result["pretrained_perplexity"], rel=1e-9)
+    run = records.open_run(out)
+    curve, profile = run.grid("final", "forgetting"), run.grid("final", "forgetting_profile")
+    assert list(curve.fields["embeddings_reset"]) == pytest.approx(result["embeddings_reset"])
+    assert curve.attrs["embeddings_only_reset"] == pytest.approx(result["embeddings_only_reset"])
+    assert list(profile.axes["depth"]) == list(range(DEPTH + 1)) and profile.attrs["layers"] == result["layers"]
+    for key in ("alone", "cka", "weight_change"):
+        assert list(profile.fields[key]) == pytest.approx(result[key]), key
+    assert forgetting.main(argv[:-1]) == 0  # a second measurement takes the next free name in both kinds
+    assert records.open_run(out).names("forgetting_profile") == ["final", "final-1"]
