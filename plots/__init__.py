@@ -11,9 +11,10 @@ from plots.forgetting import plot_forgetting
 from plots.generalisation import plot_generalisation
 from plots.gradients import plot_gradients
 from plots.line import plot_line
+from plots.profile import plot_forgetting_profile
 from plots.seeds import plot_seeds
 from plots.surface import plot_surface
 from plots.training import plot_training
 
-__all__ = ["plot_forgetting", "plot_generalisation", "plot_gradients", "plot_line", "plot_seeds", "plot_surface",
+__all__ = ["plot_forgetting", "plot_forgetting_profile", "plot_generalisation", "plot_gradients", "plot_line", "plot_seeds", "plot_surface",
            "plot_training"]

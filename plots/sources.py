@@ -31,6 +31,7 @@ LAYER_NORMS = _where(catalogue.LAYER_NORMS)
 COMPONENT_NORMS = _where(catalogue.COMPONENT_NORMS)
 ACTIVATION_NORMS = _where(catalogue.ACTIVATION_NORMS)
 FORGETTING_KIND = catalogue.FORGETTING.kind
+PROFILE_KIND = catalogue.FORGETTING_PROFILE.kind
 SURFACES_KIND = catalogue.SURFACE_PLANE.kind
 DEFAULT_SURFACE_LABELS = ("pre-trained", "failed", "successful")
 LAYER_ORDER = ("embeddings", "encoder", "pooler", "head")
@@ -173,6 +174,14 @@ def seed(run: RunRecords) -> int | None:
     return None if value is None or int(value) < 0 else int(value)
 
 
+def learning_rate_setting(run: RunRecords) -> float | None:
+    """The peak learning rate the run was configured with (``lr``, else the recipe it resolved), if recorded."""
+    config = dict(run.meta.get("config") or {})
+    recipe = config.get("resolved_recipe") if isinstance(config.get("resolved_recipe"), dict) else {}
+    value = config.get("lr") or recipe.get("lr")
+    return None if value is None else float(value)
+
+
 def warmup_end(run: RunRecords) -> float | None:
     """The step where warm-up ends: ``warmup_steps``, or ``warmup_ratio`` times the total steps, from the run's
     config or the recipe it resolved (diagnostics.finetune stores ``resolved_recipe``); None when not known."""
@@ -241,6 +250,37 @@ def forgetting_curve(run: RunRecords, name: str | None = None) -> ForgettingCurv
     pretrained = grid.attrs.get("pretrained_perplexity")
     return ForgettingCurve(grid.axes["k"], grid.fields["perplexity"],
                            None if pretrained is None else float(pretrained), str(grid.attrs.get("direction", "top")))
+
+
+@dataclass(frozen=True)
+class ForgettingProfile:
+    """Per layer (``embeddings``, ``encoder.1`` ...): relative weight change, CKA of the hidden states after it
+    with the pre-trained model's, and the perplexity of the pre-trained model with only that layer fine-tuned."""
+
+    layers: list[str]
+    weight_change: np.ndarray
+    cka: np.ndarray
+    alone: np.ndarray
+    pretrained: float | None
+
+
+def forgetting_profile(run: RunRecords, name: str | None = None) -> ForgettingProfile:
+    """The run's forgetting profile: ``name``, else the one measured with the top-k curve, else the first."""
+    grids = run.grids(PROFILE_KIND)
+    if name is not None and name not in grids:
+        raise MissingRecord(f"{name_of(run)} has no {PROFILE_KIND}/{name} record "
+                            f"(it has {', '.join(grids) or 'none'}); make it with {FORGETTING}")
+    if not grids:
+        raise NotApplicable(f"{name_of(run)} has no {PROFILE_KIND} record; make it with {FORGETTING}")
+    if name is None:
+        tops = [n for n, g in grids.items() if g.attrs.get("direction", "top") == "top"]
+        name = (tops or list(grids))[0]
+    grid = grids[name]
+    curve = run.grids(FORGETTING_KIND).get(name)
+    pretrained = None if curve is None else curve.attrs.get("pretrained_perplexity")
+    return ForgettingProfile(list(grid.attrs.get("layers") or [f"depth {int(d)}" for d in grid.axes["depth"]]),
+                             grid.fields["weight_change"], grid.fields["cka"], grid.fields["alone"],
+                             None if pretrained is None else float(pretrained))
 
 
 def surface(run: RunRecords, kind: str, name: str | None = None) -> tuple[Grid, list[str]]:

@@ -56,8 +56,12 @@ UPDATE_RATIOS = SeriesSpec("update_ratios", "updates", (), "||update|| / ||param
 FORGETTING_DURING = SeriesSpec(
     "forgetting", "training", (), "MLM perplexity during training: k=0..L blocks reset, or finetuned/pretrained")
 
-FORGETTING = GridSpec("forgetting", "final", ("k",), ("perplexity",),
-                      "MLM perplexity with the top (or bottom) k blocks reset to pre-trained weights")
+FORGETTING = GridSpec("forgetting", "final", ("k",), ("perplexity", "embeddings_finetuned", "embeddings_reset"),
+                      "MLM perplexity with the top (or bottom) k blocks reset to pre-trained weights (the input "
+                      "stage with block 1, kept fine-tuned, or reset with k = 0 too)")
+FORGETTING_PROFILE = GridSpec("forgetting_profile", "final", ("depth",), ("alone", "cka", "weight_change"),
+                              "per layer (embeddings, blocks, head): perplexity with only that layer fine-tuned, "
+                              "linear CKA to the pre-trained hidden states, relative weight change")
 SURFACE_PLANE = GridSpec("surfaces", "plane", ("a", "b"), ("loss", "accuracy"),
                          "loss and accuracy on the plane through three checkpoints")
 SURFACE_LINE = GridSpec("surfaces", "line", ("a",), ("loss", "accuracy"),
@@ -70,5 +74,5 @@ LEGACY_PROBE_SCALARS = SeriesSpec("scalars", "probe", TRAIN.columns, "0.1 files:
 
 SERIES = (TRAIN, EVAL, EARLY_WARNING, LAYER_NORMS, COMPONENT_NORMS, ACTIVATION_NORMS, PARAMETER_NORMS,
           UPDATE_RATIOS, FORGETTING_DURING)
-GRIDS = (FORGETTING, SURFACE_PLANE, SURFACE_LINE, SURFACE_RANDOM)
+GRIDS = (FORGETTING, FORGETTING_PROFILE, SURFACE_PLANE, SURFACE_LINE, SURFACE_RANDOM)
 KINDS = tuple(dict.fromkeys(spec.kind for spec in SERIES + GRIDS))

@@ -190,6 +190,13 @@ def _forgetting(path: str | Path, depth: int, failed: bool, rng: np.random.Gener
     perplexity = np.exp(np.log(start) + (np.log(pretrained * 1.01) - np.log(start)) * recovered ** 0.7)
     write_grid(path, "top", {"k": k}, {"perplexity": perplexity}, kind=FORGETTING.kind,
                attrs={"direction": "top", "pretrained_perplexity": pretrained, "masked_tokens": 4096})
+    height = k / depth  # 0 at the embeddings, 1 at the top block: fine-tuning moves the top most
+    moved = (0.02 + (0.3 if failed else 0.1) * height ** 2) * rng.uniform(0.9, 1.1, depth + 1)
+    profile = {"alone": pretrained * np.exp(moved * (40 if failed else 5)), "cka": 1 - 2 * moved,
+               "weight_change": moved}
+    layers = ["embeddings"] + [f"encoder.{d}" for d in range(1, depth + 1)]
+    write_grid(path, "top", {"depth": k}, profile, kind="forgetting_profile",
+               attrs={"direction": "top", "layers": layers, "masked_tokens": 4096})
 
 
 def _landscape(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

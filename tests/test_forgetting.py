@@ -272,7 +272,10 @@ def test_command_in_process_table(folders, capsys):
                             "--corpus", str(folders["corpus"]), "--max-tokens", "300"])
     lines = capsys.readouterr().out.splitlines()
     assert code == 0
-    assert lines[2].split() == ["k", "perplexity", "x", "pre-trained"] and len(lines) == 3 + 5 + 1
+    assert lines[2].split() == ["k", "perplexity", "x", "pre-trained", "emb.", "fine-tuned", "emb.", "reset"]
+    assert lines[8].startswith("pre-trained") and "only the embeddings reset" in lines[8]
+    assert [line.split()[0] for line in lines[10:]] == ["embeddings", "encoder.1", "encoder.2", "encoder.3",
+                                                        "encoder.4"]
 
 
 def bad_inputs(folders, tmp_path) -> dict[str, tuple[list, str]]:
@@ -341,7 +344,7 @@ def test_pretrained_and_step_come_from_the_runs_records(folders, tmp_path):
 
 def test_interrupted_sweep_writes_nothing(folders, tmp_path, monkeypatch, capsys):
     """Ctrl-C during the sweep (after the first batch): exit 130, no records file."""
-    real = forgetting.layer_reset_sweep
+    real = forgetting.forgetting_profile
 
     def interrupted(*args, progress, **kwargs):
         def batches(iterator):
@@ -349,7 +352,7 @@ def test_interrupted_sweep_writes_nothing(folders, tmp_path, monkeypatch, capsys
             raise KeyboardInterrupt
         return real(*args, progress=batches, **kwargs)
 
-    monkeypatch.setattr(forgetting, "layer_reset_sweep", interrupted)
+    monkeypatch.setattr(forgetting, "forgetting_profile", interrupted)
     out = tmp_path / "run.h5"
     code = forgetting.main([str(folders["checkpoint"]), "--pretrained", str(folders["pretrained"]), "--corpus",
                             str(folders["corpus"]), "--batch-size", "2", "--out", str(out)])

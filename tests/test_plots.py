@@ -111,7 +111,7 @@ def test_forgetting_panels_scales_and_pretrained_line(example):
     figure = plot_forgetting(sorted(example.glob("*.h5")))
     failed, successful, history = figure.axes[:3]
     assert failed.get_yscale() == "log" and successful.get_yscale() == "linear"
-    assert len([l for l in failed.get_lines() if l.get_label().startswith("seed")]) == 2
+    assert len([l for l in failed.get_lines() if l.get_label().startswith("rte default s")]) == 2
     dashed = [l for l in successful.get_lines() if l.get_label() == "pre-trained"]
     assert dashed[0].get_linestyle() == "--" and dashed[0].get_ydata()[0] == pytest.approx(9.4)
     loss = next(l for l in history.get_lines() if l.get_label() == "training loss")
@@ -165,7 +165,7 @@ def test_generalisation_log_loss_axis_and_task_choice(example):
 def test_training_loss_and_lr(example):
     figure = plot_training([example / "failed.h5", example / "successful.h5"])
     loss, lr = figure.axes
-    assert [l.get_label() for l in loss.get_lines()] == ["seed 3 (failed)", "seed 4"]
+    assert [l.get_label() for l in loss.get_lines()] == ["rte default s3 (failed)", "rte default s4"]
     assert max(lr.get_lines()[0].get_ydata()) == pytest.approx(2e-5)
 
 
@@ -297,7 +297,7 @@ def test_cli_all_draws_what_records_allow_and_says_what_it_skipped(example, tmp_
     assert sorted(p.name for p in (tmp_path / "study").iterdir()) == ["generalisation.pdf", "seeds.pdf",
                                                                       "training.pdf"]
     skipped = [line for line in study.stdout.splitlines() if line.startswith("skipped")]
-    assert len(skipped) == 4 and any("gradients: " in s and "diagnostics.finetune" in s for s in skipped)
+    assert len(skipped) == 5 and any("gradients: " in s and "diagnostics.finetune" in s for s in skipped)
     again = run_cli("all", example / "study", "-o", tmp_path / "study")
     assert again.returncode == 1 and "already exists" in again.stderr
 
@@ -312,3 +312,34 @@ def test_issue_17_short_run_has_integer_iterations_and_output_folders_are_made(t
     (tmp_path / "notes.txt").write_text("a file")
     with pytest.raises(FigureError, match="notes.txt is a file, not a folder"):
         save(figure, tmp_path / "notes.txt" / "gradients.png", overwrite=False)
+
+
+def test_forgetting_profile_panels_failed_against_successful(example, tmp_path):
+    """Issue 15: weight change, CKA and 'only this layer fine-tuned' per layer, failed runs dashed and labelled."""
+    from plots import plot_forgetting_profile
+
+    figure = plot_forgetting_profile(sorted(example.glob("*.h5")))
+    change, cka, alone = figure.axes[:3]
+    labels = [line.get_label() for line in change.get_lines()]
+    assert sorted(labels[:2]) == ["rte default s3 (failed)", "rte default s5 (failed)"]  # failed runs first
+    assert sorted(labels[2:]) == ["rte default s4", "rte default s6"]
+    assert [t.get_text() for t in change.get_xticklabels()] == ["emb", "1", "2", "3", "4", "5", "6"]
+    assert change.get_lines()[0].get_linestyle() == "--" and cka.get_ylim()[1] <= 1.02
+    assert alone.get_yscale() == "log" and any(l.get_label() == "pre-trained" for l in alone.get_lines())
+    assert main(["profile", str(example), "-o", str(tmp_path / "profile.png")]) == 0
+    assert (tmp_path / "profile.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_labels_tell_runs_of_one_seed_apart(tmp_path):
+    """Issue 15: the same task, recipe and seed at two learning rates are labelled by their learning rate."""
+    from plots.runs import load_runs, run_labels
+
+    paths = []
+    for lr in (1e-4, 2e-4):
+        path = tmp_path / f"lr{lr:g}" / "run.h5"
+        path.parent.mkdir()
+        with RunWriter.create(path, RunMeta(task="hedge", recipe="default", seed=0, config={"lr": lr})) as run:
+            run.start()
+        paths.append(path)
+    assert run_labels(load_runs(paths)) == ["hedge default s0 lr 0.0001", "hedge default s0 lr 0.0002"]
+    assert run_labels(load_runs(paths[:1])) == ["hedge default s0"]
