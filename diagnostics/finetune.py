@@ -9,7 +9,9 @@ Writes ``OUT/<task>-<recipe>-s<seed>/``:
   update, with its tokenizer: the loss-surface diagnostic needs the pre-trained encoder plus this head;
 * ``final/``: the fine-tuned model and tokenizer;
 * ``run.h5``: the records (``probes.records``): series ``train`` (loss, lr per optimiser step) and ``eval``
-  (dev metric and dev loss, ``--evals`` times evenly and at the end), and a summary (final dev metric, majority
+  (dev metric and dev loss, ``--evals`` times evenly and at the end), the predicted label of every dev example at
+  each evaluation (``predictions/dev``) and the final model's [CLS] representations of the dev examples
+  (``predictions/dev_cls``, for ``diagnostics.instability``), and a summary (final dev metric, majority
   baseline, failed flag = final metric at or below the majority baseline, Dodge et al. 2020).
 
 The seed sets the classifier (and pooler) initialisation, dropout and the data order. Re-running a finished run
@@ -29,12 +31,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
 from probes import records
 from diagnostics.bert_adam import BertAdam
+from diagnostics import instability
 from diagnostics.embedded import DEFAULT_MODEL
 from diagnostics.quiet import quiet_transformers
 from diagnostics.recipes import RECIPES, Recipe, get_recipe
@@ -185,8 +189,8 @@ def batches(examples: list[Example], size: int, generator: torch.Generator) -> I
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, tokenizer, task: Task, max_length: int, bf16: bool) -> tuple[float, float]:
-    """(dev metric, mean dev loss)."""
+def evaluate(model: nn.Module, tokenizer, task: Task, max_length: int, bf16: bool) -> tuple[float, float, list[int]]:
+    """(dev metric, mean dev loss, the predicted label of every dev example)."""
     model.eval()
     predictions, total_loss = [], 0.0
     for start in range(0, len(task.dev), EVAL_BATCH):
@@ -196,7 +200,19 @@ def evaluate(model: nn.Module, tokenizer, task: Task, max_length: int, bf16: boo
         total_loss += float(out.loss) * len(batch["labels"])
         predictions += out.logits.argmax(-1).tolist()
     model.train()
-    return metric(task.metric, predictions, [e.label for e in task.dev]), total_loss / len(task.dev)
+    return metric(task.metric, predictions, [e.label for e in task.dev]), total_loss / len(task.dev), predictions
+
+
+@torch.inference_mode()
+def dev_representations(model: nn.Module, tokenizer, task: Task, max_length: int) -> np.ndarray:
+    """The last layer's hidden state at the first token ([CLS]) of every dev example, (examples, hidden), fp32."""
+    model.eval()
+    rows = []
+    for start in range(0, len(task.dev), EVAL_BATCH):
+        batch = encode(task.dev[start:start + EVAL_BATCH], tokenizer, max_length)
+        rows.append(model(**batch, output_hidden_states=True).hidden_states[-1][:, 0].float())
+    model.train()
+    return torch.cat(rows).numpy()
 
 
 def eval_steps(total: int, evals: int) -> set[int]:
@@ -267,8 +283,10 @@ def train(model, tokenizer, task: Task, recipe: Recipe, config: FinetuneConfig, 
                 run.append("train", step, [last_losses[-1], recipe.lr * lr_scale])
                 step += 1
                 if step in scheduled:
-                    dev_metric, dev_loss = evaluate(model, tokenizer, task, config.max_length, config.bf16)
+                    dev_metric, dev_loss, predictions = evaluate(model, tokenizer, task, config.max_length,
+                                                                 config.bf16)
                     run.append("eval", step, [dev_metric, dev_loss])
+                    run.append(instability.DEV_PREDICTIONS, step, predictions)
                 bar.update()
     return total, dev_metric, sum(last_losses) / len(last_losses)
 
@@ -323,10 +341,15 @@ def run(config: FinetuneConfig, probes: Probes | None = None) -> FinetuneResult:
     with records.RunWriter.create(run_dir / "run.h5", meta, flush_every_steps=50, flush_every_seconds=30.0) as rw:
         rw.add_series("train", ["loss", "lr"], kind="scalars")
         rw.add_series("eval", [task.metric, "loss"], kind="scalars")
+        rw.add_series(instability.DEV_PREDICTIONS, [str(i) for i in range(len(task.dev))], kind=instability.KIND)
         if probes is None and config.probes:
             probes = standard_probes(total_steps(task, recipe))
         steps, final, final_loss = train(model, tokenizer, task, recipe, config, rw, probes)
     save(model, tokenizer, run_dir / "final")
+    cls = dev_representations(model, tokenizer, task, config.max_length)
+    records.write_grid(run_dir / "run.h5", instability.DEV_CLS,
+                       {"example": np.arange(cls.shape[0]), "unit": np.arange(cls.shape[1])}, {"cls": cls},
+                       kind=instability.KIND, attrs={"layer": "last", "token": 0, "split": "dev"})
     result = FinetuneResult(run_dir, False, float(final), task.metric, task.majority_baseline,
                             bool(final <= task.majority_baseline + 1e-9), steps, time.monotonic() - started)
     records.write_summary(run_dir / "run.h5", {
