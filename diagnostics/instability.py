@@ -17,8 +17,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from diagnostics.seed_statistics import Outcome
 from probes.model.similarity import disagreement, linear_cka, mean_pairwise
-from probes.records import Grid, RunRecords, Series
+from probes.records import Grid, RunRecords, Series, open_run
 
 KIND = "predictions"
 DEV_PREDICTIONS = "dev"  # series: columns "0".."n-1", predicted label per dev example, one row per evaluation
@@ -74,3 +75,12 @@ def instability(runs: list[tuple[DevOutputs, bool]]) -> Instability:
     measured = sum(o.predictions is not None for o in everyone)
     return Instability(mean_pairwise(successful, _disagreement), mean_pairwise(successful, _cka),
                        mean_pairwise(everyone, _disagreement), mean_pairwise(everyone, _cka), measured)
+
+
+def by_group(outcomes: list[Outcome]) -> dict[tuple[str, str], Instability]:
+    """The measures of every (task, recipe), read from the records of each outcome's run."""
+    groups: dict[tuple[str, str], list[tuple[DevOutputs, bool]]] = {}
+    for outcome in outcomes:
+        groups.setdefault((outcome.task, outcome.recipe), []).append((dev_outputs(open_run(outcome.path)),
+                                                                      outcome.failed))
+    return {key: instability(runs) for key, runs in groups.items()}
