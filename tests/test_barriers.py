@@ -238,3 +238,43 @@ def test_one_run_or_the_same_run_twice_is_refused(runs, bump, capsys):
     assert "at least two runs" in capsys.readouterr().err
     assert main(["--barriers", str(runs[0]), str(runs[0] / "final"), "--task", str(bump["task"])]) == 1
     assert "same checkpoint" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------- the figure
+
+
+def _two_basins(path: Path) -> Path:
+    """A barrier grid of five runs by hand: runs 0 and 2 share a basin, 1 and 3 another, 4 failed, alone."""
+    points, basin, own = 5, [0, 1, 0, 1, 2], np.array([0.30, 0.32, 0.31, 0.29, 0.69])
+    a = np.linspace(0, 1, points)
+    loss = np.array([[(1 - a) * own[i] + a * own[j] + (0.5 * np.sin(np.pi * a) if basin[i] != basin[j] else 0.0)
+                      for j in range(5)] for i in range(5)])
+    records.write_grid(path, "barriers", {"first": np.arange(5), "second": np.arange(5), "a": a},
+                       {"loss": loss, "accuracy": 1 - loss / 2}, kind="surfaces",
+                       attrs={"kind": "barriers", "labels": [f"hedge-mosbach-s{k}" for k in range(5)],
+                              "failed": [False] * 4 + [True], "dev_metric": [0.45, 0.47, 0.44, 0.48, 0.0],
+                              "metric": "mcc", "split": "train"})
+    return path
+
+
+def test_barrier_figure_clusters_the_basins_and_marks_failed_runs(tmp_path):
+    import matplotlib.pyplot as plt
+    from plots.barriers import cluster_order, plot_barriers
+    from plots.cli import main as plots_main
+    from plots.style import FAILED_COLOUR
+
+    path = _two_basins(tmp_path / "barriers.h5")
+    order, _ = cluster_order(barrier_matrix(records.open_run(path).grid("barriers").fields["loss"]))
+    position = {run: order.index(run) for run in range(5)}
+    assert abs(position[0] - position[2]) == 1 and abs(position[1] - position[3]) == 1  # basins side by side
+    assert position[4] in (0, 4)  # the failed run at one end, joined last
+    figure = plot_barriers(path)
+    heat = figure.axes[1]
+    names = [tick.get_text() for tick in heat.get_yticklabels()]
+    assert names == [f"s{k} ({v})" for k, v in ((k, ("45.0", "47.0", "44.0", "48.0", "0.0")[k]) for k in order)]
+    failed_tick = heat.get_yticklabels()[position[4]]
+    assert failed_tick.get_color() == FAILED_COLOUR
+    assert heat.images[0].get_array()[position[0], position[2]] == pytest.approx(0.005)  # |0.31 - 0.30| / 2
+    plt.close(figure)
+    assert plots_main(["barriers", str(path), "-o", str(tmp_path / "barriers.png")]) == 0
+    assert (tmp_path / "barriers.png").stat().st_size > 10_000
