@@ -309,4 +309,26 @@ def table(barriers: Barriers) -> str:
         lines.append(f"{label:>{width}} " + " ".join(f"{x:>7.4f}" for x in matrix[i])
                      + f"  {barriers.loss[i, i, 0]:>8.4f} {'-' if dev is None else f'{dev:.4f}':>8}{failed}")
     lines.append("columns follow the rows' order; barrier = highest loss on the line minus the mean of its ends")
+    lines.append(summary(barriers))
     return "\n".join(lines)
+
+
+def summary(barriers: Barriers) -> str:
+    """One line: the pairwise barriers against the runs' own losses, and whether the pairs far apart in loss
+    are also far apart in dev metric (Spearman over pairs)."""
+    from scipy.stats import spearmanr
+
+    count = len(barriers.labels)
+    pairs = [(i, j) for i in range(count) for j in range(i + 1, count)]
+    heights = np.array([barriers.loss_barriers[i, j] for i, j in pairs])
+    own = np.diag(barriers.loss[:, :, 0])
+    text = (f"over {len(pairs)} pairs: barrier mean {np.nanmean(heights):.4f}, max {np.nanmax(heights):.4f}; "
+            f"the runs' own losses {own.min():.4f} .. {own.max():.4f}")
+    dev = barriers.attrs["dev_metric"]
+    known = [(h, abs(dev[i] - dev[j])) for h, (i, j) in zip(heights, pairs)
+             if dev[i] is not None and dev[j] is not None and np.isfinite(h)]
+    if len(known) >= 3 and np.ptp([d for _, d in known]) > 0 and np.ptp([h for h, _ in known]) > 0:
+        rho, p_value = spearmanr(*zip(*known))
+        text += (f"; Spearman correlation of barrier and dev-metric difference over pairs: {rho:.2f} "
+                 f"(p = {p_value:.2g})")
+    return text
