@@ -131,7 +131,8 @@ def resolve(config: BarriersConfig) -> tuple[list[RunPoint], np.ndarray, dict[st
     if len(config.runs) < 2:
         raise SurfaceError(f"--barriers needs at least two runs, got {len(config.runs)}; pass two or more run folders")
     if config.grid < 3:
-        raise SurfaceError(f"--grid {config.grid} leaves no point between the two ends of a line; pass --grid 3 or more")
+        raise SurfaceError(f"--grid {config.grid} leaves no point between the two ends of a line; "
+                           "pass --grid 3 or more")
     for flag, value in (("--max-examples", config.max_examples), ("--batch-size", config.batch_size),
                         ("--max-length", config.max_length)):
         if value is not None and value < 1:
@@ -151,7 +152,8 @@ def resolve(config: BarriersConfig) -> tuple[list[RunPoint], np.ndarray, dict[st
     return runs, grid_axis(0.0, 1.0, config.grid), attrs
 
 
-def load_space(checkpoints: Sequence[str], labels: Sequence[str], device: torch.device) -> tuple[torch.nn.Module, Subspace]:
+def load_space(checkpoints: Sequence[str], labels: Sequence[str],
+               device: torch.device) -> tuple[torch.nn.Module, Subspace]:
     """The first checkpoint as the model to move, and every checkpoint's floating parameters as anchors."""
     models = [load_classifier(folder) for folder in checkpoints]
     types = [m.config.model_type for m in models]
