@@ -10,8 +10,10 @@ Writes ``OUT/<task>-<recipe>-s<seed>/``:
 * ``final/``: the fine-tuned model and tokenizer;
 * ``run.h5``: the records (``probes.records``): series ``train`` (loss, lr, gradient norms per optimiser step,
   from the probes' :class:`~probes.RunScalars`), the probes' per-layer series, ``eval`` (dev metric and dev loss,
-  ``--evals`` times evenly and at the end), and a summary (final dev metric, majority baseline, failed flag =
-  final metric at or below the majority baseline, Dodge et al. 2020).
+  ``--evals`` times evenly and at the end), the predicted label of every dev example at each evaluation
+  (``predictions/dev``) and the final model's [CLS] representations of the dev examples (``predictions/dev_cls``,
+  for ``diagnostics.instability``), and a summary (final dev metric, majority baseline, failed flag = final
+  metric at or below the majority baseline, Dodge et al. 2020).
 
 The seed sets the classifier (and pooler) initialisation, dropout and the data order. Re-running a finished run
 prints "already finished, skipping" and exits 0 (seed sweeps rely on this); a folder holding an unfinished run, or
@@ -35,6 +37,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
@@ -162,12 +165,14 @@ def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str,
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, tokenizer, task: Task, max_length: int,
-             hardware: Hardware | None = None) -> tuple[float, float]:
-    """(dev metric, mean dev loss), over dev batches sorted by length (so each pads to little more than itself)."""
+             hardware: Hardware | None = None) -> tuple[float, float, list[int]]:
+    """(dev metric, mean dev loss, the predicted label of every dev example in the task's order), over dev batches
+    sorted by length (so each pads to little more than itself)."""
     device = hardware.device if hardware else torch.device("cpu")
     model.eval()
     lengths = token_lengths(task.dev, tokenizer, max_length)
-    dev = [task.dev[i] for i in sorted(range(len(task.dev)), key=lambda i: -lengths[i])]
+    order = sorted(range(len(task.dev)), key=lambda i: -lengths[i])
+    dev = [task.dev[i] for i in order]
     predictions, total_loss = [], torch.zeros((), dtype=torch.float64, device=device)
     for start in range(0, len(dev), EVAL_BATCH):
         batch = to_device(encode(dev[start:start + EVAL_BATCH], tokenizer, max_length), device)
@@ -176,8 +181,25 @@ def evaluate(model: nn.Module, tokenizer, task: Task, max_length: int,
         total_loss += out.loss.double() * len(batch["labels"])
         predictions.append(out.logits.argmax(-1))
     model.train()
-    predicted = torch.cat(predictions).tolist()
-    return metric(task.metric, predicted, [e.label for e in dev]), float(total_loss) / len(dev)
+    predicted = [0] * len(dev)
+    for index, label in zip(order, torch.cat(predictions).tolist()):
+        predicted[index] = label
+    return metric(task.metric, predicted, [e.label for e in task.dev]), float(total_loss) / len(dev), predicted
+
+
+@torch.inference_mode()
+def dev_representations(model: nn.Module, tokenizer, task: Task, max_length: int,
+                        hardware: Hardware | None = None) -> np.ndarray:
+    """The last layer's hidden state at the first token ([CLS]) of every dev example, (examples, hidden), fp32."""
+    device = hardware.device if hardware else torch.device("cpu")
+    model.eval()
+    rows = []
+    for start in range(0, len(task.dev), EVAL_BATCH):
+        batch = to_device(encode(task.dev[start:start + EVAL_BATCH], tokenizer, max_length), device)
+        with hardware.autocast() if hardware else contextlib.nullcontext():
+            rows.append(model(**batch, output_hidden_states=True).hidden_states[-1][:, 0].float().cpu())
+    model.train()
+    return torch.cat(rows).numpy()
 
 
 def eval_steps(total: int, evals: int) -> set[int]:
@@ -256,8 +278,9 @@ def train(model, tokenizer, task: Task, recipe: Recipe, config: FinetuneConfig, 
                 last_losses = (last_losses + [float(loss.detach())])[-max(1, total // 10):]
                 step += 1
                 if step in scheduled:
-                    dev_metric, dev_loss = evaluate(model, tokenizer, task, config.max_length, hardware)
+                    dev_metric, dev_loss, predictions = evaluate(model, tokenizer, task, config.max_length, hardware)
                     run.append(catalogue.EVAL.name, step, [dev_metric, dev_loss])
+                    run.append(catalogue.DEV_PREDICTIONS.name, step, predictions)
                 bar.update()
                 if on_step is not None:
                     on_step()
@@ -326,9 +349,15 @@ def run(config: FinetuneConfig, probes: Probes | None = None, hardware: Hardware
                            argv=list(sys.argv))
     with records.RunWriter.create(run_dir / "run.h5", meta) as rw:
         rw.add_series(catalogue.EVAL.name, [task.metric, "loss"], kind=catalogue.EVAL.kind)
+        rw.add_series(catalogue.DEV_PREDICTIONS.name, [str(i) for i in range(len(task.dev))],
+                      kind=catalogue.DEV_PREDICTIONS.kind)
         probes = probes or standard_probes(total_steps(task, recipe), enabled=config.probes)
         steps, final, final_loss = train(model, tokenizer, task, recipe, config, rw, probes, hardware, on_step)
     save(model, tokenizer, run_dir / "final")
+    cls = dev_representations(model, tokenizer, task, config.max_length, hardware)
+    records.write_grid(run_dir / "run.h5", catalogue.DEV_CLS.name,
+                       {"example": np.arange(cls.shape[0]), "unit": np.arange(cls.shape[1])}, {"cls": cls},
+                       kind=catalogue.DEV_CLS.kind, attrs={"layer": "last", "token": 0, "split": "dev"})
     result = FinetuneResult(run_dir, False, float(final), task.metric, task.majority_baseline,
                             bool(final <= task.majority_baseline + 1e-9), steps, time.monotonic() - started)
     records.write_summary(run_dir / "run.h5", {

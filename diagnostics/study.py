@@ -13,9 +13,12 @@ What it does, in order, everything into OUT:
    runs of the first task, into each run's ``run.h5``;
 3. computes the loss plane through the failed run's step-0 checkpoint, its final model and a successful run's
    final model, and the line from the failed to the successful model, into ``surfaces.h5`` (resumable);
-4. writes ``report.md`` (failed runs, spread, Levene's test, the early warning's precision and recall, where
-   the records came from), draws every figure into ``OUT/figures/`` and writes ``report.html`` (one
-   self-contained page: the tables, each run's verdict, every figure inline, links to the records).
+4. computes the loss barrier between every pair of successful runs of the recipe with the most of them (up to
+   five runs, five points a line), into ``surfaces.h5`` (resumable): one basin or several;
+5. writes ``report.md`` (failed runs, spread, disagreement and CKA between seeds, Levene's test, the barrier
+   matrix, the early warning's precision and recall, where the records came from), draws every figure into
+   ``OUT/figures/`` and writes ``report.html`` (one self-contained page: the tables, each run's verdict, every
+   figure inline, links to the records).
 ``report.md`` and the figures are derived from the records and are redrawn on every run; records are never
 overwritten. Every run of a study computes in one precision, fp32 unless ``--precision bf16`` (faster where bf16 is
 native, and labelled so in the report), on the GPU when torch sees one (``--device``), so the report does not
@@ -46,7 +49,7 @@ from diagnostics.report import ReportConfig
 from diagnostics.report import run as report_run
 
 QUICK = dict(seeds=[0, 1], recipes=["default", "mosbach"], train_examples=48, dev_examples=48, epochs=1,
-             grid=3, surface_examples=16, forgetting_tokens=2048, forgetting_runs=1)
+             grid=3, surface_examples=16, forgetting_tokens=2048, forgetting_runs=1, barrier_runs=2, barrier_grid=3)
 FULL = dict(train_examples=None, evals=10)  # every training example, as many dev evaluations as a single run
 
 
@@ -70,6 +73,8 @@ class StudyConfig:
     surface_examples: int = 128
     forgetting_tokens: int = 8192
     forgetting_runs: int = 3
+    barrier_runs: int = 5
+    barrier_grid: int = 5
 
     def finetune_configs(self) -> list[FinetuneConfig]:
         return [FinetuneConfig(task=task, recipe=recipe, seed=seed, out=self.out, max_length=self.max_length,
@@ -195,21 +200,47 @@ def measure_surfaces(config: StudyConfig, failed: Path, successful: Path, task: 
     return out
 
 
-def write_report(config: StudyConfig, results: list[FinetuneResult]) -> Path:
-    """``report.md``: what was run, in which precision, the multi-seed table and the early warning's held-out
-    precision and recall."""
+def pick_basin_runs(results: list[FinetuneResult], task: str) -> tuple[str | None, list[Path]]:
+    """The recipe of ``task`` with the most successful runs (the first in name order on a tie) and those runs."""
+    by_recipe: dict[str, list[Path]] = {}
+    for result in sorted(results, key=lambda r: r.run_dir.name):
+        if result.run_dir.name.startswith(f"{task}-") and not result.failed:
+            by_recipe.setdefault(result.run_dir.name[len(task) + 1:].rsplit("-s", 1)[0], []).append(result.run_dir)
+    return max(by_recipe.items(), key=lambda item: len(item[1]), default=(None, []))
+
+
+def measure_barriers(config: StudyConfig, results: list[FinetuneResult], task: str):
+    """The loss barrier between every pair of up to ``barrier_runs`` successful runs of the recipe of ``task``
+    with the most successful runs, into ``surfaces.h5`` (resumed if interrupted); None if no recipe has two."""
+    from diagnostics.barriers import BarriersConfig
+    from diagnostics.barriers import run as barriers_run
+
+    recipe, run_dirs = pick_basin_runs(results, task)
+    if len(run_dirs) < 2:
+        print(f"fewer than two successful runs of any recipe on {task}: no loss barriers", file=sys.stderr)
+        return None
+    return barriers_run(BarriersConfig(runs=[str(d) for d in run_dirs[:config.barrier_runs]], task=task,
+                                       grid=config.barrier_grid, max_examples=config.surface_examples,
+                                       max_length=config.max_length, out=str(config.out / "surfaces.h5"),
+                                       name=f"barriers-{recipe}"))
+
+
+def write_report(config: StudyConfig, results: list[FinetuneResult], barriers=None) -> Path:
+    """``report.md``: what was run, in which precision, the multi-seed table, the loss barriers between successful
+    seeds and the early warning's held-out precision and recall."""
     report = report_run(ReportConfig(runs=[str(r.run_dir / "run.h5") for r in results], early=True))
     size = "every training example" if config.train_examples is None else \
         f"the first {config.train_examples} training examples"
     precision = "fp32" if config.precision == "fp32" else \
         f"{config.precision} autocast (faster where native; outcomes may differ from the fp32 study)"
     path = config.out / "report.md"
+    basins = f"## Loss barriers between successful seeds\n\n```\n{barriers.table()}\n```\n\n" if barriers else ""
     path.write_text("# Stability study\n\n"
                     f"{len(results)} runs: tasks {', '.join(config.tasks)}; recipes {', '.join(config.recipes)}; "
                     f"seeds {', '.join(map(str, config.seeds))}; {size}, max length {config.max_length}, "
                     f"{config.evals} dev evaluations per run; precision **{precision}**; command "
                     f"`python -m diagnostics.study {' '.join(sys.argv[1:])}`.\n\n"
-                    "## Seeds\n\n" + report.markdown())
+                    "## Seeds\n\n" + report.markdown() + ("\n" + basins if basins else ""))
     return path
 
 
@@ -236,7 +267,8 @@ def run(config: StudyConfig) -> StudyResult:
     else:
         print(f"no {'failed' if not failed else 'successful'} run on {config.tasks[0]}: no loss surface drawn "
               "(add seeds, or a recipe that fails more often)", file=sys.stderr)
-    report = write_report(config, results)
+    barriers = measure_barriers(config, results, config.tasks[0])
+    report = write_report(config, results, barriers)
     figures, drawn = draw(config)
     write_html(report_run(ReportConfig(runs=[str(r.run_dir / "run.h5") for r in results], early=True)),
                [r.run_dir / "run.h5" for r in results], config.out / "report.html", figure_records=[config.out],

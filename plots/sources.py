@@ -19,6 +19,7 @@ from probes.records import Grid, RecordsError, RunRecords, Series, open_run
 FINETUNE = "python -m diagnostics.finetune (it records scalars and, with probes attached, gradient norms)"
 FORGETTING = "python -m diagnostics.forgetting CKPT --out RUN.h5 (layer-reset perplexity)"
 SURFACE = "python -m diagnostics.surface (loss surface between checkpoints)"
+BARRIERS = "python -m diagnostics.surface --barriers RUN... --out FILE.h5 (loss barriers between runs)"
 
 def _where(spec: catalogue.SeriesSpec) -> tuple[str, str]:
     return spec.kind, spec.name
@@ -52,6 +53,21 @@ class Curve:
 
     steps: np.ndarray
     values: np.ndarray
+
+
+@dataclass(frozen=True)
+class BarrierGrid:
+    """Loss and accuracy along the line between every pair of runs (``loss[i, j, k]``: from run i to run j), and
+    each run's label, verdict (None: unknown) and final dev metric."""
+
+    labels: list[str]
+    a: np.ndarray
+    loss: np.ndarray
+    accuracy: np.ndarray
+    failed: list[bool | None]
+    dev_metric: list[float | None]
+    metric: str | None
+    split: str
 
 
 @dataclass(frozen=True)
@@ -298,3 +314,20 @@ def surface(run: RunRecords, kind: str, name: str | None = None) -> tuple[Grid, 
 
 def _surface_kind(grid: Grid) -> str:
     return str(grid.attrs.get("kind") or ("plane" if len(grid.axes) == 2 else "line"))
+
+
+def barriers(run: RunRecords, name: str | None = None) -> BarrierGrid:
+    """The barrier matrix of ``diagnostics.surface --barriers``: ``name``, else the first in the file."""
+    grids = {n: g for n, g in run.grids(SURFACES_KIND).items() if g.attrs.get("kind") == "barriers"}
+    if name is not None:
+        grids = {n: g for n, g in grids.items() if n == name}
+    if not grids:
+        which = f"surfaces/{name}" if name else "surfaces"
+        raise NotApplicable(f"{name_of(run)} has no {which} record of kind 'barriers'; make it with {BARRIERS}")
+    grid = next(iter(grids.values()))
+    count = len(grid.axes["first"])
+    labels = list(grid.attrs.get("labels") or [f"run {k}" for k in range(count)])
+    return BarrierGrid(labels, grid.axes["a"], grid.fields["loss"], grid.fields["accuracy"],
+                       list(grid.attrs.get("failed") or [None] * count),
+                       list(grid.attrs.get("dev_metric") or [None] * count), grid.attrs.get("metric"),
+                       str(grid.attrs.get("split", "train")))

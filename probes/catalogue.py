@@ -53,6 +53,9 @@ ACTIVATION_NORMS = SeriesSpec(
     "activation_gradients", "activations", (), "L2 norm of dLoss/d(block output) per depth: encoder.1..L")
 PARAMETER_NORMS = SeriesSpec("parameter_norms", "parameters", (), "parameter L2 norm per layer before the step")
 UPDATE_RATIOS = SeriesSpec("update_ratios", "updates", (), "||update|| / ||parameters|| per layer")
+DEV_PREDICTIONS = SeriesSpec(
+    "predictions", "dev", (), "the predicted label of every dev example (columns 0..n-1) at each evaluation "
+    "(diagnostics.finetune)")
 FORGETTING_DURING = SeriesSpec(
     "forgetting", "training", (), "MLM perplexity during training: k=0..L blocks reset, or finetuned/pretrained")
 
@@ -69,10 +72,13 @@ SURFACE_LINE = GridSpec("surfaces", "line", ("a",), ("loss", "accuracy"),
 SURFACE_RANDOM = GridSpec("surfaces", "random", ("a", "b"), ("loss", "accuracy"),
                           "loss and accuracy on a random filter-normalised plane around one checkpoint")
 
+DEV_CLS = GridSpec("predictions", "dev_cls", ("example", "unit"), ("cls",),
+                   "the final model's last hidden state at the first token of every dev example")
+
 # Files of version 0.1 kept the probes' scalars in their own series beside a runner's ``train`` (loss, lr).
 LEGACY_PROBE_SCALARS = SeriesSpec("scalars", "probe", TRAIN.columns, "0.1 files: what TRAIN holds now")
 
 SERIES = (TRAIN, EVAL, EARLY_WARNING, LAYER_NORMS, COMPONENT_NORMS, ACTIVATION_NORMS, PARAMETER_NORMS,
-          UPDATE_RATIOS, FORGETTING_DURING)
-GRIDS = (FORGETTING, FORGETTING_PROFILE, SURFACE_PLANE, SURFACE_LINE, SURFACE_RANDOM)
+          UPDATE_RATIOS, FORGETTING_DURING, DEV_PREDICTIONS)
+GRIDS = (FORGETTING, FORGETTING_PROFILE, SURFACE_PLANE, SURFACE_LINE, SURFACE_RANDOM, DEV_CLS)
 KINDS = tuple(dict.fromkeys(spec.kind for spec in SERIES + GRIDS))

@@ -204,6 +204,29 @@ def test_probes_declare_series_before_start_and_see_every_step(toy_task, tiny_ml
     assert records.open_run(result.run_dir / "run.h5").series("calls").values.tolist() == [[6.0]]
 
 
+def test_dev_predictions_and_cls_representations_are_kept_issue_19(toy_task, tiny_mlm_dir, tmp_path):
+    """The final row of predictions/dev scores the final dev metric; dev_cls is the saved model's own [CLS] state."""
+    from transformers import AutoModelForSequenceClassification
+
+    from diagnostics.instability import dev_outputs
+    from diagnostics.tasks import encode, load_task, metric
+
+    result = run(_config(toy_task, tmp_path, tiny_mlm_dir, bf16=False))
+    stored = records.open_run(result.run_dir / "run.h5")
+    task = load_task(toy_task)
+    series = stored.series("dev", kind="predictions")
+    assert series.steps.tolist() == stored.series("eval").steps.tolist() == [3, 6]
+    outputs = dev_outputs(stored)
+    labels = [e.label for e in task.dev]
+    assert metric(task.metric, outputs.predictions.tolist(), labels) == pytest.approx(result.final_dev_metric)
+    model = AutoModelForSequenceClassification.from_pretrained(result.run_dir / "final").eval()
+    with torch.no_grad():
+        out = model(**encode(task.dev, tiny.tokenizer(), 32), output_hidden_states=True)
+    assert outputs.predictions.tolist() == out.logits.argmax(-1).tolist()
+    torch.testing.assert_close(torch.from_numpy(outputs.cls).float(), out.hidden_states[-1][:, 0], rtol=1e-4,
+                               atol=1e-5)
+
+
 def _cli(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
     return subprocess.run([sys.executable, "-m", "diagnostics.finetune", *args], cwd=REPO, env=env,
