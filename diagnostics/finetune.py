@@ -44,6 +44,7 @@ from probes.model.layers import find_layers
 REINIT_STD = 0.02  # Zhang et al.: N(0, 0.02) for re-initialised weights
 EVAL_BATCH = 64
 EARLY_WARNING_FRACTION = 0.15  # the early warning decides after this share of the steps
+INTERPOLATION_EXAMPLES = 64  # the held sample of the interpolation probe: the first training examples
 
 # Probes: called with (model, optimizer, writer) and entered before the records start, so it can declare its series
 # and attach its hooks; exited (hooks removed) when training ends, before `final/` is saved.
@@ -209,9 +210,11 @@ def total_steps(task: Task, recipe: Recipe) -> int:
     return -(-len(task.train) // recipe.batch_size) * recipe.epochs
 
 
-def standard_probes(total: int) -> Probes:
+def standard_probes(total: int, sample: list[dict] | None = None, autocast: torch.dtype | None = None) -> Probes:
     """What every run of this runner records: per-layer and per-matrix gradient norms and per-depth activation
-    gradients at every step, and the early warning over the first 15% of steps (runs of 27 steps or more)."""
+    gradients at every step, the early warning over the first 15% of steps (runs of 27 steps or more), and, given a
+    held ``sample``, loss and accuracy on the line from the start to the current weights 10 times per run (64
+    examples at 7 points: about 15% of a default-recipe run's time, README "Interpolation during the run")."""
     import probes
 
     def attach(model: nn.Module, optimizer: torch.optim.Optimizer, writer: records.RunWriter):
@@ -219,9 +222,20 @@ def standard_probes(total: int) -> Probes:
         window_end = round(EARLY_WARNING_FRACTION * total)
         if window_end >= 4:
             chosen.append(probes.EarlyWarning(window_end))
+        if sample:
+            chosen.append(probes.Interpolation(sample, total_steps=total, autocast=autocast))
         return probes.attach(model, optimizer, writer, probes=chosen, schedule=probes.Schedule(every=1))
 
     return attach
+
+
+def held_sample(task: Task, tokenizer, model: nn.Module, max_length: int) -> list[dict]:
+    """The interpolation probe's sample: the first training examples, length-sorted batches as the surface uses."""
+    from diagnostics.surface import prepare_batches
+
+    batches = prepare_batches(task.train[:INTERPOLATION_EXAMPLES], tokenizer, model, max_length=max_length,
+                              batch_size=32, device=torch.device("cpu"))
+    return [{**inputs, "labels": labels} for inputs, labels in batches]
 
 
 def subset(task: Task, train_examples: int | None, dev_examples: int | None) -> Task:
@@ -324,7 +338,8 @@ def run(config: FinetuneConfig, probes: Probes | None = None) -> FinetuneResult:
         rw.add_series("train", ["loss", "lr"], kind="scalars")
         rw.add_series("eval", [task.metric, "loss"], kind="scalars")
         if probes is None and config.probes:
-            probes = standard_probes(total_steps(task, recipe))
+            probes = standard_probes(total_steps(task, recipe), held_sample(task, tokenizer, model, config.max_length),
+                                     torch.bfloat16 if config.bf16 else None)
         steps, final, final_loss = train(model, tokenizer, task, recipe, config, rw, probes)
     save(model, tokenizer, run_dir / "final")
     result = FinetuneResult(run_dir, False, float(final), task.metric, task.majority_baseline,
