@@ -1,5 +1,6 @@
 """Probes under torchrun (2 processes, gloo, CPU) give the norms of one process on the same global batch, with DDP
-(replicated gradients) and with FSDP2 (``fully_shard``: sharded DTensor gradients combined across ranks).
+(replicated gradients) and with FSDP2 (``fully_shard``: sharded DTensor gradients combined across ranks), and the
+interpolation probe the lines of one process (held sample split over the ranks; under FSDP2 each moves its shard).
 
 Run: ``python3 -m pytest tests/test_probes_ddp.py`` (slow: starts two worker processes per test).
 """
@@ -15,8 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import probes
 from probes.records import open_run
-from probe_harness import LoopConfig, oracle_matrix, run_loop
+from probe_harness import LoopConfig, interpolation_probe, oracle_matrix, run_loop
 
 HARNESS = Path(__file__).with_name("probe_harness.py")
 
@@ -38,7 +40,9 @@ def _torchrun(mode: str, folder: Path) -> None:
 @pytest.fixture(scope="module")
 def single(tmp_path_factory):
     """One process on the whole global batch of every step."""
-    return run_loop(LoopConfig(steps=4, length=12, clip=0.1), tmp_path_factory.mktemp("single") / "run.h5").records
+    chosen = [probes.GradientNorms(), probes.ActivationGradients(), interpolation_probe()]
+    config = LoopConfig(steps=4, length=12, clip=0.1, probe_list=chosen)
+    return run_loop(config, tmp_path_factory.mktemp("single") / "run.h5").records
 
 
 @pytest.mark.slow
@@ -46,6 +50,9 @@ def single(tmp_path_factory):
 def test_two_processes_match_one_process(tmp_path, single, mode):
     _torchrun(mode, tmp_path)
     records = open_run(tmp_path / "run.h5")
+    for name in ("start", "last_update"):  # the held sample split over the ranks, the sums all-reduced
+        assert records.series(name).steps.tolist() == single.series(name).steps.tolist() == [1, 3]
+        np.testing.assert_allclose(records.series(name).values, single.series(name).values, rtol=1e-5)
     for name in ("layers", "components", "activations"):  # key-bias gradients are ~1e-13 rounding noise: atol
         np.testing.assert_allclose(records.series(name).values, single.series(name).values, rtol=1e-4, atol=1e-9)
     columns = ["loss", "grad_norm_pre_clip", "grad_norm_post_clip"]
