@@ -137,3 +137,19 @@ def test_frozen_parameters_stay_out_of_the_line(tmp_path):
 def test_a_sample_without_labels_is_refused(sample, message):
     with pytest.raises(ValueError, match=message):
         Interpolation(sample)
+
+
+def test_fsdp1_is_refused_in_one_line():
+    """FSDP1 flattens the weights into one parameter per unit: not supported yet (issue 16 decides)."""
+    import torch.distributed as dist
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        model = FullyShardedDataParallel(tiny.classifier("bert"), device_id=torch.device("cpu"))
+        optimizer = torch.optim.AdamW(model.parameters())
+        with pytest.raises(ValueError, match=r"^Interpolation does not support FSDP1 .*use FSDP2") as refusal:
+            probes.attach(model, optimizer, None, probes=[Interpolation([tiny.batch(4, 8)])])
+        assert "\n" not in str(refusal.value)
+    finally:
+        dist.destroy_process_group()
