@@ -9,6 +9,7 @@ from matplotlib.figure import Figure
 from plots.forgetting import plot_forgetting
 from plots.generalisation import plot_generalisation
 from plots.gradients import plot_gradients
+from plots.interpolation import plot_interpolation
 from plots.line import plot_line
 from plots.seeds import plot_seeds
 from plots.surface import plot_surface
@@ -26,6 +27,8 @@ FIGURES = {
     "forgetting": FigureKind(plot_forgetting, "MLM perplexity against the number of top layers reset to pre-trained"),
     "surface": FigureKind(plot_surface, "training loss on the plane through pre-trained, failed, successful"),
     "line": FigureKind(plot_line, "loss and accuracy along the line between two checkpoints"),
+    "interpolation": FigureKind(plot_interpolation, "loss on the line from the start over training, failed and "
+                                                    "successful run"),
     "seeds": FigureKind(plot_seeds, "final dev metric over seeds per recipe and task, majority baseline"),
     "generalisation": FigureKind(plot_generalisation, "dev accuracy over training, and against final loss"),
     "training": FigureKind(plot_training, "training loss and learning rate per run"),

@@ -18,6 +18,8 @@ from probes.records import Grid, RecordsError, RunRecords, Series, open_run
 FINETUNE = "python -m diagnostics.finetune (it records scalars and, with probes attached, gradient norms)"
 FORGETTING = "python -m diagnostics.forgetting CKPT --out RUN.h5 (layer-reset perplexity)"
 SURFACE = "python -m diagnostics.surface (loss surface between checkpoints)"
+INTERPOLATION = ("python -m diagnostics.finetune, or probes.Interpolation on your own loop (loss along the line "
+                 "from the start during training)")
 
 TRAIN = ("scalars", "train")  # columns: loss, lr (written by diagnostics.finetune)
 PROBE = ("scalars", "probe")  # columns: loss, lr, grad_norm_pre_clip... (written by probes on any training loop)
@@ -27,6 +29,7 @@ COMPONENT_NORMS = ("gradient_norms", "components")  # columns: "<layer>/<paramet
 ACTIVATION_NORMS = ("activation_gradients", "activations")  # columns: encoder.1..L, also for ALBERT
 FORGETTING_KIND = "forgetting"  # grids over k with field perplexity
 SURFACES_KIND = "surfaces"  # grids over a (and b) with fields loss, accuracy
+INTERPOLATION_KIND = "interpolation"  # series start, last_update: columns loss@a, accuracy@a; axes a, field
 DEFAULT_SURFACE_LABELS = ("pre-trained", "failed", "successful")
 LAYER_ORDER = ("embeddings", "encoder", "pooler", "head")
 
@@ -56,6 +59,17 @@ class ForgettingCurve:
     perplexity: np.ndarray
     pretrained: float | None
     direction: str
+
+
+@dataclass(frozen=True)
+class InterpolationGrid:
+    """Loss and accuracy over (training step, a): ``loss[i, j]`` after the update of ``steps[i]``, at ``a[j]``."""
+
+    steps: np.ndarray
+    a: np.ndarray
+    loss: np.ndarray
+    accuracy: np.ndarray
+    line: str
 
 
 def name_of(run: RunRecords) -> str:
@@ -253,3 +267,19 @@ def surface(run: RunRecords, kind: str, name: str | None = None) -> tuple[Grid, 
 
 def _surface_kind(grid: Grid) -> str:
     return str(grid.attrs.get("kind") or ("plane" if len(grid.axes) == 2 else "line"))
+
+
+def interpolation(run: RunRecords, name: str | None = None) -> InterpolationGrid:
+    """The interpolation probe's grid over (step, a): the line from the start (``name`` "start", the default) or
+    through each step's update ("last_update")."""
+    name = name or "start"
+    series = run.records.get(INTERPOLATION_KIND, {}).get(name)
+    if not isinstance(series, Series):
+        error = MissingRecord if INTERPOLATION_KIND in run.records else NotApplicable
+        raise error(f"{name_of(run)} has no {INTERPOLATION_KIND}/{name} record; make it with {INTERPOLATION}")
+    if not len(series.steps):
+        raise MissingRecord(f"{name_of(run)}: {INTERPOLATION_KIND}/{name} has no evaluated step yet; "
+                            f"let the run reach one, or make it with {INTERPOLATION}")
+    field, a = series.axes["field"], series.axes["a"].astype("f8")
+    loss, accuracy = (series.values[:, field == which].astype("f8") for which in ("loss", "accuracy"))
+    return InterpolationGrid(series.steps, a[field == "loss"], loss, accuracy, str(series.attrs.get("line", "")))

@@ -16,6 +16,7 @@ import numpy as np
 from probes.records import RunMeta, RunWriter, write_grid
 
 LN2 = float(np.log(2.0))
+INTERPOLATION_A = np.linspace(-0.25, 1.25, 7)
 MAJORITY = {"rte": 0.527, "mrpc": 0.684}
 COMPONENTS = {
     "embeddings": ["word_embeddings.weight"],
@@ -50,6 +51,9 @@ def finetune_run(path: str | Path, *, failed: bool, seed: int = 1, depth: int = 
                            attrs={"clipping": "pre"})
             run.add_series("activations", layers[1:-2], kind="activation_gradients",
                            axes={"depth": np.arange(1, depth + 1, dtype="f8")})
+            run.add_series("start", [f"{field}@{a:g}" for field in ("loss", "accuracy") for a in INTERPOLATION_A],
+                           kind="interpolation", attrs={"line": "theta_0 + a (theta_t - theta_0), the start"},
+                           axes={"a": np.tile(INTERPOLATION_A, 2), "field": np.repeat(["loss", "accuracy"], 7)})
         run.start()
         for step in range(steps):
             run.append("train", step, [loss[step], lr[step]])
@@ -61,6 +65,8 @@ def finetune_run(path: str | Path, *, failed: bool, seed: int = 1, depth: int = 
                 run.append("layers", step, norms[step])
                 run.append("components", step, _split_components(norms[step], layers))
                 run.append("activations", step, 0.05 * norms[step, 1:-2])
+            for step in sorted({round(steps * k / 10) - 1 for k in range(1, 11)}):
+                run.append("start", step, _interpolation(step / steps, failed, rng))
     if forgetting:
         _forgetting(path, depth, failed, rng)
     return Path(path)
@@ -178,6 +184,17 @@ def _gradient_norms(steps: int, warmup: int, depth: int, failed: bool, rng: np.r
     logs = np.hstack([log_embeddings, log_encoder, np.broadcast_to(log_pooler, (steps, 1)),
                       np.broadcast_to(log_head, (steps, 1))])
     return 10 ** (logs + 0.12 * rng.standard_normal(logs.shape))
+
+
+def _interpolation(t: float, failed: bool, rng: np.random.Generator) -> np.ndarray:
+    """Loss and accuracy along the line from the start at a share ``t`` of training: a plateau at ln 2 for a failed
+    run, a descent deepening with training for a successful one (a parabola through ln 2 at the start)."""
+    a = INTERPOLATION_A
+    if failed:
+        loss = LN2 + 0.003 * (a - 0.5) ** 2 + 0.001 * rng.standard_normal(a.size)
+        return np.concatenate([loss, np.full(a.size, 0.5)])
+    depth = (LN2 - 0.08) * (1 - np.exp(-4 * t))
+    return np.concatenate([LN2 - depth * a * (2 - a), 0.5 + 0.35 * (1 - np.exp(-4 * t)) * np.clip(a * (2 - a), 0, 1)])
 
 
 def _forgetting(path: str | Path, depth: int, failed: bool, rng: np.random.Generator) -> None:
