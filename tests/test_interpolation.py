@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from transformers import AutoModelForSequenceClassification
 
 import probes
 import tiny
@@ -54,7 +55,7 @@ def test_probe_equals_the_surface_line_through_checkpoints_saved_at_its_steps(ta
     config = tiny.config("bert", len(tiny.tokenizer()))
     config.hidden_dropout_prob = config.attention_probs_dropout_prob = 0.1
     torch.manual_seed(0)
-    model = tiny.classifier("bert").__class__(config).train()
+    model = AutoModelForSequenceClassification.from_config(config).train()  # dropout on: eval mode must hold
     tiny.save(model, tmp_path / "start")
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     probe = Interpolation(held_sample(task_dir, model), total_steps=6, times=3)
