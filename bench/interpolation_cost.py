@@ -1,6 +1,6 @@
 """What the interpolation probe costs a fine-tuning run: its share of the run's time, measured inside one run.
 
-    python3 bench/interpolation_cost.py --out runs/interp --task hedge --recipe default --seed 0 [--fp32]
+    python3 bench/interpolation_cost.py --out runs/interp --task hedge --recipe default --seed 0 [--fp32] [--lr 1e-3]
 
 Runs ``diagnostics.finetune`` exactly as the command does (every standard probe attached, the interpolation probe
 included: 64 held examples, 7 points, 10 times per run) and times the probe's evaluations with the process's CPU
@@ -30,6 +30,8 @@ def main() -> None:
     parser.add_argument("--task", default="hedge")
     parser.add_argument("--recipe", default="default")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lr", type=float, help="override the recipe's learning rate")
+    parser.add_argument("--epochs", type=int, help="override the recipe's epochs")
     parser.add_argument("--fp32", action="store_true", help="no bf16 autocast (the runner's default uses it)")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -45,7 +47,7 @@ def main() -> None:
     Interpolation.after_step = timed
     cpu, wall = time.process_time(), time.perf_counter()
     result = run(FinetuneConfig(task=args.task, recipe=args.recipe, seed=args.seed, out=args.out, threads=1,
-                                bf16=not args.fp32))
+                                bf16=not args.fp32, lr=args.lr, epochs=args.epochs))
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
     print(f"{result.run_dir}: dev {result.metric} {result.final_dev_metric:.4f}, failed={result.failed}, "
           f"{result.steps} steps, {'fp32' if args.fp32 else 'bf16 autocast'}, "

@@ -76,9 +76,9 @@ class Interpolation(Probe):
         trainable = [(name, param) for name, param in zip(session.table.names, session.table.params)
                      if param.is_floating_point()]
         self.names, self.params = [name for name, _ in trainable], [_local(param) for _, param in trainable]
-        self.theta_0 = [param.clone().to("cpu" if self.offload else param.device) for param in self.params]
-        self._sharded = [m for m in session.model.modules() if type(m).__name__.startswith("FSDP")
-                         and hasattr(m, "reshard")] if session.sharded else []
+        self.theta_0 = [param.to("cpu", copy=True) if self.offload else param.clone() for param in self.params]
+        self._sharded = [module for module in session.model.modules()  # FSDP2 modules: they gather and reshard
+                         if callable(getattr(module, "reshard", None))] if session.sharded else []
 
     def declare(self, writer) -> None:
         fields = ["loss"] * len(self.coefficients) + ["accuracy"] * len(self.coefficients)
