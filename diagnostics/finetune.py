@@ -57,6 +57,7 @@ from diagnostics.tasks import Example, Task, TaskError, encode, load_task, major
 EVAL_BATCH = 64
 EARLY_WARNING_FRACTION = 0.15  # the early warning decides after this share of the steps
 SAME_DATA = ("max_length", "train_examples", "dev_examples")  # a finished run is reused only if these agree
+INTERPOLATION_EXAMPLES = 64  # the held sample of the interpolation probe: the first training examples
 
 # Probes: called with (model, optimizer, writer) and entered before the records start, so it can declare its series
 # and attach its hooks; entering gives the probe session (`probes.attach(...)`), which records loss and lr; exited
@@ -212,10 +213,13 @@ def total_steps(task: Task, recipe: Recipe) -> int:
     return -(-len(task.train) // recipe.batch_size) * recipe.epochs
 
 
-def standard_probes(total: int, enabled: bool = True) -> Probes:
+def standard_probes(total: int, enabled: bool = True, sample: list[dict] | None = None,
+                    autocast: torch.dtype | None = None) -> Probes:
     """What every run of this runner records at every step: loss, learning rate and total gradient norms
     (:class:`~probes.RunScalars`, always); unless ``enabled`` is False, per-layer and per-matrix gradient norms,
-    per-depth activation gradients and the early warning over the first 15% of steps (runs of 27 steps or more)."""
+    per-depth activation gradients, the early warning over the first 15% of steps (runs of 27 steps or more) and,
+    given a held ``sample``, loss and accuracy on the line from the start to the current weights 10 times per run
+    (64 examples at 7 points: README "Interpolation during the run" gives the cost)."""
     import probes
 
     def attach(model: nn.Module, optimizer: torch.optim.Optimizer, writer: records.RunWriter):
@@ -223,9 +227,20 @@ def standard_probes(total: int, enabled: bool = True) -> Probes:
         window_end = round(EARLY_WARNING_FRACTION * total)
         if enabled and window_end >= 4:
             chosen.append(probes.EarlyWarning(window_end))
+        if sample:
+            chosen.append(probes.Interpolation(sample, total_steps=total, autocast=autocast))
         return probes.attach(model, optimizer, writer, probes=chosen, schedule=probes.Schedule(every=1))
 
     return attach
+
+
+def held_sample(task: Task, tokenizer, model: nn.Module, max_length: int) -> list[dict]:
+    """The interpolation probe's sample: the first training examples, length-sorted batches as the surface uses."""
+    from diagnostics.surface import prepare_batches
+
+    batches = prepare_batches(task.train[:INTERPOLATION_EXAMPLES], tokenizer, model, max_length=max_length,
+                              batch_size=32, device=torch.device("cpu"))
+    return [{**inputs, "labels": labels} for inputs, labels in batches]
 
 
 def subset(task: Task, train_examples: int | None, dev_examples: int | None) -> Task:
@@ -351,7 +366,10 @@ def run(config: FinetuneConfig, probes: Probes | None = None, hardware: Hardware
         rw.add_series(catalogue.EVAL.name, [task.metric, "loss"], kind=catalogue.EVAL.kind)
         rw.add_series(catalogue.DEV_PREDICTIONS.name, [str(i) for i in range(len(task.dev))],
                       kind=catalogue.DEV_PREDICTIONS.kind)
-        probes = probes or standard_probes(total_steps(task, recipe), enabled=config.probes)
+        if probes is None:
+            sample = held_sample(task, tokenizer, model, config.max_length) if config.probes else None
+            probes = standard_probes(total_steps(task, recipe), config.probes, sample,
+                                     torch.bfloat16 if hardware.bf16 else None)
         steps, final, final_loss = train(model, tokenizer, task, recipe, config, rw, probes, hardware, on_step)
     save(model, tokenizer, run_dir / "final")
     cls = dev_representations(model, tokenizer, task, config.max_length, hardware)

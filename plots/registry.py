@@ -10,6 +10,7 @@ from plots.barriers import plot_barriers
 from plots.forgetting import plot_forgetting
 from plots.generalisation import plot_generalisation
 from plots.gradients import plot_gradients
+from plots.interpolation import plot_interpolation
 from plots.line import plot_line
 from plots.profile import plot_forgetting_profile
 from plots.seeds import plot_seeds
@@ -30,6 +31,8 @@ FIGURES = {
                                                    "perplexity with only that layer fine-tuned, failed vs successful"),
     "surface": FigureKind(plot_surface, "training loss on the plane through pre-trained, failed, successful"),
     "line": FigureKind(plot_line, "loss and accuracy along the line between two checkpoints"),
+    "interpolation": FigureKind(plot_interpolation, "loss on the line from the start over training, failed and "
+                                                    "successful run"),
     "seeds": FigureKind(plot_seeds, "final dev metric over seeds per recipe and task, majority baseline"),
     "generalisation": FigureKind(plot_generalisation, "dev accuracy over training, and against final loss"),
     "training": FigureKind(plot_training, "training loss and learning rate per run"),

@@ -84,6 +84,12 @@ def by_outcome(runs: list[Run]) -> tuple[list[Run], list[Run]]:
     return [r for r in runs if r.failed is True], [r for r in runs if r.failed is False]
 
 
+def panel_runs(runs: list[Run]) -> list[Run]:
+    """The runs of a side-by-side figure: the first failed and the first successful one, else the first two."""
+    failed, successful = by_outcome(runs)
+    return (failed[:1] + successful[:1]) or runs[:2]
+
+
 def require_verdicts(runs: list[Run], figure: str) -> None:
     """Refuse runs with no verdict where a figure splits failed from successful."""
     unknown = [sources.name_of(r.records) for r in runs if r.failed is None]

@@ -20,6 +20,9 @@ FINETUNE = "python -m diagnostics.finetune (it records scalars and, with probes 
 FORGETTING = "python -m diagnostics.forgetting CKPT --out RUN.h5 (layer-reset perplexity)"
 SURFACE = "python -m diagnostics.surface (loss surface between checkpoints)"
 BARRIERS = "python -m diagnostics.surface --barriers RUN... --out FILE.h5 (loss barriers between runs)"
+INTERPOLATION = ("python -m diagnostics.finetune, or probes.Interpolation on your own loop (loss along the line "
+                 "from the start during training)")
+
 
 def _where(spec: catalogue.SeriesSpec) -> tuple[str, str]:
     return spec.kind, spec.name
@@ -34,6 +37,7 @@ ACTIVATION_NORMS = _where(catalogue.ACTIVATION_NORMS)
 FORGETTING_KIND = catalogue.FORGETTING.kind
 PROFILE_KIND = catalogue.FORGETTING_PROFILE.kind
 SURFACES_KIND = catalogue.SURFACE_PLANE.kind
+INTERPOLATION_KIND = catalogue.INTERPOLATION_START.kind
 DEFAULT_SURFACE_LABELS = ("pre-trained", "failed", "successful")
 LAYER_ORDER = ("embeddings", "encoder", "pooler", "head")
 
@@ -78,6 +82,17 @@ class ForgettingCurve:
     perplexity: np.ndarray
     pretrained: float | None
     direction: str
+
+
+@dataclass(frozen=True)
+class InterpolationGrid:
+    """Loss and accuracy over (training step, a): ``loss[i, j]`` after the update of ``steps[i]``, at ``a[j]``."""
+
+    steps: np.ndarray
+    a: np.ndarray
+    loss: np.ndarray
+    accuracy: np.ndarray
+    line: str
 
 
 def name_of(run: RunRecords) -> str:
@@ -331,3 +346,19 @@ def barriers(run: RunRecords, name: str | None = None) -> BarrierGrid:
                        list(grid.attrs.get("failed") or [None] * count),
                        list(grid.attrs.get("dev_metric") or [None] * count), grid.attrs.get("metric"),
                        str(grid.attrs.get("split", "train")))
+
+
+def interpolation(run: RunRecords, name: str | None = None) -> InterpolationGrid:
+    """The interpolation probe's grid over (step, a): the line from the start (``name`` "start", the default) or
+    through each step's update ("last_update")."""
+    name = name or "start"
+    series = run.records.get(INTERPOLATION_KIND, {}).get(name)
+    if not isinstance(series, Series):
+        error = MissingRecord if INTERPOLATION_KIND in run.records else NotApplicable
+        raise error(f"{name_of(run)} has no {INTERPOLATION_KIND}/{name} record; make it with {INTERPOLATION}")
+    if not len(series.steps):
+        raise MissingRecord(f"{name_of(run)}: {INTERPOLATION_KIND}/{name} has no evaluated step yet; "
+                            f"let the run reach one, or make it with {INTERPOLATION}")
+    field, a = series.axes["field"], series.axes["a"].astype("f8")
+    loss, accuracy = (series.values[:, field == which].astype("f8") for which in ("loss", "accuracy"))
+    return InterpolationGrid(series.steps, a[field == "loss"], loss, accuracy, str(series.attrs.get("line", "")))

@@ -45,6 +45,7 @@ class Probe:
     """Base probe: ``width`` buffer columns, lifecycle methods that do nothing until overridden."""
 
     width: int = 0
+    measured_only: bool = False  # True: rows left all NaN (a step the probe's own schedule skipped) are not written
 
     def bind(self, session: "ProbeSession") -> None:
         """Learn the model (``session.table``, ``session.layers``) and set ``width``; called once, first."""
@@ -93,7 +94,8 @@ class Probe:
     def write(self, writer: "RunWriter", steps: list[int], block: np.ndarray) -> None:
         """Append the host copy of this probe's rows to its series (rank 0 only)."""
         for declared, values in zip(self.series(), self.rows(block)):
-            writer.extend(declared.spec.name, steps, values)
+            keep = ~np.isnan(values).all(axis=1) if self.measured_only else np.ones(len(steps), dtype=bool)
+            writer.extend(declared.spec.name, [step for step, kept in zip(steps, keep) if kept], values[keep])
 
     def detach(self, session: "ProbeSession") -> None:
         """Last call, after the final write; hooks are removed by the session."""

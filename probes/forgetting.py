@@ -29,6 +29,8 @@ from probes.schedule import Schedule
 class Forgetting(Probe):
     """MLM perplexity of the model being trained with its top (or bottom) k blocks reset to pre-trained weights."""
 
+    measured_only = True  # only the steps of the probe's own schedule
+
     def __init__(self, pretrained_mlm: nn.Module, corpus: MaskedCorpus, *, schedule: Schedule | None = None,
                  curve: bool = True, direction: str = "top", batch_size: int = 16) -> None:
         self.pretrained, self.corpus, self.curve = pretrained_mlm.eval(), corpus, curve
@@ -56,11 +58,6 @@ class Forgetting(Probe):
     def after_step(self, session, row: torch.Tensor) -> None:
         if self.schedule(session.step):
             row.copy_(self.evaluate(session.model).to(row))
-
-    def write(self, writer, steps: list[int], block: np.ndarray) -> None:
-        """Only the steps the probe's own schedule measured."""
-        measured = ~np.isnan(block).all(axis=1)
-        super().write(writer, [step for step, keep in zip(steps, measured) if keep], block[measured])
 
     def evaluate(self, model: nn.Module) -> torch.Tensor:
         """Perplexities (on the device) for the probe's columns, the model's train/eval flags left as they were."""

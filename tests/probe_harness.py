@@ -74,6 +74,13 @@ def oracle_matrix(oracle: list[dict[str, float]], columns: list[str]) -> np.ndar
     return np.array([[step[column] for column in columns] for step in oracle])
 
 
+def interpolation_probe() -> "probes.Interpolation":
+    """The interpolation probe of the distributed test: two held batches (one of odd size, split unevenly across
+    ranks), evaluated after steps 1 and 3 of four, both lines."""
+    sample = [tiny.batch(6, 12, seed=50), tiny.batch(5, 9, seed=51)]
+    return probes.Interpolation(sample, total_steps=4, times=2, last_update=True)
+
+
 def count_hooks(model, optimizer) -> int:
     """Every module and optimiser hook currently registered."""
     kinds = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
@@ -174,7 +181,11 @@ def train_distributed(mode: str, out: Path, rank: int, world: int) -> list[dict[
         wrapped = wrap(mode, model, layer_map, world)
     optimizer = optimizer or torch.optim.AdamW(wrapped.parameters(), lr=1e-3)
     oracle = []
-    with probes.attach(wrapped, optimizer, out, schedule=probes.Schedule(every=1, dense=0), strict=True):
+    chosen = [probes.GradientNorms(), probes.ActivationGradients()]
+    if mode in ("ddp", "fsdp2"):  # the interpolation probe refuses FSDP1
+        chosen.append(interpolation_probe())
+    with probes.attach(wrapped, optimizer, out, schedule=probes.Schedule(every=1, dense=0), probes=chosen,
+                       strict=True):
         for step in range(4):
             batch = tiny.batch(8, 12, seed=step * 100)
             half = {key: value.chunk(world)[rank] for key, value in batch.items()}

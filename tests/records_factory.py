@@ -13,11 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
-from probes.catalogue import (ACTIVATION_NORMS, COMPONENT_NORMS, EVAL, FORGETTING, LAYER_NORMS, SURFACE_PLANE,
-                               TRAIN)
+from probes.catalogue import (ACTIVATION_NORMS, COMPONENT_NORMS, EVAL, FORGETTING, INTERPOLATION_START, LAYER_NORMS,
+                               SURFACE_PLANE, TRAIN)
 from probes.records import RunMeta, RunWriter, write_grid
 
 LN2 = float(np.log(2.0))
+INTERPOLATION_A = np.linspace(-0.25, 1.25, 7)
 MAJORITY = {"rte": 0.527, "mrpc": 0.684}
 COMPONENTS = {
     "embeddings": ["word_embeddings.weight"],
@@ -52,6 +53,10 @@ def finetune_run(path: str | Path, *, failed: bool, seed: int = 1, depth: int = 
                            attrs={"clipping": "pre"})
             run.add_series(ACTIVATION_NORMS.name, layers[1:-2], kind=ACTIVATION_NORMS.kind,
                            axes={"depth": np.arange(1, depth + 1, dtype="f8")})
+            run.add_series(INTERPOLATION_START.name,
+                           [f"{field}@{a:g}" for field in ("loss", "accuracy") for a in INTERPOLATION_A],
+                           kind=INTERPOLATION_START.kind, attrs={"line": "theta_0 + a (theta_t - theta_0), the start"},
+                           axes={"a": np.tile(INTERPOLATION_A, 2), "field": np.repeat(["loss", "accuracy"], 7)})
         run.start()
         for step in range(steps):
             run.append(TRAIN.name, step, [loss[step], lr[step]])
@@ -63,6 +68,8 @@ def finetune_run(path: str | Path, *, failed: bool, seed: int = 1, depth: int = 
                 run.append(LAYER_NORMS.name, step, norms[step])
                 run.append(COMPONENT_NORMS.name, step, _split_components(norms[step], layers))
                 run.append(ACTIVATION_NORMS.name, step, 0.05 * norms[step, 1:-2])
+            for step in sorted({round(steps * k / 10) - 1 for k in range(1, 11)}):
+                run.append(INTERPOLATION_START.name, step, _interpolation(step / steps, failed, rng))
     if forgetting:
         _forgetting(path, depth, failed, rng)
     return Path(path)
@@ -180,6 +187,17 @@ def _gradient_norms(steps: int, warmup: int, depth: int, failed: bool, rng: np.r
     logs = np.hstack([log_embeddings, log_encoder, np.broadcast_to(log_pooler, (steps, 1)),
                       np.broadcast_to(log_head, (steps, 1))])
     return 10 ** (logs + 0.12 * rng.standard_normal(logs.shape))
+
+
+def _interpolation(t: float, failed: bool, rng: np.random.Generator) -> np.ndarray:
+    """Loss and accuracy along the line from the start at a share ``t`` of training: a plateau at ln 2 for a failed
+    run, a descent deepening with training for a successful one (a parabola through ln 2 at the start)."""
+    a = INTERPOLATION_A
+    if failed:
+        loss = LN2 + 0.003 * (a - 0.5) ** 2 + 0.001 * rng.standard_normal(a.size)
+        return np.concatenate([loss, np.full(a.size, 0.5)])
+    depth = (LN2 - 0.08) * (1 - np.exp(-4 * t))
+    return np.concatenate([LN2 - depth * a * (2 - a), 0.5 + 0.35 * (1 - np.exp(-4 * t)) * np.clip(a * (2 - a), 0, 1)])
 
 
 def _forgetting(path: str | Path, depth: int, failed: bool, rng: np.random.Generator) -> None:

@@ -17,8 +17,8 @@ import pytest
 
 import records_factory as factory
 from probes.records import RunMeta, RunWriter, open_run, write_grid, write_summary
-from plots import (plot_forgetting, plot_generalisation, plot_gradients, plot_line, plot_seeds, plot_surface,
-                   plot_training, sources)
+from plots import (plot_forgetting, plot_generalisation, plot_gradients, plot_interpolation, plot_line, plot_seeds,
+                   plot_surface, plot_training, sources)
 from plots.batch import draw_figures
 from plots.cli import main
 from plots.gradients import select_layers
@@ -142,6 +142,26 @@ def test_line_loss_and_accuracy_twin(example):
     figure = plot_line(example / "surface.h5")
     assert len(figure.axes) == 2 and figure.axes[1].get_ylabel() == "accuracy"
     assert [t.get_text() for t in figure.axes[0].texts] == ["failed", "successful"]
+
+
+def test_interpolation_heat_maps_on_one_scale_and_curves_at_a_few_steps(example):
+    figure = plot_interpolation([example / "successful.h5", example / "failed.h5"])
+    failed_map, successful_map, failed_curves, successful_curves, bar = figure.axes
+    assert failed_map.get_title(loc="left").startswith("(a) failed run") and bar.get_ylabel().startswith("training")
+    record = open_run(example / "successful.h5").series("start", "interpolation")
+    loss = record.values[:, record.axes["field"] == "loss"]
+    mesh = successful_map.collections[0]
+    np.testing.assert_allclose(mesh.get_array().reshape(loss.shape), loss, rtol=1e-6)
+    other = failed_map.collections[0].norm
+    assert (mesh.norm.vmin, mesh.norm.vmax) == (other.vmin, other.vmax) == (loss.min(), loss.max())  # one scale
+    assert len(successful_map.collections) > 1 and successful_curves.get_yscale() == "log"  # contours; wide range
+    lines = [line for line in successful_curves.get_lines() if line.get_label().startswith("step")]
+    assert [line.get_label() for line in lines] == [f"step {s}" for s in (29, 119, 209, 299)]
+    np.testing.assert_allclose(lines[-1].get_ydata(), loss[-1], rtol=1e-6)
+    flat = [line.get_ydata() for line in failed_curves.get_lines() if line.get_label().startswith("step")]
+    assert np.ptp(flat) < 0.02  # the failed run's plateau
+    with pytest.raises(MissingRecord, match=r"no interpolation/last_update record.*probes.Interpolation"):
+        plot_interpolation(example / "failed.h5", name="last_update")
 
 
 def test_seeds_box_per_recipe_panel_per_task(example):

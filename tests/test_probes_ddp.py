@@ -1,7 +1,8 @@
 """Probes under torchrun (2 processes, gloo, CPU) give the norms of one process on the same global batch, with DDP
 (replicated gradients), FSDP2 (``fully_shard``: sharded DTensor gradients) and FSDP1 (``FullyShardedDataParallel``
 with flat or original parameters, FULL_SHARD and SHARD_GRAD_OP: each parameter's part of the local gradient shard),
-and refuse, in one line, the FSDP1 settings they do not measure exactly.
+and refuse, in one line, the FSDP1 settings they do not measure exactly; the interpolation probe gives the lines of
+one process under DDP and FSDP2 (held sample split over the ranks; under FSDP2 each moves its shard).
 
 Run: ``python3 -m pytest tests/test_probes_ddp.py`` (slow: starts two worker processes per test).
 """
@@ -22,7 +23,7 @@ import probes
 import tiny
 from probes.records import open_run
 import trainer_worker
-from probe_harness import FSDP1, LoopConfig, oracle_matrix, run_loop
+from probe_harness import FSDP1, LoopConfig, interpolation_probe, oracle_matrix, run_loop
 
 HARNESS = Path(__file__).with_name("probe_harness.py")
 TRAINER = Path(__file__).with_name("trainer_worker.py")
@@ -47,7 +48,9 @@ def torchrun(script: Path, *arguments: str, timeout: int = 300) -> str:
 @pytest.fixture(scope="module")
 def single(tmp_path_factory):
     """One process on the whole global batch of every step."""
-    return run_loop(LoopConfig(steps=4, length=12, clip=0.1), tmp_path_factory.mktemp("single") / "run.h5").records
+    chosen = [probes.GradientNorms(), probes.ActivationGradients(), interpolation_probe()]
+    config = LoopConfig(steps=4, length=12, clip=0.1, probe_list=chosen)
+    return run_loop(config, tmp_path_factory.mktemp("single") / "run.h5").records
 
 
 def assert_matches_one_process(records, single) -> None:
@@ -66,6 +69,9 @@ def test_two_processes_match_one_process(tmp_path, single, mode):
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"{mode}.h5"] + ([f"{mode}.json"] if mode == "ddp" else [])
     records = open_run(tmp_path / f"{mode}.h5")  # rank 0 wrote, alone
     assert_matches_one_process(records, single)
+    for name in ("start", "last_update"):  # the held sample split over the ranks, the sums all-reduced
+        assert records.series(name).steps.tolist() == single.series(name).steps.tolist() == [1, 3]
+        np.testing.assert_allclose(records.series(name).values, single.series(name).values, rtol=1e-5)
     if mode == "ddp":
         oracle = json.loads((tmp_path / "ddp.json").read_text())  # rank 0's own param.grad after the all-reduce
         layers = records.series("layers")
