@@ -89,7 +89,20 @@ def surface_records(path: str | Path, *, size: int = 25) -> Path:
     loss, accuracy = _landscape(1 - line, line)
     write_grid(path, "line", {"a": line}, {"loss": loss, "accuracy": accuracy}, kind=SURFACE_PLANE.kind,
                attrs={**attrs, "kind": "line", "labels": ["failed", "successful"]})
+    _barriers(path)
     return Path(path)
+
+
+def _barriers(path: str | Path) -> None:
+    """``surfaces/barriers``: four runs, two basins (runs 0, 1 and runs 2, 3), run 3 failed."""
+    a, own, basin = np.linspace(0, 1, 5), np.array([0.05, 0.07, 0.06, LN2]), [0, 0, 1, 1]
+    loss = np.array([[(1 - a) * own[i] + a * own[j] + (0.3 * np.sin(np.pi * a) if basin[i] != basin[j] else 0)
+                      for j in range(4)] for i in range(4)])
+    write_grid(path, "barriers", {"first": np.arange(4), "second": np.arange(4), "a": a},
+               {"loss": loss, "accuracy": 1 - loss / 2}, kind="surfaces",
+               attrs={"kind": "barriers", "labels": [f"rte-mosbach-s{k}" for k in range(4)], "task": "rte",
+                      "split": "train", "failed": [False, False, False, True], "dev_metric": [0.7, 0.68, 0.6, 0.5],
+                      "metric": "accuracy"})
 
 
 def study(folder: str | Path, *, tasks=("rte", "mrpc"), recipes=("default", "mosbach"), seeds: int = 5,
