@@ -126,6 +126,11 @@ def run_loop(config: LoopConfig, path: Path | None = None, model=None, batches=N
     return LoopResult(losses, oracle, totals, weights, torch.get_rng_state(), inside, records)
 
 
+def distributed_probes() -> list:
+    """The probes of the distributed runs and of their one-process oracle: the defaults and parameter norms."""
+    return [probes.GradientNorms(), probes.ActivationGradients(), probes.ParameterNorms()]
+
+
 FSDP1 = {"fsdp1-flat-full": (False, "FULL_SHARD"), "fsdp1-orig-full": (True, "FULL_SHARD"),
          "fsdp1-flat-grad-op": (False, "SHARD_GRAD_OP"), "fsdp1-orig-grad-op": (True, "SHARD_GRAD_OP")}
 
@@ -173,7 +178,8 @@ def train_distributed(mode: str, out: Path, rank: int, world: int) -> list[dict[
         wrapped = wrap(mode, model, layer_map, world)
     optimizer = optimizer or torch.optim.AdamW(wrapped.parameters(), lr=1e-3)
     oracle = []
-    with probes.attach(wrapped, optimizer, out, schedule=probes.Schedule(every=1, dense=0), strict=True):
+    with probes.attach(wrapped, optimizer, out, schedule=probes.Schedule(every=1, dense=0), strict=True,
+                       probes=distributed_probes()):
         for step in range(4):
             batch = tiny.batch(8, 12, seed=step * 100)
             half = {key: value.chunk(world)[rank] for key, value in batch.items()}

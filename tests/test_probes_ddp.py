@@ -22,7 +22,7 @@ import probes
 import tiny
 from probes.records import open_run
 import trainer_worker
-from probe_harness import FSDP1, LoopConfig, oracle_matrix, run_loop
+from probe_harness import FSDP1, LoopConfig, distributed_probes, oracle_matrix, run_loop
 
 HARNESS = Path(__file__).with_name("probe_harness.py")
 TRAINER = Path(__file__).with_name("trainer_worker.py")
@@ -47,11 +47,14 @@ def torchrun(script: Path, *arguments: str, timeout: int = 300) -> str:
 @pytest.fixture(scope="module")
 def single(tmp_path_factory):
     """One process on the whole global batch of every step."""
-    return run_loop(LoopConfig(steps=4, length=12, clip=0.1), tmp_path_factory.mktemp("single") / "run.h5").records
+    config = LoopConfig(steps=4, length=12, clip=0.1, probe_list=distributed_probes())
+    return run_loop(config, tmp_path_factory.mktemp("single") / "run.h5").records
 
 
 def assert_matches_one_process(records, single) -> None:
-    for name in ("layers", "components", "activations"):  # key-bias gradients are ~1e-13 rounding noise: atol
+    names = [name for name in ("layers", "components", "activations", "parameters", "updates")
+             if any(name in kind for kind in single.records.values())]
+    for name in names:  # key-bias gradients are ~1e-13 rounding noise: atol
         series, expected = records.series(name), single.series(name)
         assert list(series.columns) == list(expected.columns)
         np.testing.assert_allclose(series.values, expected.values, rtol=1e-5, atol=1e-9)
