@@ -45,9 +45,11 @@ def scaler_of(optimizer: torch.optim.Optimizer, scaler=None):
 
 def refuse_unsupported(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
     """Raise a one-line ``ValueError`` for a wrapper whose gradients probes cannot yet read exactly."""
+    zero3 = any(hasattr(param, "ds_id") for param in model.parameters())  # ZeRO-3 partitioned parameters
     for thing in (model, optimizer, getattr(optimizer, "optimizer", None)):
-        if type(thing).__module__.split(".")[0] == "deepspeed":
-            raise ValueError(f"probes do not support DeepSpeed yet ({type(thing).__name__}; see docs/deepspeed.md); "
+        if zero3 or type(thing).__module__.split(".")[0] == "deepspeed":
+            name = "ZeRO-3 parameters" if zero3 else type(thing).__name__
+            raise ValueError(f"probes do not support DeepSpeed yet ({name}; see docs/deepspeed.md); "
                              f"supported: {SUPPORTED}")
     fsdp.refuse_unsupported(model)
 

@@ -134,6 +134,13 @@ def run_loop(config: LoopConfig, path: Path | None = None, model=None, batches=N
     return LoopResult(losses, oracle, totals, weights, torch.get_rng_state(), inside, records)
 
 
+def distributed_probes(interpolation: bool = True) -> list:
+    """The probes of the distributed runs and of their one-process oracle: the defaults, parameter norms and the
+    interpolation probe (which refuses FSDP1)."""
+    chosen = [probes.GradientNorms(), probes.ActivationGradients(), probes.ParameterNorms()]
+    return chosen + [interpolation_probe()] if interpolation else chosen
+
+
 FSDP1 = {"fsdp1-flat-full": (False, "FULL_SHARD"), "fsdp1-orig-full": (True, "FULL_SHARD"),
          "fsdp1-flat-grad-op": (False, "SHARD_GRAD_OP"), "fsdp1-orig-grad-op": (True, "SHARD_GRAD_OP")}
 
@@ -181,11 +188,8 @@ def train_distributed(mode: str, out: Path, rank: int, world: int) -> list[dict[
         wrapped = wrap(mode, model, layer_map, world)
     optimizer = optimizer or torch.optim.AdamW(wrapped.parameters(), lr=1e-3)
     oracle = []
-    chosen = [probes.GradientNorms(), probes.ActivationGradients()]
-    if mode in ("ddp", "fsdp2"):  # the interpolation probe refuses FSDP1
-        chosen.append(interpolation_probe())
-    with probes.attach(wrapped, optimizer, out, schedule=probes.Schedule(every=1, dense=0), probes=chosen,
-                       strict=True):
+    with probes.attach(wrapped, optimizer, out, schedule=probes.Schedule(every=1, dense=0), strict=True,
+                       probes=distributed_probes(interpolation=mode in ("ddp", "fsdp2"))):
         for step in range(4):
             batch = tiny.batch(8, 12, seed=step * 100)
             half = {key: value.chunk(world)[rank] for key, value in batch.items()}

@@ -23,7 +23,7 @@ import probes
 import tiny
 from probes.records import open_run
 import trainer_worker
-from probe_harness import FSDP1, LoopConfig, interpolation_probe, oracle_matrix, run_loop
+from probe_harness import FSDP1, LoopConfig, distributed_probes, oracle_matrix, run_loop
 
 HARNESS = Path(__file__).with_name("probe_harness.py")
 TRAINER = Path(__file__).with_name("trainer_worker.py")
@@ -48,13 +48,14 @@ def torchrun(script: Path, *arguments: str, timeout: int = 300) -> str:
 @pytest.fixture(scope="module")
 def single(tmp_path_factory):
     """One process on the whole global batch of every step."""
-    chosen = [probes.GradientNorms(), probes.ActivationGradients(), interpolation_probe()]
-    config = LoopConfig(steps=4, length=12, clip=0.1, probe_list=chosen)
+    config = LoopConfig(steps=4, length=12, clip=0.1, probe_list=distributed_probes())
     return run_loop(config, tmp_path_factory.mktemp("single") / "run.h5").records
 
 
 def assert_matches_one_process(records, single) -> None:
-    for name in ("layers", "components", "activations"):  # key-bias gradients are ~1e-13 rounding noise: atol
+    names = [name for name in ("layers", "components", "activations", "parameters", "updates")
+             if any(name in kind for kind in single.records.values())]
+    for name in names:  # key-bias gradients are ~1e-13 rounding noise: atol
         series, expected = records.series(name), single.series(name)
         assert list(series.columns) == list(expected.columns)
         np.testing.assert_allclose(series.values, expected.values, rtol=1e-5, atol=1e-9)
@@ -92,20 +93,28 @@ def test_fsdp1_flat_and_original_parameters_match_one_process(tmp_path, single):
     print("accelerate wrapped the model in", (tmp_path / "accelerate-fsdp.txt").read_text())
 
 
+@pytest.fixture(scope="module")
+def single_trainer(tmp_path_factory):
+    """The Trainer in one process on batches of 8: its records and its own logged pre-clip norms."""
+    folder = tmp_path_factory.mktemp("single-trainer")
+    trainer = trainer_worker.train(folder, per_device_batch=8)
+    return open_run(folder / "run.h5"), [entry["grad_norm"] for entry in trainer.state.log_history
+                                         if "grad_norm" in entry]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("options", [[], ["fsdp=full_shard"]], ids=["ddp", "fsdp-args"])
-def test_trainer_under_torchrun_matches_one_process(tmp_path, options):
+def test_trainer_under_torchrun_matches_one_process(tmp_path, single_trainer, options):
     """The Trainer's own distributed path, 2 processes of 4 examples against one of 8. With ``fsdp`` arguments on a
     CPU, Accelerate (which enables FSDP only on accelerators) trains with DDP: recorded in ``wrapped.txt``. The
     Trainer's default ``average_tokens_across_devices=True`` multiplies the loss by the number of processes for
     models that accept loss keywords, a classifier's gradients included: turned off here, so that the gradients
     themselves equal one process's (probes record gradients as they are either way)."""
-    single = trainer_worker.train(tmp_path / "single", per_device_batch=8)
+    expected, logged = single_trainer
     torchrun(TRAINER, str(tmp_path / "two"), "4", "average_tokens_across_devices=False", *options)
-    records, expected = open_run(tmp_path / "two" / "run.h5"), open_run(tmp_path / "single" / "run.h5")
+    records = open_run(tmp_path / "two" / "run.h5")
     assert list(records.series("layers").steps) == [0, 1, 2]
     assert_matches_one_process(records, expected)
-    logged = [entry["grad_norm"] for entry in single.state.log_history if "grad_norm" in entry]
     np.testing.assert_allclose(records.frame("train")["grad_norm_pre_clip"], logged, rtol=1e-5)
     print("trained as", (tmp_path / "two" / "wrapped.txt").read_text())
 
