@@ -169,6 +169,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:  # ExportError and the records' one-line RecordsError
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except OSError as error:  # a read-only or full disk
+        print(f"error: cannot write {error.filename or config.out} ({error.strerror}); pass a writable DIR",
+              file=sys.stderr)
+        return 1
     for name, path in written.items():
         print(f"wrote {name}: {path}")
     return 0

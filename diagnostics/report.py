@@ -156,7 +156,12 @@ def main(argv: list[str] | None = None) -> int:
         Path(config.out).write_text(text)
     if config.html:
         from diagnostics.html_report import write_html
-        print(f"wrote {write_html(report, config.runs, Path(config.html))}", file=sys.stderr)
+        try:
+            print(f"wrote {write_html(report, config.runs, Path(config.html))}", file=sys.stderr)
+        except OSError as error:
+            print(f"error: cannot write {config.html} ({error.strerror}); pass a writable --html path",
+                  file=sys.stderr)
+            return 1
     return 0
 
 

@@ -143,6 +143,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (FigureError, RecordsError) as error:
         print(f"plots: error: {error}", file=sys.stderr)
         return 1
+    except OSError as error:  # the figure's folder cannot be written
+        print(f"plots: error: cannot write {error.filename or config.out} ({error.strerror}); "
+              "pass -o in a writable folder", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"plots: watch stopped; {config.out} holds the last complete figure", file=sys.stderr)
         return 130

@@ -19,7 +19,7 @@ import os
 import warnings
 from typing import Any, Sequence
 
-from transformers import TrainerCallback
+from transformers import DefaultFlowCallback, TrainerCallback
 
 from probes.records import RunMeta, RunWriter
 from probes.base import Probe
@@ -51,7 +51,7 @@ class ProbeCallback(TrainerCallback):
         callbacks = trainer.callback_handler.callbacks
         if self in callbacks:
             callbacks.remove(self)
-        callbacks.insert(1 if callbacks and type(callbacks[0]).__name__ == "DefaultFlowCallback" else 0, self)
+        callbacks.insert(1 if callbacks and isinstance(callbacks[0], DefaultFlowCallback) else 0, self)
         self.ahead_of_loggers = True
         return self
 

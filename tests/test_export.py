@@ -99,3 +99,20 @@ def test_missing_extra_is_one_line_naming_it(example, tmp_path):
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 1 and done.stderr.count("\n") == 1
     assert 'pip install -e ".[export]"' in done.stderr and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("kind", ["missing-path", "not-hdf5", "output-under-file", "unknown-format"])
+def test_bad_input_is_one_line_and_writes_nothing(example, tmp_path, capsys, kind):
+    (tmp_path / "notes.txt").write_text("notes")
+    argv = {"missing-path": [str(tmp_path / "missing.h5"), "--to", "csv", str(tmp_path / "out")],
+            "not-hdf5": [str(tmp_path / "notes.txt"), "--to", "csv", str(tmp_path / "out")],
+            "output-under-file": [str(example / "failed.h5"), "--to", "csv", str(tmp_path / "notes.txt" / "out")],
+            "unknown-format": [str(example / "failed.h5"), "--to", "xlsx", str(tmp_path / "out")]}[kind]
+    try:
+        status = main(argv)
+    except SystemExit as exit:  # argparse refuses an unknown format after printing its usage
+        status = exit.code
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert status != 0 and error.startswith(("error: ", "usage:", "python -m diagnostics.export: error:"))
+    assert {p.name for p in tmp_path.iterdir()} == {"notes.txt"}
+    assert (tmp_path / "notes.txt").read_text() == "notes"
