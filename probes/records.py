@@ -138,6 +138,9 @@ class RunWriter:
         try:
             file = h5py.File(path, "a", libver="latest")
         except OSError as error:
+            if "lock" in str(error):
+                raise RecordsError(f"{path} is open in another process that keeps others out (a writer, or a "
+                                   "reader holding a file lock); close it or write to another file") from None
             if "already open for write" not in str(error):
                 raise RecordsError(f"cannot open {path} for writing ({_first_line(error)}); "
                                    "check its permissions or write to another file") from None
@@ -502,10 +505,12 @@ def _validate(path: Path) -> None:
     try:
         with _open_for_reading(path) as file:
             kind, version = _decode(file.attrs.get("type")), _decode(file.attrs.get("schema_version"))
+    except RecordsError:
+        raise
     except Exception as error:  # OSError mostly; h5py raises others for damaged bytes
         raise RecordsError(f"{path} is truncated or corrupt ({_first_line(error)}); "
                            "it cannot be read, rerun the command that made it") from None
-    if kind != FILE_TYPE:
+    if not isinstance(kind, str) or kind != FILE_TYPE:
         raise RecordsError(f"{path} is an HDF5 file but not an instability-diagnostics records file (type={kind!r}); "
                            "pass a file written by this toolkit")
     if not isinstance(version, int) or version < 1:
@@ -530,7 +535,13 @@ def _open_for_reading(path: Path) -> h5py.File:
     access = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
     access.set_file_locking(False, True)
     _limit_read_attempts(access)
-    return h5py.File(h5py.h5f.open(os.fsencode(path), h5py.h5f.ACC_RDONLY | h5py.h5f.ACC_SWMR_READ, fapl=access))
+    try:
+        return h5py.File(h5py.h5f.open(os.fsencode(path), h5py.h5f.ACC_RDONLY | h5py.h5f.ACC_SWMR_READ, fapl=access))
+    except OSError as error:
+        if "not already open for SWMR writing" not in str(error):
+            raise
+    raise RecordsError(f"{path} is open for writing by another process that has not started recording yet (or was "
+                       "left by one killed before it did); wait for it to start, or rerun the command that made it")
 
 
 def _limit_read_attempts(access: h5py.h5p.PropFAID) -> None:
