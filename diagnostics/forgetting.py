@@ -121,12 +121,12 @@ def run(config: ForgettingConfig, hardware: Hardware | None = None, announce: bo
     name = _record_name(config)
     text = read_text(config.corpus)
     finetuned, pretrained_mlm, tokenizer = _load(checkpoint, pretrained)
-    hardware = hardware or choose_hardware(config.device, config.precision, announce)
-    finetuned.to(hardware.device), pretrained_mlm.to(hardware.device)
     positions = int(getattr(pretrained_mlm.config, "max_position_embeddings", config.block_length + 2))
     block_length = min(config.block_length, positions - 2)  # two left for RoBERTa's position offset
     corpus = masked_corpus(text, tokenizer, block_length=block_length, max_tokens=config.max_tokens,
                            seed=config.seed)
+    hardware = hardware or choose_hardware(config.device, config.precision, announce)  # said once inputs are good
+    finetuned.to(hardware.device), pretrained_mlm.to(hardware.device)
     batches = -(-len(corpus.input_ids) // config.batch_size)
     with hardware.autocast():
         profile = forgetting_profile(finetuned, pretrained_mlm, corpus, direction=config.direction,

@@ -58,7 +58,8 @@ class ProbeCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
         if self.session is not None:
             self.session.close()
-        if self.summary is not None and args.report_to and not self.ahead_of_loggers and state.is_world_process_zero:
+        if (self.summary is not None and getattr(args, "report_to", None) and not self.ahead_of_loggers
+                and state.is_world_process_zero):
             warnings.warn(f"ProbeCallback runs after the Trainer's loggers ({', '.join(args.report_to)}), which will "
                           "not show the probes' summary; add it with ProbeCallback(...).add_to(trainer) instead of "
                           "callbacks=[...]", RuntimeWarning, stacklevel=2)

@@ -230,7 +230,7 @@ def test_two_gloo_ranks_give_the_same_matrix_as_one(runs, bump, tmp_path):
 def test_bad_barrier_arguments_are_one_line(runs, bump, capsys, args, needle):
     assert main(["--barriers", *map(str, runs[:2]), "--task", str(bump["task"]), *args]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("surface: ") and needle in err[0]
+    assert len(err) == 1 and err[0].startswith("error: ") and needle in err[0]
 
 
 def test_one_run_or_the_same_run_twice_is_refused(runs, bump, capsys):

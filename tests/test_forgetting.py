@@ -291,9 +291,9 @@ def bad_inputs(folders, tmp_path) -> dict[str, tuple[list, str]]:
     (tmp_path / "a-file").write_text("not a folder")
     return {
         "missing checkpoint": ([str(tmp_path / "nowhere"), *pre, *text], "does not exist"),
-        "not a checkpoint": ([str(folders["not-a-checkpoint"]), *pre, *text], "not a checkpoint folder"),
+        "not a checkpoint": ([str(folders["not-a-checkpoint"]), *pre, *text], "is not a checkpoint"),
         "other architecture": ([ckpt, "--pretrained", str(folders["roberta"]), *text], "roberta"),
-        "other size": ([ckpt, "--pretrained", str(folders["deeper"]), *text], "differ in size"),
+        "other size": ([ckpt, "--pretrained", str(folders["deeper"]), *text], "same architecture and size"),
         "classifier as pre-trained": ([ckpt, "--pretrained", ckpt, *text], "MLM head"),
         "other vocabulary": ([str(folders["other-vocabulary"]), *pre, *text], "another vocabulary"),
         "empty corpus": ([ckpt, *pre, "--corpus", str(tmp_path / "empty.txt")], "empty"),
@@ -357,7 +357,7 @@ def test_interrupted_sweep_writes_nothing(folders, tmp_path, monkeypatch, capsys
     code = forgetting.main([str(folders["checkpoint"]), "--pretrained", str(folders["pretrained"]), "--corpus",
                             str(folders["corpus"]), "--batch-size", "2", "--out", str(out)])
     assert code == 130 and not out.exists()
-    assert capsys.readouterr().err.strip().splitlines()[-1] == "interrupted; nothing written"
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "interrupted by SIGINT; nothing written"
 
 
 @pytest.mark.slow

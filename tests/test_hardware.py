@@ -131,7 +131,7 @@ def test_dev_evaluation_sorted_by_length_equals_one_example_at_a_time(toy_task, 
     task = load_task(toy_task)
     model, tokenizer = load_model(tiny_mlm_dir, 2, seed=0)
     model.eval()
-    metric, loss = evaluate(model, tokenizer, task, 32)
+    metric, loss, _ = evaluate(model, tokenizer, task, 32)
     with torch.inference_mode():
         outputs = [model(**{k: v for k, v in tokenizer(e.text, e.text_pair, return_tensors="pt").items()},
                          labels=torch.tensor([e.label])) for e in task.dev]

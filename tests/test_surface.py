@@ -83,7 +83,7 @@ def anchors(tmp_path_factory) -> list[Path]:
 
 def _config(checkpoints, task_dir, **changes) -> SurfaceConfig:
     base = SurfaceConfig(checkpoints=[str(c) for c in checkpoints], task=str(task_dir), max_examples=EXAMPLES,
-                         batch_size=8)
+                         batch_size=8, precision="fp32")  # the oracle computes in fp32
     return replace(base, **changes)
 
 
