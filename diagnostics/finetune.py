@@ -8,9 +8,12 @@ Writes ``OUT/<task>-<recipe>-s<seed>/``:
 * ``step0/``: the model right after the seed's head initialisation (and Zhang's re-initialisation), before any
   update, with its tokenizer: the loss-surface diagnostic needs the pre-trained encoder plus this head;
 * ``final/``: the fine-tuned model and tokenizer;
-* ``run.h5``: the records (``probes.records``): series ``train`` (loss, lr per optimiser step) and ``eval``
-  (dev metric and dev loss, ``--evals`` times evenly and at the end), and a summary (final dev metric, majority
-  baseline, failed flag = final metric at or below the majority baseline, Dodge et al. 2020).
+* ``run.h5``: the records (``probes.records``): series ``train`` (loss, lr, gradient norms per optimiser step,
+  from the probes' :class:`~probes.RunScalars`), the probes' per-layer series, ``eval`` (dev metric and dev loss,
+  ``--evals`` times evenly and at the end), the predicted label of every dev example at each evaluation
+  (``predictions/dev``) and the final model's [CLS] representations of the dev examples (``predictions/dev_cls``,
+  for ``diagnostics.instability``), and a summary (final dev metric, majority baseline, failed flag = final
+  metric at or below the majority baseline, Dodge et al. 2020).
 
 The seed sets the classifier (and pooler) initialisation, dropout and the data order. Re-running a finished run
 prints "already finished, skipping" and exits 0 (seed sweeps rely on this); a folder holding an unfinished run, or
@@ -34,12 +37,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from probes import records
+from probes import catalogue, records
 from diagnostics.bert_adam import BertAdam
+from diagnostics import interrupt
 from diagnostics.checkpoints import CheckpointError, checkpoint_folder, load_tokenizer
 from diagnostics.checkpoints import load_model as load_model_folder
 from diagnostics.command import CommandParser, fail
@@ -52,9 +57,11 @@ from diagnostics.tasks import Example, Task, TaskError, encode, load_task, major
 EVAL_BATCH = 64
 EARLY_WARNING_FRACTION = 0.15  # the early warning decides after this share of the steps
 SAME_DATA = ("max_length", "train_examples", "dev_examples")  # a finished run is reused only if these agree
+INTERPOLATION_EXAMPLES = 64  # the held sample of the interpolation probe: the first training examples
 
 # Probes: called with (model, optimizer, writer) and entered before the records start, so it can declare its series
-# and attach its hooks; exited (hooks removed) when training ends, before `final/` is saved.
+# and attach its hooks; entering gives the probe session (`probes.attach(...)`), which records loss and lr; exited
+# (hooks removed) when training ends, before `final/` is saved.
 Probes = Callable[[nn.Module, torch.optim.Optimizer, records.RunWriter], contextlib.AbstractContextManager]
 
 
@@ -159,12 +166,14 @@ def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str,
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, tokenizer, task: Task, max_length: int,
-             hardware: Hardware | None = None) -> tuple[float, float]:
-    """(dev metric, mean dev loss), over dev batches sorted by length (so each pads to little more than itself)."""
+             hardware: Hardware | None = None) -> tuple[float, float, list[int]]:
+    """(dev metric, mean dev loss, the predicted label of every dev example in the task's order), over dev batches
+    sorted by length (so each pads to little more than itself)."""
     device = hardware.device if hardware else torch.device("cpu")
     model.eval()
     lengths = token_lengths(task.dev, tokenizer, max_length)
-    dev = [task.dev[i] for i in sorted(range(len(task.dev)), key=lambda i: -lengths[i])]
+    order = sorted(range(len(task.dev)), key=lambda i: -lengths[i])
+    dev = [task.dev[i] for i in order]
     predictions, total_loss = [], torch.zeros((), dtype=torch.float64, device=device)
     for start in range(0, len(dev), EVAL_BATCH):
         batch = to_device(encode(dev[start:start + EVAL_BATCH], tokenizer, max_length), device)
@@ -173,8 +182,25 @@ def evaluate(model: nn.Module, tokenizer, task: Task, max_length: int,
         total_loss += out.loss.double() * len(batch["labels"])
         predictions.append(out.logits.argmax(-1))
     model.train()
-    predicted = torch.cat(predictions).tolist()
-    return metric(task.metric, predicted, [e.label for e in dev]), float(total_loss) / len(dev)
+    predicted = [0] * len(dev)
+    for index, label in zip(order, torch.cat(predictions).tolist()):
+        predicted[index] = label
+    return metric(task.metric, predicted, [e.label for e in task.dev]), float(total_loss) / len(dev), predicted
+
+
+@torch.inference_mode()
+def dev_representations(model: nn.Module, tokenizer, task: Task, max_length: int,
+                        hardware: Hardware | None = None) -> np.ndarray:
+    """The last layer's hidden state at the first token ([CLS]) of every dev example, (examples, hidden), fp32."""
+    device = hardware.device if hardware else torch.device("cpu")
+    model.eval()
+    rows = []
+    for start in range(0, len(task.dev), EVAL_BATCH):
+        batch = to_device(encode(task.dev[start:start + EVAL_BATCH], tokenizer, max_length), device)
+        with hardware.autocast() if hardware else contextlib.nullcontext():
+            rows.append(model(**batch, output_hidden_states=True).hidden_states[-1][:, 0].float().cpu())
+    model.train()
+    return torch.cat(rows).numpy()
 
 
 def eval_steps(total: int, evals: int) -> set[int]:
@@ -187,19 +213,34 @@ def total_steps(task: Task, recipe: Recipe) -> int:
     return -(-len(task.train) // recipe.batch_size) * recipe.epochs
 
 
-def standard_probes(total: int) -> Probes:
-    """What every run of this runner records: per-layer and per-matrix gradient norms and per-depth activation
-    gradients at every step, and the early warning over the first 15% of steps (runs of 27 steps or more)."""
+def standard_probes(total: int, enabled: bool = True, sample: list[dict] | None = None,
+                    autocast: torch.dtype | None = None) -> Probes:
+    """What every run of this runner records at every step: loss, learning rate and total gradient norms
+    (:class:`~probes.RunScalars`, always); unless ``enabled`` is False, per-layer and per-matrix gradient norms,
+    per-depth activation gradients, the early warning over the first 15% of steps (runs of 27 steps or more) and,
+    given a held ``sample``, loss and accuracy on the line from the start to the current weights 10 times per run
+    (64 examples at 7 points: README "Interpolation during the run" gives the cost)."""
     import probes
 
     def attach(model: nn.Module, optimizer: torch.optim.Optimizer, writer: records.RunWriter):
-        chosen = [probes.GradientNorms(), probes.ActivationGradients()]
+        chosen = [probes.GradientNorms(), probes.ActivationGradients()] if enabled else []
         window_end = round(EARLY_WARNING_FRACTION * total)
-        if window_end >= 4:
+        if enabled and window_end >= 4:
             chosen.append(probes.EarlyWarning(window_end))
+        if sample:
+            chosen.append(probes.Interpolation(sample, total_steps=total, autocast=autocast))
         return probes.attach(model, optimizer, writer, probes=chosen, schedule=probes.Schedule(every=1))
 
     return attach
+
+
+def held_sample(task: Task, tokenizer, model: nn.Module, max_length: int) -> list[dict]:
+    """The interpolation probe's sample: the first training examples, length-sorted batches as the surface uses."""
+    from diagnostics.surface import prepare_batches
+
+    batches = prepare_batches(task.train[:INTERPOLATION_EXAMPLES], tokenizer, model, max_length=max_length,
+                              batch_size=32, device=torch.device("cpu"))
+    return [{**inputs, "labels": labels} for inputs, labels in batches]
 
 
 def subset(task: Task, train_examples: int | None, dev_examples: int | None) -> Task:
@@ -213,11 +254,12 @@ def subset(task: Task, train_examples: int | None, dev_examples: int | None) -> 
 
 
 def train(model, tokenizer, task: Task, recipe: Recipe, config: FinetuneConfig, run: records.RunWriter,
-          probes: Probes | None = None, hardware: Hardware | None = None,
+          probes: Probes, hardware: Hardware | None = None,
           on_step: Callable[[], None] | None = None) -> tuple[int, float, float]:
-    """The training loop on `hardware` (default: CPU, fp32); appends `train` rows (at the 0-based step of each
-    update) and `eval` rows (after that many updates); calls `on_step` after each update (then it shows no progress
-    bar of its own); returns (optimiser steps, final dev metric, mean training loss of the last 10% of steps)."""
+    """The training loop on `hardware` (default: CPU, fp32) under ``probes`` (they record the `train` rows, at the
+    0-based step of each update); appends `eval` rows (after that many updates); calls `on_step` after each update
+    (then it shows no progress bar of its own); returns (optimiser steps, final dev metric, mean training loss of
+    the last 10% of steps)."""
     hardware = hardware or choose_hardware("cpu", "fp32")
     model.to(hardware.device)
     optimizer = BertAdam(parameter_groups(model, recipe), lr=recipe.lr, betas=recipe.adam_betas,
@@ -230,9 +272,9 @@ def train(model, tokenizer, task: Task, recipe: Recipe, config: FinetuneConfig, 
     scheduled = eval_steps(total, config.evals)
     generator = torch.Generator().manual_seed(config.seed)
     lengths = token_lengths(task.train, tokenizer, config.max_length)
-    attached = probes(model, optimizer, run) if probes else contextlib.nullcontext()
-    with attached, tqdm(total=total, desc=config.run_dir(task.name).name, unit="step",
-                        disable=on_step is not None or not sys.stderr.isatty()) as bar:
+    with probes(model, optimizer, run) as session, tqdm(total=total, desc=config.run_dir(task.name).name,
+                                                        unit="step",
+                                                        disable=on_step is not None or not sys.stderr.isatty()) as bar:
         run.start()
         step = 0
         model.train()
@@ -243,16 +285,17 @@ def train(model, tokenizer, task: Task, recipe: Recipe, config: FinetuneConfig, 
                     group["lr"] = recipe.lr * group["lr_scale"] * lr_scale
                 with hardware.autocast():
                     loss = model(**to_device(encode(examples, tokenizer, config.max_length), hardware.device)).loss
+                session.log_scalars(lr=recipe.lr * lr_scale)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 last_losses = (last_losses + [float(loss.detach())])[-max(1, total // 10):]
-                run.append("train", step, [last_losses[-1], recipe.lr * lr_scale])
                 step += 1
                 if step in scheduled:
-                    dev_metric, dev_loss = evaluate(model, tokenizer, task, config.max_length, hardware)
-                    run.append("eval", step, [dev_metric, dev_loss])
+                    dev_metric, dev_loss, predictions = evaluate(model, tokenizer, task, config.max_length, hardware)
+                    run.append(catalogue.EVAL.name, step, [dev_metric, dev_loss])
+                    run.append(catalogue.DEV_PREDICTIONS.name, step, predictions)
                 bar.update()
                 if on_step is not None:
                     on_step()
@@ -319,13 +362,20 @@ def run(config: FinetuneConfig, probes: Probes | None = None, hardware: Hardware
                            config={**_plain(asdict(config)), "resolved_recipe": _plain(asdict(recipe)),
                                    "hardware": hardware.as_meta()},
                            argv=list(sys.argv))
-    with records.RunWriter.create(run_dir / "run.h5", meta, flush_every_steps=50, flush_every_seconds=30.0) as rw:
-        rw.add_series("train", ["loss", "lr"], kind="scalars")
-        rw.add_series("eval", [task.metric, "loss"], kind="scalars")
-        if probes is None and config.probes:
-            probes = standard_probes(total_steps(task, recipe))
+    with records.RunWriter.create(run_dir / "run.h5", meta) as rw:
+        rw.add_series(catalogue.EVAL.name, [task.metric, "loss"], kind=catalogue.EVAL.kind)
+        rw.add_series(catalogue.DEV_PREDICTIONS.name, [str(i) for i in range(len(task.dev))],
+                      kind=catalogue.DEV_PREDICTIONS.kind)
+        if probes is None:
+            sample = held_sample(task, tokenizer, model, config.max_length) if config.probes else None
+            probes = standard_probes(total_steps(task, recipe), config.probes, sample,
+                                     torch.bfloat16 if hardware.bf16 else None)
         steps, final, final_loss = train(model, tokenizer, task, recipe, config, rw, probes, hardware, on_step)
     save(model, tokenizer, run_dir / "final")
+    cls = dev_representations(model, tokenizer, task, config.max_length, hardware)
+    records.write_grid(run_dir / "run.h5", catalogue.DEV_CLS.name,
+                       {"example": np.arange(cls.shape[0]), "unit": np.arange(cls.shape[1])}, {"cls": cls},
+                       kind=catalogue.DEV_CLS.kind, attrs={"layer": "last", "token": 0, "split": "dev"})
     result = FinetuneResult(run_dir, False, float(final), task.metric, task.majority_baseline,
                             bool(final <= task.majority_baseline + 1e-9), steps, time.monotonic() - started)
     records.write_summary(run_dir / "run.h5", {
@@ -365,7 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--train-examples", type=int, help="use only the first N training examples")
     parser.add_argument("--dev-examples", type=int, help="use only the first N dev examples")
     parser.add_argument("--no-probes", dest="probes", action="store_false",
-                        help="record only loss, lr and the dev metric (no gradient probes)")
+                        help="record only loss, lr, total gradient norms and the dev metric (no per-layer probes)")
     overrides = parser.add_argument_group("recipe overrides (default: the recipe's value)")
     overrides.add_argument("--lr", type=float)
     overrides.add_argument("--epochs", type=int)
@@ -378,6 +428,22 @@ def build_parser() -> argparse.ArgumentParser:
     overrides.add_argument("--reinit-layers", type=int, help="re-initialise the top N encoder blocks")
     overrides.add_argument("--layerwise-lr-decay", type=float, help="lr x decay^(L+1-depth) per encoder block")
     return parser
+
+
+def kept(config: FinetuneConfig) -> str:
+    """What an interrupted run left, and what running the same command again does (it refuses the folder)."""
+    try:
+        run_dir = config.run_dir(load_task(config.task).name)
+    except (TaskError, OSError):
+        return f"see {config.out}"
+    if not run_dir.exists():
+        return "nothing was written"
+    again = "running the same command again refuses the unfinished folder: delete it or pick another --out"
+    try:
+        steps = records.open_run(run_dir / "run.h5").series("train").steps.size
+    except records.RecordsError:
+        return f"{run_dir} holds no records yet; {again}"
+    return f"{run_dir / 'run.h5'} keeps {steps} training steps; {again}"
 
 
 def check(config: FinetuneConfig) -> None:
@@ -401,9 +467,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     try:
         check(config)
-        result = run(config, announce=True)
+        with interrupt.stop_on_signals():
+            result = run(config, announce=True)
     except (FinetuneError, RecipeError, CheckpointError, records.RecordsError, TaskError, HardwareError) as error:
         return fail(error)
+    except KeyboardInterrupt as stop:
+        print(f"interrupted by {interrupt.describe(stop)}: {kept(config)}", file=sys.stderr)
+        return interrupt.exit_status(stop)
     if result.skipped:
         print(f"{result.run_dir}: already finished, skipping")
     else:

@@ -1,4 +1,5 @@
-"""Forgetting: MLM perplexity of a fine-tuned checkpoint as its top k encoder blocks are reset, k = 0..L.
+"""Forgetting, located: MLM perplexity of a fine-tuned checkpoint as its top k encoder blocks are reset, k = 0..L,
+and where it forgot, layer by layer.
 
     python -m diagnostics.forgetting runs/rte-s1/final                       # pre-trained model from the run
     python -m diagnostics.forgetting CKPT --pretrained data/model --json     # one JSON object on stdout
@@ -12,6 +13,11 @@ masked once from ``--seed`` (80% [MASK], 10% random, 10% kept; ``probes.model.ml
 Perplexity is exp(summed NLL / masked tokens) from ``cross_entropy``. A failed run starts orders of magnitude above
 the pre-trained perplexity and recovers only when about the top 40% of blocks are reset; a successful one starts a
 little above it (Mosbach et al. 2020, Fig. 2).
+
+The same pass measures the profile (``probes.model.profile``): the curve with the embeddings kept fine-tuned (the
+papers' procedure) and with them reset (its k = 0: only the embeddings reset); per depth, the perplexity of the
+pre-trained model with only that depth fine-tuned, the linear CKA of the two models' hidden states after it, and
+its relative weight change ||theta_ft - theta_pt|| / ||theta_pt||.
 
 The pre-trained model is ``--pretrained``, else the one the checkpoint's config names, else the ``model`` of the
 run's records file next to the checkpoint (``CKPT/../run.h5``), else the embedded default if it is the same
@@ -30,16 +36,20 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from probes import records
+from probes import catalogue, records
+from diagnostics import interrupt
 from diagnostics.checkpoints import checkpoint_folder, load_model, load_tokenizer, read_config, same_architecture
 from diagnostics.command import CommandParser, fail
 from diagnostics.embedded import DEFAULT_MODEL, HELDOUT_TEXT
 from diagnostics.hardware import DEVICES, PRECISIONS, Hardware, choose_hardware
 from probes.model.mlm import masked_corpus, read_text
 from diagnostics.quiet import quiet_transformers
-from probes.model.sweep import DIRECTIONS, layer_reset_sweep
+from probes.model.profile import forgetting_profile
+from probes.model.sweep import DIRECTIONS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+CURVE_FIELDS = catalogue.FORGETTING.fields  # grid forgetting/<name>, axis k
+PROFILE_KIND, PROFILE_FIELDS = catalogue.FORGETTING_PROFILE.kind, catalogue.FORGETTING_PROFILE.fields  # axis depth
 
 
 @dataclass
@@ -66,6 +76,13 @@ class ForgettingResult:
     perplexity: list[float]
     pretrained_perplexity: float
     masked_tokens: int
+    embeddings_finetuned: list[float]
+    embeddings_reset: list[float]
+    embeddings_only_reset: float
+    layers: list[str]
+    alone: list[float]
+    cka: list[float]
+    weight_change: list[float]
     checkpoint: str
     pretrained: str
     corpus: str
@@ -80,14 +97,18 @@ class ForgettingResult:
 
     def table(self) -> str:
         which = "top" if self.direction == "top" else "bottom"
+        pre = self.pretrained_perplexity
         lines = [f"forgetting of {self.checkpoint}: {which} k blocks reset to {self.pretrained}",
                  f"{self.masked_tokens} masked tokens of {self.corpus} (seed {self.seed})",
-                 f"{'k':>4} {'perplexity':>12} {'x pre-trained':>14}"]
-        for k, value in zip(self.k, self.perplexity):
-            lines.append(f"{k:>4} {_number(value):>12} {value / self.pretrained_perplexity:>14.2f}")
-        lines.append(f"pre-trained {_number(self.pretrained_perplexity)}")
+                 f"{'k':>4} {'perplexity':>12} {'x pre-trained':>14} {'emb. fine-tuned':>16} {'emb. reset':>12}"]
+        for k, value, kept, reset in zip(self.k, self.perplexity, self.embeddings_finetuned, self.embeddings_reset):
+            lines.append(f"{k:>4} {_number(value):>12} {value / pre:>14.2f} {_number(kept):>16} {_number(reset):>12}")
+        lines.append(f"pre-trained {_number(pre)}; only the embeddings reset {_number(self.embeddings_only_reset)}")
+        lines.append(f"{'layer':>11} {'weight change':>14} {'CKA':>7} {'only it fine-tuned':>19}")
+        for layer, change, similarity, alone in zip(self.layers, self.weight_change, self.cka, self.alone):
+            lines.append(f"{layer:>11} {change:>14.4f} {similarity:>7.3f} {_number(alone):>19}")
         if self.record:
-            lines.append(f"record forgetting/{self.record} added to {self.out}")
+            lines.append(f"records forgetting/{self.record} and forgetting_profile/{self.record} added to {self.out}")
         return "\n".join(lines)
 
 
@@ -108,21 +129,25 @@ def run(config: ForgettingConfig, hardware: Hardware | None = None, announce: bo
                            seed=config.seed)
     batches = -(-len(corpus.input_ids) // config.batch_size)
     with hardware.autocast():
-        totals = layer_reset_sweep(finetuned, pretrained_mlm, corpus, direction=config.direction,
-                                   batch_size=config.batch_size,
-                                   progress=lambda it: tqdm(it, total=batches, desc="forgetting", unit="batch",
-                                                            leave=False))
-    result = ForgettingResult(config.direction, totals.k, totals.perplexity, totals.pretrained_perplexity,
-                              totals.masked_tokens, str(checkpoint), str(pretrained), str(config.corpus),
-                              config.seed, config.max_tokens, block_length, hardware.as_meta(), _step(checkpoint))
+        profile = forgetting_profile(finetuned, pretrained_mlm, corpus, direction=config.direction,
+                                     batch_size=config.batch_size,
+                                     progress=lambda it: tqdm(it, total=batches, desc="forgetting", unit="batch",
+                                                              leave=False))
+    result = ForgettingResult(
+        config.direction, profile.k, profile.perplexity, profile.pretrained_perplexity, profile.masked_tokens,
+        profile.embeddings_finetuned, profile.embeddings_reset, profile.embeddings_only_reset, profile.layers,
+        profile.alone, profile.cka, profile.weight_change, str(checkpoint), str(pretrained), str(config.corpus),
+        config.seed, config.max_tokens, block_length, hardware.as_meta(), _step(checkpoint))
     if config.out is not None:
-        _write(config, result, name)
+        with interrupt.deferred(kept=f"forgetting/{name} was written whole to {config.out}"):
+            _write(config, result, name)
         result.out, result.record = str(config.out), name
     return result
 
 
 def _write(config: ForgettingConfig, result: ForgettingResult, name: str) -> None:
-    attrs = {key: getattr(result, key) for key in ("direction", "pretrained_perplexity", "masked_tokens",
+    attrs = {key: getattr(result, key) for key in ("direction", "pretrained_perplexity", "embeddings_only_reset",
+                                                    "masked_tokens",
                                                     "checkpoint", "pretrained", "corpus", "seed", "max_tokens",
                                                     "block_length")}
     attrs.update({key: str(Path(attrs[key]).resolve()) for key in ("checkpoint", "pretrained", "corpus")})
@@ -133,8 +158,13 @@ def _write(config: ForgettingConfig, result: ForgettingResult, name: str) -> Non
     attrs["hardware"] = result.hardware
     meta = records.RunMeta(model=result.pretrained, config={**_plain(asdict(config)), "hardware": result.hardware},
                            argv=result.argv)
-    records.write_grid(config.out, name, {"k": result.k}, {"perplexity": np.array(result.perplexity)},
-                       kind="forgetting", attrs=attrs, meta=meta)
+    profile_attrs = {key: attrs[key] for key in ("direction", "masked_tokens", "checkpoint", "pretrained", "hardware")}
+    records.write_grid(config.out, name, {"depth": list(range(len(result.layers)))},
+                       {field: np.array(getattr(result, field)) for field in PROFILE_FIELDS},
+                       kind=PROFILE_KIND, attrs={**profile_attrs, "layers": result.layers}, meta=meta)
+    records.write_grid(config.out, name, {"k": result.k},
+                       {field: np.array(getattr(result, field)) for field in CURVE_FIELDS},
+                       kind=catalogue.FORGETTING.kind, attrs=attrs, meta=meta)
 
 
 # ----------------------------------------------------------------------------------------------- inputs
@@ -179,8 +209,9 @@ def _record_name(config: ForgettingConfig) -> str:
         raise ValueError(f"record name {config.name!r} must be non-empty and contain no '/'; pass another --name")
     out = config.out
     if out.exists():
-        taken = records.open_run(out).names("forgetting")
-        name = config.name or records.next_name(out, "forgetting", "final")
+        run = records.open_run(out)
+        taken = set(run.names("forgetting")) | set(run.names(PROFILE_KIND))
+        name = config.name or _free_name(taken, "final")
         if name in taken:
             raise ValueError(f"{out} already holds forgetting/{name}; records are never overwritten: "
                              "pass another --name")
@@ -193,6 +224,15 @@ def _record_name(config: ForgettingConfig) -> str:
     except OSError:
         raise ValueError(f"cannot write to folder {out.parent}; pass --out in a writable folder") from None
     return config.name or "final"
+
+
+def _free_name(taken: set[str], prefix: str) -> str:
+    """``prefix``, ``prefix-1``, ``prefix-2``... whichever is not taken first."""
+    number, name = 0, prefix
+    while name in taken:
+        number += 1
+        name = f"{prefix}-{number}"
+    return name
 
 
 def _load(checkpoint: Path, pretrained: Path):
@@ -259,12 +299,14 @@ def main(argv: list[str] | None = None) -> int:
     config = ForgettingConfig(**vars(args))
     quiet_transformers()
     try:
-        result = run(config, announce=True)
+        with interrupt.stop_on_signals():
+            result = run(config, announce=True)
     except ValueError as error:
         return fail(error)
-    except KeyboardInterrupt:
-        print("interrupted; nothing written", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as stop:
+        print(f"interrupted by {interrupt.describe(stop)}; {getattr(stop, 'kept', '') or 'nothing written'}",
+              file=sys.stderr)
+        return interrupt.exit_status(stop)
     print(json.dumps(asdict(result)) if config.json else result.table())
     return 0
 

@@ -13,8 +13,12 @@ What it does, in order, everything into OUT:
    runs of the first task, into each run's ``run.h5``;
 3. computes the loss plane through the failed run's step-0 checkpoint, its final model and a successful run's
    final model, and the line from the failed to the successful model, into ``surfaces.h5`` (resumable);
-4. writes ``report.md`` (failed runs, spread, Levene's test, the early warning's precision and recall, where
-   the records came from) and draws every figure into ``OUT/figures/``.
+4. computes the loss barrier between every pair of successful runs of the recipe with the most of them (up to
+   five runs, five points a line), into ``surfaces.h5`` (resumable): one basin or several;
+5. writes ``report.md`` (failed runs, spread, disagreement and CKA between seeds, Levene's test, the barrier
+   matrix, the early warning's precision and recall, where the records came from), draws every figure into
+   ``OUT/figures/`` and writes ``report.html`` (one self-contained page: the tables, each run's verdict, every
+   figure inline, links to the records).
 ``report.md`` and the figures are derived from the records and are redrawn on every run; records are never
 overwritten. Every run of a study computes in one precision, fp32 unless ``--precision bf16`` (faster where bf16 is
 native, and labelled so in the report), on the GPU when torch sees one (``--device``), so the report does not
@@ -29,21 +33,23 @@ import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field, replace
-from multiprocessing import get_context
+from multiprocessing import active_children, get_context
 from pathlib import Path
 
 from tqdm import tqdm
 
 from probes import records
+from diagnostics import interrupt
 from diagnostics.command import CommandParser, fail
 from diagnostics.finetune import FinetuneConfig, FinetuneError, FinetuneResult, finished_run, total_steps
 from diagnostics.hardware import DEVICES, Hardware, choose_hardware
 from diagnostics.quiet import quiet_transformers
+from diagnostics.html_report import write_html
 from diagnostics.report import ReportConfig
 from diagnostics.report import run as report_run
 
 QUICK = dict(seeds=[0, 1], recipes=["default", "mosbach"], train_examples=48, dev_examples=48, epochs=1,
-             grid=3, surface_examples=16, forgetting_tokens=2048, forgetting_runs=1)
+             grid=3, surface_examples=16, forgetting_tokens=2048, forgetting_runs=1, barrier_runs=2, barrier_grid=3)
 FULL = dict(train_examples=None, evals=10)  # every training example, as many dev evaluations as a single run
 
 
@@ -67,6 +73,8 @@ class StudyConfig:
     surface_examples: int = 128
     forgetting_tokens: int = 8192
     forgetting_runs: int = 3
+    barrier_runs: int = 5
+    barrier_grid: int = 5
 
     def finetune_configs(self) -> list[FinetuneConfig]:
         return [FinetuneConfig(task=task, recipe=recipe, seed=seed, out=self.out, max_length=self.max_length,
@@ -91,7 +99,8 @@ def _finetune_one(config: FinetuneConfig, steps) -> FinetuneResult:
     from diagnostics.finetune import run
 
     quiet_transformers()
-    return run(config, on_step=lambda: steps.put(1))
+    with interrupt.stop_on_signals():  # SIGTERM from the parent (or Ctrl-C) closes this run's records
+        return run(config, on_step=lambda: steps.put(1))
 
 
 def set_aside_unfinished(config: FinetuneConfig) -> None:
@@ -127,7 +136,8 @@ def fine_tune_all(config: StudyConfig) -> list[FinetuneResult]:
     planned = planned_steps(configs)
     results: list[FinetuneResult] = []
     context = get_context("spawn")  # fresh interpreters: no forked torch thread pools
-    with context.Manager() as manager, ProcessPoolExecutor(max_workers=config.workers, mp_context=context) as pool, \
+    with context.Manager() as manager, ProcessPoolExecutor(max_workers=config.workers, mp_context=context,
+                                                           initializer=interrupt.ignore_ctrl_c) as pool, \
             tqdm(total=sum(planned.values()), desc="fine-tuning", unit="step", smoothing=0.05) as bar:
         steps = manager.Queue()
         pending = {pool.submit(_finetune_one, one, steps): index for index, one in enumerate(configs)}
@@ -146,6 +156,8 @@ def fine_tune_all(config: StudyConfig) -> list[FinetuneResult]:
                               f"{verdict}, {state}")
         except KeyboardInterrupt:
             pool.shutdown(wait=False, cancel_futures=True)
+            for worker in active_children():  # each stops its run cleanly; the pool then waits for them
+                worker.terminate()
             raise
     return sorted(results, key=lambda r: r.run_dir.name)
 
@@ -188,21 +200,47 @@ def measure_surfaces(config: StudyConfig, failed: Path, successful: Path, task: 
     return out
 
 
-def write_report(config: StudyConfig, results: list[FinetuneResult]) -> Path:
-    """``report.md``: what was run, in which precision, the multi-seed table and the early warning's held-out
-    precision and recall."""
+def pick_basin_runs(results: list[FinetuneResult], task: str) -> tuple[str | None, list[Path]]:
+    """The recipe of ``task`` with the most successful runs (the first in name order on a tie) and those runs."""
+    by_recipe: dict[str, list[Path]] = {}
+    for result in sorted(results, key=lambda r: r.run_dir.name):
+        if result.run_dir.name.startswith(f"{task}-") and not result.failed:
+            by_recipe.setdefault(result.run_dir.name[len(task) + 1:].rsplit("-s", 1)[0], []).append(result.run_dir)
+    return max(by_recipe.items(), key=lambda item: len(item[1]), default=(None, []))
+
+
+def measure_barriers(config: StudyConfig, results: list[FinetuneResult], task: str):
+    """The loss barrier between every pair of up to ``barrier_runs`` successful runs of the recipe of ``task``
+    with the most successful runs, into ``surfaces.h5`` (resumed if interrupted); None if no recipe has two."""
+    from diagnostics.barriers import BarriersConfig
+    from diagnostics.barriers import run as barriers_run
+
+    recipe, run_dirs = pick_basin_runs(results, task)
+    if len(run_dirs) < 2:
+        print(f"fewer than two successful runs of any recipe on {task}: no loss barriers", file=sys.stderr)
+        return None
+    return barriers_run(BarriersConfig(runs=[str(d) for d in run_dirs[:config.barrier_runs]], task=task,
+                                       grid=config.barrier_grid, max_examples=config.surface_examples,
+                                       max_length=config.max_length, out=str(config.out / "surfaces.h5"),
+                                       name=f"barriers-{recipe}"))
+
+
+def write_report(config: StudyConfig, results: list[FinetuneResult], barriers=None) -> Path:
+    """``report.md``: what was run, in which precision, the multi-seed table, the loss barriers between successful
+    seeds and the early warning's held-out precision and recall."""
     report = report_run(ReportConfig(runs=[str(r.run_dir / "run.h5") for r in results], early=True))
     size = "every training example" if config.train_examples is None else \
         f"the first {config.train_examples} training examples"
     precision = "fp32" if config.precision == "fp32" else \
         f"{config.precision} autocast (faster where native; outcomes may differ from the fp32 study)"
     path = config.out / "report.md"
+    basins = f"## Loss barriers between successful seeds\n\n```\n{barriers.table()}\n```\n\n" if barriers else ""
     path.write_text("# Stability study\n\n"
                     f"{len(results)} runs: tasks {', '.join(config.tasks)}; recipes {', '.join(config.recipes)}; "
                     f"seeds {', '.join(map(str, config.seeds))}; {size}, max length {config.max_length}, "
                     f"{config.evals} dev evaluations per run; precision **{precision}**; command "
                     f"`python -m diagnostics.study {' '.join(sys.argv[1:])}`.\n\n"
-                    "## Seeds\n\n" + report.markdown())
+                    "## Seeds\n\n" + report.markdown() + ("\n" + basins if basins else ""))
     return path
 
 
@@ -229,9 +267,22 @@ def run(config: StudyConfig) -> StudyResult:
     else:
         print(f"no {'failed' if not failed else 'successful'} run on {config.tasks[0]}: no loss surface drawn "
               "(add seeds, or a recipe that fails more often)", file=sys.stderr)
-    report = write_report(config, results)
+    barriers = measure_barriers(config, results, config.tasks[0])
+    report = write_report(config, results, barriers)
     figures, drawn = draw(config)
+    write_html(report_run(ReportConfig(runs=[str(r.run_dir / "run.h5") for r in results], early=True)),
+               [r.run_dir / "run.h5" for r in results], config.out / "report.html", figure_records=[config.out],
+               intro=f"{len(results)} runs of python -m diagnostics.study {' '.join(sys.argv[1:])}")
     return StudyResult(results, report, figures, drawn.skipped, time.monotonic() - started)
+
+
+def kept(config: StudyConfig) -> str:
+    """What an interrupted study keeps, and what running the same command again does."""
+    runs = [path.parent for path in config.out.glob("*/run.h5")]
+    finished = sum(finished_run(run_dir) is not None for run_dir in runs)
+    return (f"{finished} finished runs and every finished surface point are kept in {config.out}; running the "
+            f"same command again sets the {len(runs) - finished} unfinished runs aside as <run>.interrupted-N "
+            "(their records kept) and redoes them")
 
 
 def check(config: StudyConfig) -> None:
@@ -283,12 +334,13 @@ def main(argv: list[str] | None = None) -> int:
         if config.workers < 1 or not config.seeds:
             raise FinetuneError("--workers must be >= 1 and --seeds non-empty")
         check(config)
-        result = run(config)
+        with interrupt.stop_on_signals():
+            result = run(config)
     except (ValueError, records.RecordsError) as error:
         return fail(error)
-    except KeyboardInterrupt:
-        print("interrupted: finished runs and points are kept; run the same command to go on", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as stop:
+        print(f"interrupted by {interrupt.describe(stop)}: {kept(config)}", file=sys.stderr)
+        return interrupt.exit_status(stop)
     print(f"{len(result.runs)} runs, report {result.report}, figures in {result.figures} "
           f"({result.seconds / 60:.1f} min)")
     for name, why in result.skipped_figures.items():

@@ -3,6 +3,9 @@
     python -m diagnostics.surface --plane RUN_A/step0 RUN_A/final RUN_B/final --task wordnet-entail --out s.h5
     python -m diagnostics.surface --line RUN_A/final RUN_B/final --task wordnet-entail --json
     torchrun --nproc_per_node 2 -m diagnostics.surface --plane P F S --task wordnet-entail --out s.h5
+    python -m diagnostics.surface --barriers RUN_A RUN_B RUN_C --task wordnet-entail --out s.h5
+
+``--barriers`` computes the line between every pair of runs and its loss barrier (``diagnostics.barriers``).
 
 The plane is theta_p + a (theta_f - theta_p) + b (theta_s - theta_p) (Mosbach et al. 2020, Fig. 7): P the
 pre-trained model, F a failed and S a successful fine-tuning run; a and b span ``--range`` (default -1.5 .. 1.5)
@@ -39,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from diagnostics import interrupt
 from diagnostics.checkpoints import checkpoint_folder, load_model, load_tokenizer, same_architecture
 from diagnostics.command import CommandParser, fail
 from diagnostics.distributed import Ranks, broadcast, map_sharded, process_group
@@ -318,12 +322,15 @@ def build_parser() -> argparse.ArgumentParser:
                          help="pre-trained (a run's step0/), failed and successful checkpoint folders")
     through.add_argument("--random", nargs=1, metavar="C",
                          help="one checkpoint folder: the plane along two filter-normalised random directions")
+    through.add_argument("--barriers", nargs="+", metavar="RUN",
+                         help="run folders (or checkpoints): the line between every pair and its loss barrier")
     parser.add_argument("--task", required=True, help="task name (data/tasks) or task folder")
     parser.add_argument("--split", choices=("train", "dev"), default="train")
     parser.add_argument("--range", nargs=2, type=float, metavar=("LO", "HI"),
                         help="axis range (default -0.5 1.5 line, -1.5 1.5 plane, -1 1 random)")
     parser.add_argument("--grid", type=int,
-                        help="points per axis, LO and HI included (default 21 line, 13 plane and random)")
+                        help="points per axis, LO and HI included (default 21 line, 13 plane and random, "
+                             "5 per line for --barriers)")
     parser.add_argument("--max-examples", type=int, default=256, help="first N examples of the split (default 256)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-length", type=int, default=128, help="truncate examples to this many tokens")
@@ -351,20 +358,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     quiet = os.environ.get("RANK", "0") != "0"
     quiet_transformers()
     try:
-        surface = run(config_from_args(args), announce=True)
+        with interrupt.stop_on_signals():
+            surface = run_barriers(args) if args.barriers else run(config_from_args(args), announce=True)
     except (SurfaceError, RecordsError, ValueError) as error:
         return 1 if quiet else fail(error)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         if not quiet:
-            print("interrupted; every finished point is saved, run the same command to resume", file=sys.stderr)
-        return 130
+            saved = f" in {args.out}" if args.out else " (none: no --out)"
+            print(f"interrupted by {interrupt.describe(stop)}; every finished point is saved{saved}, run the same "
+                  "command to resume", file=sys.stderr)
+        return interrupt.exit_status(stop)
     if surface is None:
         return 0
     if args.json:
         print(json.dumps(surface.to_json()))
     else:
-        print(_table(surface))
+        print(surface.table() if args.barriers else _table(surface))
     return 0
+
+
+def run_barriers(args: argparse.Namespace):
+    """``--barriers``: the loss-barrier matrix of ``diagnostics.barriers`` (no --range, --labels or --seed)."""
+    from diagnostics import barriers
+
+    for flag, value in (("--range", args.range), ("--labels", args.labels), ("--seed", args.seed or None)):
+        if value is not None:
+            raise SurfaceError(f"{flag} does not apply to --barriers (each line runs from one run, a=0, to the "
+                               "other, a=1); leave it out")
+    return barriers.run(barriers.BarriersConfig(
+        runs=list(args.barriers), task=args.task, split=args.split,
+        grid=barriers.DEFAULT_GRID if args.grid is None else args.grid, max_examples=args.max_examples,
+        batch_size=args.batch_size, max_length=args.max_length, out=args.out, name=args.name or "barriers",
+        device=args.device))
 
 
 def _table(surface: Surface) -> str:

@@ -443,7 +443,7 @@ def test_infinite_gradient_is_flagged_in_its_layer_and_the_run_goes_on(tmp_path)
     from probes.records import open_run
 
     run = open_run(tmp_path / "run.h5")
-    frame, layers = run.frame("probe"), run.frame("layers")
+    frame, layers = run.frame("train"), run.frame("layers")
     assert list(frame.index) == [0, 1, 2, 3]
     assert list(frame["nonfinite"]) == [0, 1, 0, 0] and list(frame["skipped"]) == [0, 1, 0, 0]
     assert np.isinf(layers.loc[1, "head"]) and np.isfinite(layers.drop(columns="head").loc[1]).all()
