@@ -211,7 +211,7 @@ def test_dev_predictions_and_cls_representations_are_kept_issue_19(toy_task, tin
     from diagnostics.instability import dev_outputs
     from diagnostics.tasks import encode, load_task, metric
 
-    result = run(_config(toy_task, tmp_path, tiny_mlm_dir, bf16=False))
+    result = run(_config(toy_task, tmp_path, tiny_mlm_dir, precision="fp32"))
     stored = records.open_run(result.run_dir / "run.h5")
     task = load_task(toy_task)
     series = stored.series("dev", kind="predictions")
