@@ -32,7 +32,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--lr", type=float, help="override the recipe's learning rate")
     parser.add_argument("--epochs", type=int, help="override the recipe's epochs")
-    parser.add_argument("--fp32", action="store_true", help="no bf16 autocast (the runner's default uses it)")
+    parser.add_argument("--fp32", action="store_true", help="fp32 (default: the runner's choice for this machine)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     spent = {"cpu": 0.0, "wall": 0.0}
@@ -47,10 +47,10 @@ def main() -> None:
     Interpolation.after_step = timed
     cpu, wall = time.process_time(), time.perf_counter()
     result = run(FinetuneConfig(task=args.task, recipe=args.recipe, seed=args.seed, out=args.out, threads=1,
-                                bf16=not args.fp32, lr=args.lr, epochs=args.epochs))
+                                precision="fp32" if args.fp32 else "auto", lr=args.lr, epochs=args.epochs))
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
     print(f"{result.run_dir}: dev {result.metric} {result.final_dev_metric:.4f}, failed={result.failed}, "
-          f"{result.steps} steps, {'fp32' if args.fp32 else 'bf16 autocast'}, "
+          f"{result.steps} steps, {'fp32' if args.fp32 else 'precision auto'}, "
           f"cpu capability {torch.backends.cpu.get_cpu_capability()}")
     print(f"run: {cpu:.1f} s CPU, {wall:.1f} s wall; interpolation probe: {spent['cpu']:.1f} s CPU "
           f"({spent['cpu'] / cpu:.1%}), {spent['wall']:.1f} s wall ({spent['wall'] / wall:.1%})")

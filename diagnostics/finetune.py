@@ -214,12 +214,13 @@ def total_steps(task: Task, recipe: Recipe) -> int:
 
 
 def standard_probes(total: int, enabled: bool = True, sample: list[dict] | None = None,
-                    autocast: torch.dtype | None = None) -> Probes:
+                    autocast: torch.dtype | None = None, times: int = 10) -> Probes:
     """What every run of this runner records at every step: loss, learning rate and total gradient norms
     (:class:`~probes.RunScalars`, always); unless ``enabled`` is False, per-layer and per-matrix gradient norms,
     per-depth activation gradients, the early warning over the first 15% of steps (runs of 27 steps or more) and,
-    given a held ``sample``, loss and accuracy on the line from the start to the current weights 10 times per run
-    (64 examples at 7 points: README "Interpolation during the run" gives the cost)."""
+    given a held ``sample``, loss and accuracy on the line from the start to the current weights ``times`` times per
+    run (64 examples at 7 points: the forward passes of 28 training batches of 16 each time, so the runner ties
+    ``times`` to its dev evaluations, ``--evals``)."""
     import probes
 
     def attach(model: nn.Module, optimizer: torch.optim.Optimizer, writer: records.RunWriter):
@@ -228,7 +229,7 @@ def standard_probes(total: int, enabled: bool = True, sample: list[dict] | None 
         if enabled and window_end >= 4:
             chosen.append(probes.EarlyWarning(window_end))
         if sample:
-            chosen.append(probes.Interpolation(sample, total_steps=total, autocast=autocast))
+            chosen.append(probes.Interpolation(sample, total_steps=total, autocast=autocast, times=times))
         return probes.attach(model, optimizer, writer, probes=chosen, schedule=probes.Schedule(every=1))
 
     return attach
@@ -369,7 +370,7 @@ def run(config: FinetuneConfig, probes: Probes | None = None, hardware: Hardware
         if probes is None:
             sample = held_sample(task, tokenizer, model, config.max_length) if config.probes else None
             probes = standard_probes(total_steps(task, recipe), config.probes, sample,
-                                     torch.bfloat16 if hardware.bf16 else None)
+                                     torch.bfloat16 if hardware.bf16 else None, times=config.evals)
         steps, final, final_loss = train(model, tokenizer, task, recipe, config, rw, probes, hardware, on_step)
     save(model, tokenizer, run_dir / "final")
     cls = dev_representations(model, tokenizer, task, config.max_length, hardware)

@@ -84,7 +84,7 @@ def test_finetune_records_the_line_that_the_surface_command_measures(task_dir, t
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     finetune = [sys.executable, "-m", "diagnostics.finetune", "--task", str(task_dir), "--recipe", "mosbach",
                 "--seed", "1", "--out", str(tmp_path), "--model", str(tiny_mlm_dir), "--max-length", "16",
-                "--epochs", "2", "--batch-size", "8", "--lr", "1e-2", "--fp32"]
+                "--epochs", "2", "--batch-size", "8", "--lr", "1e-2", "--precision", "fp32"]
     done = subprocess.run(finetune, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     run_dir = tmp_path / "toy-mosbach-s1"
