@@ -40,6 +40,8 @@ def test_quick_study_end_to_end_and_rerun_skips(tmp_path, repo_root):
         assert "final_dev_metric" in run.summary and run.series("layers", kind="gradient_norms").steps.size > 0
     assert (out / "report.md").read_text().count("| hedge |") == 2
     assert {p.name for p in (out / "figures").glob("*.pdf")} >= {"training.pdf", "seeds.pdf", "gradients.pdf"}
+    assert {p.name for p in (out / "figures").glob("*.png")} >= {"training.png", "profile.png"}  # issue 15
+    assert "## Forgetting" in (out / "report.md").read_text() and "block 1 alone" in (out / "report.md").read_text()
     before = {path: path.stat().st_mtime_ns for path in runs}
     second = subprocess.run(command, capture_output=True, text=True, cwd=repo_root, timeout=900)
     assert second.returncode == 0, second.stderr[-2000:]
