@@ -227,7 +227,7 @@ def measure_barriers(config: StudyConfig, results: list[FinetuneResult], task: s
 
 def write_report(config: StudyConfig, results: list[FinetuneResult], barriers=None) -> Path:
     """``report.md``: what was run, in which precision, the multi-seed table, the loss barriers between successful
-    seeds and the early warning's held-out precision and recall."""
+    seeds, the early warning's held-out precision and recall, and where the measured runs forgot."""
     report = report_run(ReportConfig(runs=[str(r.run_dir / "run.h5") for r in results], early=True))
     size = "every training example" if config.train_examples is None else \
         f"the first {config.train_examples} training examples"
@@ -240,8 +240,38 @@ def write_report(config: StudyConfig, results: list[FinetuneResult], barriers=No
                     f"seeds {', '.join(map(str, config.seeds))}; {size}, max length {config.max_length}, "
                     f"{config.evals} dev evaluations per run; precision **{precision}**; command "
                     f"`python -m diagnostics.study {' '.join(sys.argv[1:])}`.\n\n"
-                    "## Seeds\n\n" + report.markdown() + ("\n" + basins if basins else ""))
+                    "## Seeds\n\n" + report.markdown() + ("\n" + basins if basins else "")
+                    + forgetting_section([r.run_dir for r in results]))
     return path
+
+
+def forgetting_section(run_dirs: list[Path]) -> str:
+    """A markdown table of where each measured run forgot (runs without a forgetting record are left out):
+    perplexity at k = 0 and with only the embeddings reset (x pre-trained), the fewest top blocks whose reset brings
+    it within 10% of the pre-trained model, block 1 alone fine-tuned, weight change and CKA over the blocks."""
+    rows = []
+    for run_dir in run_dirs:
+        run = records.open_run(run_dir / "run.h5")
+        curves, profiles = run.grids("forgetting"), run.grids("forgetting_profile")
+        name = next((n for n, g in curves.items() if g.attrs.get("direction") == "top" and n in profiles), None)
+        if name is None:
+            continue
+        curve, profile = curves[name], profiles[name]
+        pre = float(curve.attrs["pretrained_perplexity"])
+        perplexity = curve.fields["perplexity"]
+        recovered = next(int(k) for k, value in zip(curve.axes["k"], perplexity) if value <= 1.1 * pre)
+        change, cka = profile.fields["weight_change"][1:], profile.fields["cka"]
+        rows.append(f"| {run_dir.name} | {'yes' if run.summary.get('failed') else 'no'} | {perplexity[0] / pre:.1f} "
+                    f"| {curve.attrs['embeddings_only_reset'] / pre:.1f} | {recovered} of {len(perplexity) - 1} "
+                    f"| {profile.fields['alone'][1] / pre:.1f} | {change.min():.3f}-{change.max():.3f} "
+                    f"| {cka[1]:.2f} / {cka[-1]:.2f} |")
+    if not rows:
+        return ""
+    return ("\n## Forgetting\n\nMLM perplexity of the held-out text as a multiple of the pre-trained model's "
+            f"({pre:.1f}); `python -m diagnostics.forgetting RUN/final` prints the whole curve and profile.\n\n"
+            "| run | failed | fine-tuned | embeddings reset | top blocks reset to recover (10%) | block 1 alone "
+            "| weight change of the blocks | CKA after block 1 / top |\n|---|---|---|---|---|---|---|---|\n"
+            + "\n".join(rows) + "\n")
 
 
 def draw(config: StudyConfig):
@@ -250,8 +280,11 @@ def draw(config: StudyConfig):
 
     folder = config.out / "figures"
     folder.mkdir(exist_ok=True)
-    outputs = {name: folder / f"{name}.pdf" for name in FIGURES}
-    return folder, draw_figures(outputs, [config.out], overwrite=True, strict=False)
+    drawn = draw_figures({name: folder / f"{name}.pdf" for name in FIGURES}, [config.out], overwrite=True,
+                         strict=False)
+    # PNGs at 200 dpi (1,400 px across a page-wide figure) for a README or a report page
+    draw_figures({name: folder / f"{name}.png" for name in drawn.drawn}, [config.out], overwrite=True, strict=False)
+    return folder, drawn
 
 
 def run(config: StudyConfig) -> StudyResult:

@@ -53,6 +53,9 @@ ACTIVATION_NORMS = SeriesSpec(
     "activation_gradients", "activations", (), "L2 norm of dLoss/d(block output) per depth: encoder.1..L")
 PARAMETER_NORMS = SeriesSpec("parameter_norms", "parameters", (), "parameter L2 norm per layer before the step")
 UPDATE_RATIOS = SeriesSpec("update_ratios", "updates", (), "||update|| / ||parameters|| per layer")
+FORGETTING_PROFILE_DURING = SeriesSpec(
+    "forgetting_profile", "training_profile", (), "during training: weight_change/<layer> and cka/<layer> per layer "
+    "at the steps of the forgetting curve (probes.Forgetting(profile=True))")
 INTERPOLATION_START = SeriesSpec(
     "interpolation", "start", (), "loss@a and accuracy@a on a held sample along theta_0 + a (theta_t - theta_0), "
     "a few times per run (probes.Interpolation); axes a, field")
@@ -84,6 +87,6 @@ DEV_CLS = GridSpec("predictions", "dev_cls", ("example", "unit"), ("cls",),
 LEGACY_PROBE_SCALARS = SeriesSpec("scalars", "probe", TRAIN.columns, "0.1 files: what TRAIN holds now")
 
 SERIES = (TRAIN, EVAL, EARLY_WARNING, LAYER_NORMS, COMPONENT_NORMS, ACTIVATION_NORMS, PARAMETER_NORMS,
-          UPDATE_RATIOS, FORGETTING_DURING, INTERPOLATION_START, INTERPOLATION_LAST_UPDATE, DEV_PREDICTIONS)
+          UPDATE_RATIOS, FORGETTING_DURING, FORGETTING_PROFILE_DURING, INTERPOLATION_START, INTERPOLATION_LAST_UPDATE, DEV_PREDICTIONS)
 GRIDS = (FORGETTING, FORGETTING_PROFILE, SURFACE_PLANE, SURFACE_LINE, SURFACE_RANDOM, DEV_CLS)
 KINDS = tuple(dict.fromkeys(spec.kind for spec in SERIES + GRIDS))

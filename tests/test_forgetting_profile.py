@@ -279,3 +279,34 @@ def test_command_json_and_records_hold_the_profile(tmp_path, capsys):
         assert list(profile.fields[key]) == pytest.approx(result[key]), key
     assert forgetting.main(argv[:-1]) == 0  # a second measurement takes the next free name in both kinds
     assert records.open_run(out).names("forgetting_profile") == ["final", "final-1"]
+
+
+# ----------------------------------------------------------------------------------------------- probe
+
+
+def test_probe_profile_follows_training_without_changing_it(tmp_path, corpus):
+    import probes
+    from probe_harness import LoopConfig, run_loop
+    from probes.forgetting import Forgetting
+
+    def classifier():
+        config = tiny.config("bert", len(tiny.tokenizer()))
+        config.hidden_dropout_prob = config.attention_probs_dropout_prob = 0.1  # a stray random draw would show
+        torch.manual_seed(0)
+        from transformers import AutoModelForSequenceClassification
+        return AutoModelForSequenceClassification.from_config(config)
+
+    pretrained = tiny.masked_lm("bert", seed=0)
+    probe = Forgetting(pretrained, corpus, curve=False, profile=True, schedule=probes.Schedule(every=2, dense=0))
+    probed = run_loop(LoopConfig(steps=5, lr=1e-2, probe_list=[probe]), tmp_path / "run.h5", model=classifier())
+    plain = run_loop(LoopConfig(steps=5, lr=1e-2, probe=False), model=classifier())
+    assert probed.losses == plain.losses and torch.equal(probed.rng, plain.rng)
+    series = probed.records.series("training_profile", "forgetting_profile")
+    layers = ["embeddings"] + [f"encoder.{d}" for d in range(1, DEPTH + 1)]
+    assert series.columns == [f"weight_change/{l}" for l in layers] + [f"cka/{l}" for l in layers]
+    assert list(series.steps) == [0, 2, 4]
+    final = classifier()
+    final.load_state_dict(probed.weights)
+    expected = forgetting_profile(final.eval(), pretrained, corpus)
+    assert list(series.values[-1]) == pytest.approx(expected.weight_change + expected.cka, rel=1e-5)
+    assert probed.records.series("training", "forgetting").columns == ["finetuned", "pretrained"]

@@ -55,6 +55,8 @@ def test_quick_study_end_to_end_and_rerun_skips(tmp_path, repo_root):
     assert {p.name for p in (out / "figures").glob("*.pdf")} >= {"training.pdf", "seeds.pdf", "gradients.pdf"}
     page = (out / "report.html").read_text()  # issue 17: one page with every figure and links to the records
     assert 'id="figure-gradients"' in page and all(f'href="{p.parent.name}/run.h5"' in page for p in runs)
+    assert {p.name for p in (out / "figures").glob("*.png")} >= {"training.png", "profile.png"}  # issue 15
+    assert "## Forgetting" in (out / "report.md").read_text() and "block 1 alone" in (out / "report.md").read_text()
     before = {path: path.stat().st_mtime_ns for path in runs}
     second = subprocess.run(command, capture_output=True, text=True, cwd=repo_root, timeout=900)
     assert second.returncode == 0, second.stderr[-2000:]

@@ -63,17 +63,17 @@ class CKATotals:
 
     def value(self) -> float:
         """Linear CKA of everything added so far; NaN before any row or when one side is constant."""
-        if self.count == 0:
-            return math.nan
+        return math.nan if self.count == 0 else float(self.tensor())
+
+    def tensor(self) -> torch.Tensor:
+        """:meth:`value` as a float64 scalar on the rows' device (no host synchronisation); needs one update."""
         return linear_cka_from_moments(self.xx, self.yy, self.yx)
 
 
-def linear_cka_from_moments(xx: torch.Tensor, yy: torch.Tensor, yx: torch.Tensor) -> float:
+def linear_cka_from_moments(xx: torch.Tensor, yy: torch.Tensor, yx: torch.Tensor) -> torch.Tensor:
     """CKA from the centred cross-products X^T X, Y^T Y and Y^T X; NaN when a side has no variance."""
-    denominator = float(torch.linalg.matrix_norm(xx) * torch.linalg.matrix_norm(yy))
-    if denominator == 0.0:
-        return math.nan
-    return float(torch.linalg.matrix_norm(yx) ** 2) / denominator
+    denominator = torch.linalg.matrix_norm(xx) * torch.linalg.matrix_norm(yy)
+    return torch.where(denominator > 0, torch.linalg.matrix_norm(yx) ** 2 / denominator, torch.nan)
 
 
 def linear_cka(x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray) -> float:

@@ -10,32 +10,34 @@ every one of its parameters has a counterpart of the same shape. Library code, n
 """
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
 from probes.model.layers import LayerMap, find_layers
 
 
-@torch.no_grad()
 def relative_weight_change(model: nn.Module, reference: nn.Module) -> dict[str, float]:
     """``{layer: ||theta_model - theta_ref|| / ||theta_ref||}`` in layer order, for the layers both models have."""
+    return {group: float(value) for group, value in weight_change_tensors(model, reference).items()}
+
+
+@torch.no_grad()
+def weight_change_tensors(model: nn.Module, reference: nn.Module) -> dict[str, torch.Tensor]:
+    """:func:`relative_weight_change` as float64 scalars on the model's device (no host synchronisation)."""
     layers = find_layers(model)
     others = dict(_keyed(reference, find_layers(reference)))
-    moved: dict[str, float] = {}
-    size: dict[str, float] = {}
+    moved: dict[str, torch.Tensor] = {}
+    size: dict[str, torch.Tensor] = {}
     unmatched: set[str] = set()
     for key, group, parameter in _grouped(model, layers):
         counterpart = others.get(key)
         if counterpart is None or counterpart.shape != parameter.shape:
             unmatched.add(group)
             continue
-        difference = parameter.detach().double() - counterpart.detach().to(parameter.device).double()
-        moved[group] = moved.get(group, 0.0) + float(difference.square().sum())
-        size[group] = size.get(group, 0.0) + float(counterpart.detach().double().square().sum())
-    return {group: math.sqrt(moved[group]) / math.sqrt(size[group]) if size[group] > 0 else math.nan
-            for group in moved if group not in unmatched}
+        counterpart = counterpart.detach().to(parameter.device).double()
+        moved[group] = moved.get(group, 0.0) + (parameter.detach().double() - counterpart).square().sum()
+        size[group] = size.get(group, 0.0) + counterpart.square().sum()
+    return {group: moved[group].sqrt() / size[group].sqrt() for group in moved if group not in unmatched}
 
 
 def _grouped(model: nn.Module, layers: LayerMap):
