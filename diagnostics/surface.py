@@ -315,7 +315,8 @@ def _fill(model: nn.Module, space: Subspace, batches: list[Batch], axes: dict[st
 
 def build_parser() -> argparse.ArgumentParser:
     parser = CommandParser(prog="python -m diagnostics.surface",
-                            description="Loss and accuracy on the line or plane through fine-tuning checkpoints.")
+                           description="Loss and accuracy on the line or plane through fine-tuning checkpoints, "
+                                       "or the loss barriers between every pair of runs.")
     through = parser.add_mutually_exclusive_group(required=True)
     through.add_argument("--line", nargs=2, metavar=("A", "B"), help="two checkpoint folders")
     through.add_argument("--plane", nargs=3, metavar=("P", "F", "S"),
@@ -335,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-length", type=int, default=128, help="truncate examples to this many tokens")
     parser.add_argument("--out", help="records file (.h5) to write to, or to resume")
-    parser.add_argument("--name", help="grid name in the records file (default: line or plane)")
+    parser.add_argument("--name", help="grid name in the records file (default: line, plane, random or barriers)")
     parser.add_argument("--labels", nargs="+", help="one label per checkpoint (default: pre-trained failed successful)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the --random directions (default 0)")
     parser.add_argument("--device", choices=DEVICES, default="auto", help="auto: CUDA if torch sees a GPU")
