@@ -4,10 +4,13 @@
     python -m diagnostics.report runs/study --json          # the rows as JSON, for scripts
     python -m diagnostics.report runs/study --out report.md # also write the Markdown table
     python -m diagnostics.report runs/study --early         # the early warning: scores, precision, recall
+    python -m diagnostics.report runs/study --html report.html  # one self-contained page with every figure
 
 A run failed when its final dev metric is at or below the majority-class baseline. Levene's test compares the
-variance of the dev metric between the recipes of each task (scipy). Unfinished runs (no summary yet) are listed
-and left out of the numbers.
+variance of the dev metric between the recipes of each task (scipy). Beyond the spread, two instability measures
+over the successful seeds (``diagnostics.instability``): the pairwise disagreement of their dev predictions and
+the mean pairwise linear CKA of their final [CLS] representations (``--json`` also gives both over all seeds).
+Unfinished runs (no summary yet) are listed and left out of the numbers.
 """
 from __future__ import annotations
 
@@ -19,7 +22,9 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from diagnostics import early_warning_report
+from diagnostics import early_warning_report, instability
+from diagnostics.command import CommandParser, fail
+from probes.output_paths import check_parent
 from probes.records import iter_runs, open_run
 from diagnostics.seed_statistics import GroupRow, Outcome, group_rows, levene_by_task
 
@@ -31,6 +36,8 @@ class ReportConfig:
     out: str | None = None
     early: bool = False
     window: float = early_warning_report.FRACTION
+    html: str | None = None
+    overwrite: bool = False
 
 
 @dataclass
@@ -39,17 +46,24 @@ class Report:
     levene: dict[str, tuple[float, float]]
     unfinished: list[str] = field(default_factory=list)
     early: early_warning_report.EarlyWarningReport | None = None
+    measures: dict[tuple[str, str], instability.Instability] = field(default_factory=dict)
 
     def markdown(self) -> str:
-        lines = ["| task | recipe | seeds | failed | std | mean | median | max | majority |",
-                 "|---|---|---|---|---|---|---|---|---|"]
+        lines = ["| task | recipe | seeds | failed | std | mean | median | max | majority | disagreement | CKA |",
+                 "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in self.rows:
+            measures = self.measures.get((r.task, r.recipe))
             lines.append(f"| {r.task} | {r.recipe} | {r.seeds} | {r.failed} | {_pct(r.std)} | {_pct(r.mean)} | "
-                         f"{_pct(r.median)} | {_pct(r.max)} | {_pct(r.majority)} |")
+                         f"{_pct(r.median)} | {_pct(r.max)} | {_pct(r.majority)} | "
+                         f"{_pct(measures.disagreement if measures else math.nan)} | "
+                         f"{_fraction(measures.cka if measures else math.nan)} |")
         metrics = sorted({r.metric for r in self.rows})
         lines.append("")
         lines.append(f"Dev metric ({', '.join(metrics)}) in percent; a run failed when it ended at or below the "
-                     "majority-class baseline.")
+                     "majority-class baseline. Over the successful seeds: disagreement = share of dev examples "
+                     "two seeds label differently, in percent, averaged over pairs; CKA = mean pairwise linear CKA "
+                     "of the final [CLS] representations of the dev set (1: the same up to rotation and scale); "
+                     "- where fewer than two successful seeds have these records.")
         for task, (statistic, p_value) in sorted(self.levene.items()):
             lines.append(f"Levene's test across recipes on {task}: W = {statistic:.2f}, p = {p_value:.3g}.")
         if self.unfinished:
@@ -63,6 +77,9 @@ class Report:
         for r in self.rows:
             row = asdict(r)
             row["levene_p"] = self.levene.get(r.task, (None, None))[1]
+            measures = self.measures.get((r.task, r.recipe))
+            if measures is not None:
+                row.update(asdict(measures))
             rows.append({k: None if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()})
         return rows
 
@@ -91,11 +108,11 @@ def run(config: ReportConfig) -> Report:
                          "pass run.h5 files or folders written by python -m diagnostics.finetune")
     rows = group_rows(outcomes)
     early = early_warning_report.evaluate([Path(o.path) for o in outcomes], config.window) if config.early else None
-    return Report(rows, levene_by_task(rows), unfinished, early)
+    return Report(rows, levene_by_task(rows), unfinished, early, instability.by_group(outcomes))
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m diagnostics.report", description=__doc__.split("\n\n")[0])
+    parser = CommandParser(prog="python -m diagnostics.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", help="run.h5 files or folders holding them")
     parser.add_argument("--json", action="store_true", help="print the rows as one JSON list")
     parser.add_argument("--out", help="also write the Markdown report to this file (refused if it exists)")
@@ -104,19 +121,27 @@ def build_parser() -> argparse.ArgumentParser:
                              "and recall on held-out seeds")
     parser.add_argument("--window", type=float, default=early_warning_report.FRACTION,
                         help="share of each run's steps the early warning looks at (default %(default)s)")
+    parser.add_argument("--html", metavar="OUT", help="also write one self-contained HTML page: the table, each "
+                        "run's verdict, every figure inline, links to the records (diagnostics.html_report)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out or --html file")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    config = ReportConfig(runs=args.runs, json=args.json, out=args.out, early=args.early, window=args.window)
+    config = ReportConfig(runs=args.runs, json=args.json, out=args.out, early=args.early, window=args.window,
+                          html=args.html, overwrite=args.overwrite)
     try:
         for path in config.runs:
             if not Path(path).exists():
                 raise ValueError(f"{path} does not exist; pass run.h5 files or folders of runs")
         if not 0 < config.window <= 1:
             raise ValueError(f"--window {config.window} must lie in (0, 1]: the share of the steps to look at")
-        if config.out and Path(config.out).exists():
+        if config.html and Path(config.html).exists() and not config.overwrite:
+            raise ValueError(f"{config.html} already exists; pass --overwrite to replace it, or another --html path")
+        if config.html:
+            check_parent(config.html)
+        if config.out and Path(config.out).exists() and not config.overwrite:
             raise ValueError(f"{config.out} already exists; pass another --out path")
         folder = Path(config.out or ".").parent
         if config.out and not (folder.is_dir() and os.access(folder, os.W_OK)):
@@ -124,17 +149,28 @@ def main(argv: list[str] | None = None) -> int:
                              "pass another --out path")
         report = run(config)
     except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return fail(error)
     text = report.markdown()
     print(json.dumps(report.json_rows(), indent=1) if config.json else text, end="" if not config.json else "\n")
     if config.out:
         Path(config.out).write_text(text)
+    if config.html:
+        from diagnostics.html_report import write_html
+        try:
+            print(f"wrote {write_html(report, config.runs, Path(config.html))}", file=sys.stderr)
+        except OSError as error:
+            print(f"error: cannot write {config.html} ({error.strerror}); pass a writable --html path",
+                  file=sys.stderr)
+            return 1
     return 0
 
 
 def _pct(value: float) -> str:
     return "-" if math.isnan(value) else f"{100 * value:.1f}"
+
+
+def _fraction(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.3f}"
 
 
 if __name__ == "__main__":

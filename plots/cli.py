@@ -4,7 +4,10 @@
     python -m plots gradients RUNS... --failed runs/a/run.h5 --successful runs/b/run.h5 --matrix -o g.pdf
     python -m plots forgetting runs/ -o forgetting.pdf
     python -m plots surface surface.h5 -o surface.pdf
+    python -m plots barriers barriers.h5 -o barriers.pdf
+    python -m plots interpolation runs/rte-default-s1/run.h5 runs/rte-default-s2/run.h5 -o interpolation.pdf
     python -m plots all runs/ -o figures/          # every figure the records allow; says which it skipped
+    python -m plots watch runs/my-run.h5 -o gradients.png   # redraw while the run writes it (plots.watch)
 
 RECORDS are records files or folders (every ``*.h5`` inside). Failed and successful runs come from each run's
 summary, or from ``--failed``/``--successful``. An existing output is refused unless ``--overwrite``; a missing
@@ -61,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m plots", description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="figures:\n" + "\n".join(f"  {n:15} {k.shows}" for n, k in FIGURES.items())
-                                     + "\n  all             every figure the records allow, into the -o folder")
+                                     + "\n  all             every figure the records allow, into the -o folder"
+                                     + "\n  watch           python -m plots watch RUN -o FILE: redraw gradients live")
     parser.add_argument("figure", choices=[*FIGURES, "all"], metavar="FIGURE", help="a figure name (below) or all")
     parser.add_argument("records", nargs="*", type=Path, metavar="RECORDS", help="records files or folders")
     parser.add_argument("-o", "--out", type=Path, required=True, help="output .pdf/.png/.svg (a folder for all)")
@@ -79,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     figure.add_argument("--activations", action="store_true", default=None,
                         help="gradients: norms of the gradient with respect to each block's output (per depth, "
                              "also for ALBERT)")
-    figure.add_argument("--name", help="forgetting, surface, line: the record to draw (default: the first)")
+    figure.add_argument("--name", help="forgetting, surface, line, barriers: the record to draw (default: the "
+                                       "first); interpolation: start (default) or last_update")
     figure.add_argument("--task", help="generalisation: the task to draw (default: the one with most runs)")
     figure.add_argument("--successful-only", action="store_true", default=None,
                         help="generalisation: leave failed runs out")
@@ -103,6 +108,10 @@ def config_from(args: argparse.Namespace) -> PlotConfig:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["watch"]:
+        from plots.watch import main as watch
+        return watch(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         report = run(config_from(args))

@@ -20,6 +20,8 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import LogLocator, NullFormatter
 
+from probes.output_paths import check_parent, make_parent
+
 COLUMN = 3.3  # inches: one column of a two-column paper
 PAGE = 7.0  # inches: the full text width
 FORMATS = (".pdf", ".png", ".svg")
@@ -101,6 +103,7 @@ def save(figure: Figure, path: str | os.PathLike, *, overwrite: bool = False) ->
     ``overwrite``. Returns the path."""
     path = Path(path)
     check_output(path, overwrite=overwrite)
+    make_parent(path, FigureError)
     partial = path.with_name(f".{path.name}.partial")
     try:
         with paper_style():
@@ -115,7 +118,6 @@ def check_output(path: Path, *, overwrite: bool) -> None:
     """Refuse an output path before any drawing: a wrong format, a missing folder, an existing file."""
     if path.suffix.lower() not in FORMATS:
         raise FigureError(f"cannot write {path.name}: name the output .pdf, .png or .svg")
-    if not path.parent.is_dir():
-        raise FigureError(f"folder {path.parent} does not exist; create it or pass another output path")
+    check_parent(path, FigureError)
     if path.exists() and not overwrite:
         raise FigureError(f"{path} already exists; pass --overwrite to replace it, or another output path")

@@ -22,6 +22,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve
 
 import tiny  # noqa: E402
 import probes  # noqa: E402
+from layer_table import layer_of  # noqa: E402
 from probes.records import RunRecords, open_run  # noqa: E402
 
 
@@ -57,12 +58,13 @@ class LoopResult:
     records: RunRecords | None
 
 
-def oracle_layers(model, layer_map) -> dict[str, float]:
-    """Per-layer L2 norms of ``param.grad`` (float64 per tensor, summed in Python)."""
+def oracle_layers(model) -> dict[str, float]:
+    """Per-layer L2 norms of ``param.grad`` (float64 per tensor, summed in Python), grouped by the hand-written
+    table of tests/layer_table.py, not by the code under test."""
     sums: dict[str, float] = {}
     for name, param in model.named_parameters():
         if param.grad is not None:
-            group = layer_map.group_of(name)
+            group = layer_of(model.config.model_type, name)
             sums[group] = sums.get(group, 0.0) + float(param.grad.double().norm()) ** 2
     return {group: total ** 0.5 for group, total in sums.items()}
 
@@ -70,6 +72,13 @@ def oracle_layers(model, layer_map) -> dict[str, float]:
 def oracle_matrix(oracle: list[dict[str, float]], columns: list[str]) -> np.ndarray:
     """Per-step oracle values laid out as a series' ``(steps, columns)`` values."""
     return np.array([[step[column] for column in columns] for step in oracle])
+
+
+def interpolation_probe() -> "probes.Interpolation":
+    """The interpolation probe of the distributed test: two held batches (one of odd size, split unevenly across
+    ranks), evaluated after steps 1 and 3 of four, both lines."""
+    sample = [tiny.batch(6, 12, seed=50), tiny.batch(5, 9, seed=51)]
+    return probes.Interpolation(sample, total_steps=4, times=2, last_update=True)
 
 
 def count_hooks(model, optimizer) -> int:
@@ -83,7 +92,6 @@ def run_loop(config: LoopConfig, path: Path | None = None, model=None, batches=N
     """Train; with ``config.probe`` a probe session records to ``path`` (None: compute without writing)."""
     model = model if model is not None else tiny.classifier(config.arch, seed=0)
     model.train()
-    layer_map = probes.find_layers(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr)
     scaler = torch.amp.GradScaler("cpu", init_scale=config.scale) if config.scale else None
     torch.manual_seed(1)
@@ -104,7 +112,7 @@ def run_loop(config: LoopConfig, path: Path | None = None, model=None, batches=N
                 (scaler.scale(loss) if scaler else loss).backward()
             if scaler:
                 scaler.unscale_(optimizer)
-            oracle.append(oracle_layers(model, layer_map))
+            oracle.append(oracle_layers(model))
             totals.append(float(np.sqrt(sum(v ** 2 for v in oracle[-1].values()))))
             inside = count_hooks(model, optimizer)
             if config.skip_nonfinite and not np.isfinite(totals[-1]):
@@ -126,9 +134,11 @@ def run_loop(config: LoopConfig, path: Path | None = None, model=None, batches=N
     return LoopResult(losses, oracle, totals, weights, torch.get_rng_state(), inside, records)
 
 
-def distributed_probes() -> list:
-    """The probes of the distributed runs and of their one-process oracle: the defaults and parameter norms."""
-    return [probes.GradientNorms(), probes.ActivationGradients(), probes.ParameterNorms()]
+def distributed_probes(interpolation: bool = True) -> list:
+    """The probes of the distributed runs and of their one-process oracle: the defaults, parameter norms and the
+    interpolation probe (which refuses FSDP1)."""
+    chosen = [probes.GradientNorms(), probes.ActivationGradients(), probes.ParameterNorms()]
+    return chosen + [interpolation_probe()] if interpolation else chosen
 
 
 FSDP1 = {"fsdp1-flat-full": (False, "FULL_SHARD"), "fsdp1-orig-full": (True, "FULL_SHARD"),
@@ -179,13 +189,13 @@ def train_distributed(mode: str, out: Path, rank: int, world: int) -> list[dict[
     optimizer = optimizer or torch.optim.AdamW(wrapped.parameters(), lr=1e-3)
     oracle = []
     with probes.attach(wrapped, optimizer, out, schedule=probes.Schedule(every=1, dense=0), strict=True,
-                       probes=distributed_probes()):
+                       probes=distributed_probes(interpolation=mode in ("ddp", "fsdp2"))):
         for step in range(4):
             batch = tiny.batch(8, 12, seed=step * 100)
             half = {key: value.chunk(world)[rank] for key, value in batch.items()}
             wrapped(**half).loss.backward()
             if mode == "ddp":
-                oracle.append(oracle_layers(model, layer_map))
+                oracle.append(oracle_layers(model))
             if mode == "accelerate-fsdp":
                 accelerator.clip_grad_norm_(wrapped.parameters(), 0.1)
             elif mode in FSDP1:

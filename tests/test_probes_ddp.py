@@ -1,7 +1,8 @@
 """Probes under torchrun (2 processes, gloo, CPU) give the norms of one process on the same global batch, with DDP
 (replicated gradients), FSDP2 (``fully_shard``: sharded DTensor gradients) and FSDP1 (``FullyShardedDataParallel``
 with flat or original parameters, FULL_SHARD and SHARD_GRAD_OP: each parameter's part of the local gradient shard),
-and refuse, in one line, the FSDP1 settings they do not measure exactly.
+and refuse, in one line, the FSDP1 settings they do not measure exactly; the interpolation probe gives the lines of
+one process under DDP and FSDP2 (held sample split over the ranks; under FSDP2 each moves its shard).
 
 Run: ``python3 -m pytest tests/test_probes_ddp.py`` (slow: starts two worker processes per test).
 """
@@ -59,7 +60,7 @@ def assert_matches_one_process(records, single) -> None:
         assert list(series.columns) == list(expected.columns)
         np.testing.assert_allclose(series.values, expected.values, rtol=1e-5, atol=1e-9)
     columns = ["loss", "grad_norm_pre_clip", "grad_norm_post_clip"]
-    np.testing.assert_allclose(records.frame("probe")[columns], single.frame("probe")[columns], rtol=1e-5)
+    np.testing.assert_allclose(records.frame("train")[columns], single.frame("train")[columns], rtol=1e-5)
 
 
 @pytest.mark.slow
@@ -69,6 +70,9 @@ def test_two_processes_match_one_process(tmp_path, single, mode):
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"{mode}.h5"] + ([f"{mode}.json"] if mode == "ddp" else [])
     records = open_run(tmp_path / f"{mode}.h5")  # rank 0 wrote, alone
     assert_matches_one_process(records, single)
+    for name in ("start", "last_update"):  # the held sample split over the ranks, the sums all-reduced
+        assert records.series(name).steps.tolist() == single.series(name).steps.tolist() == [1, 3]
+        np.testing.assert_allclose(records.series(name).values, single.series(name).values, rtol=1e-5)
     if mode == "ddp":
         oracle = json.loads((tmp_path / "ddp.json").read_text())  # rank 0's own param.grad after the all-reduce
         layers = records.series("layers")
@@ -111,7 +115,7 @@ def test_trainer_under_torchrun_matches_one_process(tmp_path, single_trainer, op
     records = open_run(tmp_path / "two" / "run.h5")
     assert list(records.series("layers").steps) == [0, 1, 2]
     assert_matches_one_process(records, expected)
-    np.testing.assert_allclose(records.frame("probe")["grad_norm_pre_clip"], logged, rtol=1e-5)
+    np.testing.assert_allclose(records.frame("train")["grad_norm_pre_clip"], logged, rtol=1e-5)
     print("trained as", (tmp_path / "two" / "wrapped.txt").read_text())
 
 

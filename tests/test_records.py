@@ -124,16 +124,24 @@ def test_foreign_truncated_and_newer_files(tmp_path):
 
 
 def test_errors_are_one_line(tmp_path):
+    (tmp_path / "notes.txt").write_text("a file, not a folder")
     with pytest.raises(RecordsError) as error:
-        RunWriter.create(tmp_path / "no" / "such" / "dir.h5", RunMeta())
-    assert "\n" not in str(error.value) and "does not exist" in str(error.value)
+        RunWriter.create(tmp_path / "notes.txt" / "such" / "run.h5", RunMeta())
+    assert "\n" not in str(error.value) and "notes.txt is a file, not a folder" in str(error.value)
+    assert (tmp_path / "notes.txt").read_text() == "a file, not a folder"
+
+
+def test_issue_17_new_file_creates_its_folders(tmp_path):
+    """The README's plain-loop example writes runs/my-run.h5 in a fresh folder."""
+    RunWriter.create(tmp_path / "runs" / "deeper" / "my-run.h5", RunMeta()).close()
+    assert open_run(tmp_path / "runs" / "deeper" / "my-run.h5").meta["type"] == "instability-diagnostics.run"
 
 
 WRITER = textwrap.dedent("""
     import sys, time
     sys.path.insert(0, {repo!r})
     from probes.records import RunMeta, RunWriter
-    run = RunWriter.create(sys.argv[1], RunMeta(seed=1), flush_every_steps=10, flush_every_seconds=3600)
+    run = RunWriter.create(sys.argv[1], RunMeta(seed=1))
     run.add_series("train", ["loss"])
     run.start()
     step = 0
@@ -184,20 +192,23 @@ def test_reader_opens_file_while_writer_appends(tmp_path):
 
 @settings(max_examples=25, deadline=None)
 @given(chunks=st.lists(st.integers(min_value=0, max_value=40), min_size=1, max_size=8),
-       flush_every=st.integers(min_value=1, max_value=30), columns=st.integers(min_value=1, max_value=5))
-def test_any_append_pattern_round_trips(tmp_path_factory, chunks, flush_every, columns):
+       columns=st.integers(min_value=1, max_value=5))
+def test_any_append_pattern_round_trips(tmp_path_factory, chunks, columns):
     path = tmp_path_factory.mktemp("prop") / "run.h5"
     expected = []
-    with RunWriter.create(path, RunMeta(), flush_every_steps=flush_every) as run:
+    with RunWriter.create(path, RunMeta()) as run:
         run.add_series("s", [f"c{i}" for i in range(columns)])
         run.start()
         step = 0
-        for chunk in chunks:
-            for _ in range(chunk):
-                row = np.arange(columns, dtype="f4") + step
-                run.append("s", step, row)
-                expected.append(row)
-                step += 1
+        for number, chunk in enumerate(chunks):
+            rows = np.arange(columns, dtype="f4") + np.arange(step, step + chunk, dtype="f4")[:, None]
+            if number % 2:  # a block at once, or row by row
+                run.extend("s", list(range(step, step + chunk)), rows)
+            else:
+                for offset, row in enumerate(rows):
+                    run.append("s", step + offset, row)
+            expected.extend(rows)
+            step += chunk
             run.flush()
     series = open_run(path).series("s")
     assert series.steps.size == len(expected)
