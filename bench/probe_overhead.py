@@ -14,11 +14,19 @@ Blocks of ``--steps`` steps are interleaved round-robin (the order rotating each
 table gives each variant's median step time and its ratio to no probe, in CPU time of this process (one torch
 thread: the work done, steady when other jobs share the machine) and in wall time (which such jobs make noisy).
 The probes' own work per recorded step (the two fused norm passes) is also timed alone, as a share of a step.
+
+``--processes 2`` adds the 2-process columns: the embedded default under torchrun on gloo (one thread per
+process, the same global batch split between them), wrapped in DDP and in FSDP1 (FULL_SHARD, flat parameters,
+one unit per encoder block), no probe and probes every step / every 10 steps interleaved the same way; rank 0's
+times are reported (``--worker ddp|fsdp1`` is that worker).
 """
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -33,6 +41,8 @@ import probes  # noqa: E402
 from diagnostics.embedded import DEFAULT_MODEL  # noqa: E402
 from probes.norms import tensor_norms, total_norm  # noqa: E402
 
+DISTRIBUTED_VARIANTS = ("no probe", "probes every step", "probes every 10 steps")
+WRAPPERS = ("ddp", "fsdp1")
 VARIANTS = ("no probe", "probes every step", "probes every step, post_clip=False", "probes every 10 steps",
             "per-tensor .norm().item()", "per-tensor histc (wandb.watch)")
 
@@ -47,6 +57,7 @@ class BenchConfig:
     threads: int = 1
     embedded: Path = DEFAULT_MODEL
     models: tuple[str, ...] = ("bert-base", "embedded")
+    processes: int = 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="torch threads (1 measures most steadily on a CPU shared with other work)")
     parser.add_argument("--models", default="bert-base,embedded", help="comma-separated: bert-base, embedded")
     parser.add_argument("--embedded", type=Path, default=defaults.embedded, help="the embedded default model folder")
+    parser.add_argument("--processes", type=int, choices=(1, 2), default=defaults.processes,
+                        help="2: also time the embedded default in 2 processes (DDP and FSDP1 on gloo)")
+    parser.add_argument("--worker", choices=WRAPPERS, help=argparse.SUPPRESS)
     return parser
 
 
@@ -113,9 +127,70 @@ def _step(model, optimizer, batch, extra) -> None:
     model(**batch).loss.backward()
     if extra is not None:
         extra()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    if hasattr(model, "clip_grad_norm_"):  # FSDP1 clips over every shard with its own method
+        model.clip_grad_norm_(1.0)
+    else:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     optimizer.step()
     optimizer.zero_grad()
+
+
+def time_distributed(wrapper: str, config: BenchConfig) -> dict[str, tuple[float, float]]:
+    """In a torchrun worker: median (CPU, wall) seconds per step of each of ``DISTRIBUTED_VARIANTS`` for the
+    embedded default wrapped in ``wrapper``, each process on its share of the global batch."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    model = embedded(config.embedded).train()
+    if wrapper == "ddp":
+        model = torch.nn.parallel.DistributedDataParallel(model)
+    else:
+        from torch.distributed.fsdp import FullyShardedDataParallel
+        from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+        block = type(probes.find_layers(model).blocks[0])
+        model = FullyShardedDataParallel(model, auto_wrap_policy=ModuleWrapPolicy({block}),
+                                         device_id=torch.device("cpu"))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    generator = torch.Generator().manual_seed(0)
+    batch = {"input_ids": torch.randint(1000, 2000, (config.batch, config.length), generator=generator),
+             "labels": torch.randint(0, 2, (config.batch,), generator=generator)}
+    batch = {key: value.chunk(world)[rank] for key, value in batch.items()}
+    for _ in range(config.warmup):
+        _step(model, optimizer, batch, None)
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in DISTRIBUTED_VARIANTS}
+    with tempfile.TemporaryDirectory() as folder:
+        for repetition in range(config.repetitions):
+            shift = repetition % len(DISTRIBUTED_VARIANTS)
+            for name in DISTRIBUTED_VARIANTS[shift:] + DISTRIBUTED_VARIANTS[:shift]:
+                every = 10 if "10 steps" in name else 1 if name.startswith("probes") else None
+                session = (probes.attach(model, optimizer, Path(folder) / f"{name}-{repetition}.h5",
+                                         schedule=probes.Schedule(every=every, dense=0)) if every else None)
+                dist.barrier()
+                start = time.process_time(), time.perf_counter()
+                for _ in range(config.steps):
+                    _step(model, optimizer, batch, None)
+                if session is not None:
+                    session.close()
+                times[name].append(((time.process_time() - start[0]) / config.steps,
+                                    (time.perf_counter() - start[1]) / config.steps))
+    dist.barrier()
+    dist.destroy_process_group()
+    return {name: (statistics.median(cpu for cpu, _ in values), statistics.median(wall for _, wall in values))
+            for name, values in times.items()}
+
+
+def run_distributed(wrapper: str, config: BenchConfig) -> dict[str, tuple[float, float]]:
+    """Launch ``time_distributed`` under torchrun (2 processes); rank 0's result."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", __file__,
+               "--worker", wrapper, "--batch", str(config.batch), "--length", str(config.length), "--steps",
+               str(config.steps), "--repetitions", str(config.repetitions), "--embedded", str(config.embedded)]
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(f"the 2-process {wrapper} run failed:\n{done.stderr[-2000:]}")
+    return {name: tuple(value) for name, value in json.loads(lines[0][len("RESULT "):]).items()}
 
 
 class _Extras:
@@ -156,6 +231,9 @@ def run(config: BenchConfig) -> dict[str, dict | str]:
         results[f"embedded default ({config.embedded})"] = time_model(embedded(config.embedded), config)
     elif "embedded" in config.models:
         results["embedded default"] = f"skipped: no model at {config.embedded} yet (build it with data/build_model.py)"
+    if config.processes == 2 and (config.embedded / "config.json").exists():
+        for wrapper in WRAPPERS:
+            results[f"embedded default, 2 processes on gloo, {wrapper.upper()}"] = run_distributed(wrapper, config)
     return results
 
 
@@ -170,6 +248,8 @@ def report(results: dict, config: BenchConfig) -> str:
             continue
         base_cpu, base_wall = timing["no probe"]
         for name in (*VARIANTS, "probe work per recorded step"):
+            if name not in timing:
+                continue
             cpu, wall = timing[name]
             lines.append(f"  {name:38s} {cpu:8.3f} {cpu / base_cpu:6.3f}x {wall:8.3f} {wall / base_wall:6.3f}x")
     return "\n".join(lines)
@@ -185,8 +265,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"--models {args.models!r}: use bert-base, embedded or both, comma-separated", file=sys.stderr)
         return 2
     config = BenchConfig(args.batch, args.length, args.steps, args.repetitions, threads=args.threads,
-                         embedded=args.embedded, models=models)
+                         embedded=args.embedded, models=models, processes=args.processes)
     torch.set_num_threads(config.threads)
+    if args.worker:
+        result = time_distributed(args.worker, config)
+        if int(os.environ.get("RANK", "0")) == 0:
+            print("RESULT " + json.dumps(result), flush=True)
+        return 0
     print(report(run(config), config))
     return 0
 

@@ -8,14 +8,22 @@ Writes ``OUT/<task>-<recipe>-s<seed>/``:
 * ``step0/``: the model right after the seed's head initialisation (and Zhang's re-initialisation), before any
   update, with its tokenizer: the loss-surface diagnostic needs the pre-trained encoder plus this head;
 * ``final/``: the fine-tuned model and tokenizer;
-* ``run.h5``: the records (``probes.records``): series ``train`` (loss, lr per optimiser step) and ``eval``
-  (dev metric and dev loss, ``--evals`` times evenly and at the end), and a summary (final dev metric, majority
-  baseline, failed flag = final metric at or below the majority baseline, Dodge et al. 2020).
+* ``run.h5``: the records (``probes.records``): series ``train`` (loss, lr, gradient norms per optimiser step,
+  from the probes' :class:`~probes.RunScalars`), the probes' per-layer series, ``eval`` (dev metric and dev loss,
+  ``--evals`` times evenly and at the end), the predicted label of every dev example at each evaluation
+  (``predictions/dev``) and the final model's [CLS] representations of the dev examples (``predictions/dev_cls``,
+  for ``diagnostics.instability``), and a summary (final dev metric, majority baseline, failed flag = final
+  metric at or below the majority baseline, Dodge et al. 2020).
 
 The seed sets the classifier (and pooler) initialisation, dropout and the data order. Re-running a finished run
 prints "already finished, skipping" and exits 0 (seed sweeps rely on this); a folder holding an unfinished run, or
 a finished one with other recipe settings, is refused: settings live in the records, not in the folder name, so
 give each learning rate or recipe variant its own --out. Recipes are in ``diagnostics.recipes``; any recipe field can be overridden here.
+
+The run computes on a GPU when torch sees one and in bf16 autocast only where the hardware has native bf16
+(``diagnostics.hardware``; ``--device``, ``--precision`` override); the choice is printed and stored in the
+records' config. Training batches are grouped by length (as Hugging Face's ``group_by_length``) and dev batches
+sorted by length, so little of each batch is padding; the order is drawn from the seed, so a run is reproducible.
 """
 from __future__ import annotations
 
@@ -29,24 +37,31 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from probes import records
+from probes import catalogue, records
 from diagnostics.bert_adam import BertAdam
+from diagnostics import interrupt
+from diagnostics.checkpoints import CheckpointError, checkpoint_folder, load_tokenizer
+from diagnostics.checkpoints import load_model as load_model_folder
+from diagnostics.command import CommandParser, fail
 from diagnostics.embedded import DEFAULT_MODEL
+from diagnostics.hardware import DEVICES, PRECISIONS, Hardware, HardwareError, choose_hardware
 from diagnostics.quiet import quiet_transformers
-from diagnostics.recipes import RECIPES, Recipe, get_recipe
+from diagnostics.recipes import RECIPES, Recipe, RecipeError, get_recipe, linear_schedule, parameter_groups, reinit_top
 from diagnostics.tasks import Example, Task, TaskError, encode, load_task, majority_baseline, metric
-from probes.model.layers import find_layers
 
-REINIT_STD = 0.02  # Zhang et al.: N(0, 0.02) for re-initialised weights
 EVAL_BATCH = 64
 EARLY_WARNING_FRACTION = 0.15  # the early warning decides after this share of the steps
+SAME_DATA = ("max_length", "train_examples", "dev_examples")  # a finished run is reused only if these agree
+INTERPOLATION_EXAMPLES = 64  # the held sample of the interpolation probe: the first training examples
 
 # Probes: called with (model, optimizer, writer) and entered before the records start, so it can declare its series
-# and attach its hooks; exited (hooks removed) when training ends, before `final/` is saved.
+# and attach its hooks; entering gives the probe session (`probes.attach(...)`), which records loss and lr; exited
+# (hooks removed) when training ends, before `final/` is saved.
 Probes = Callable[[nn.Module, torch.optim.Optimizer, records.RunWriter], contextlib.AbstractContextManager]
 
 
@@ -66,7 +81,8 @@ class FinetuneConfig:
     max_length: int = 128
     evals: int = 10
     threads: int | None = None
-    bf16: bool = True
+    device: str = "auto"
+    precision: str = "auto"
     lr: float | None = None
     epochs: int | None = None
     batch_size: int | None = None
@@ -108,95 +124,83 @@ class FinetuneResult:
 
 def load_model(path: Path, num_labels: int, seed: int):
     """The pre-trained encoder with a fresh classification head drawn from `seed`, and its tokenizer."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification
 
     quiet_transformers()  # "newly initialized weights" is exactly what we want here
+    folder = checkpoint_folder(path, "--model")
     torch.manual_seed(seed)
-    try:
-        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels)
-        return model, AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as error:  # what transformers raises for a folder it cannot load
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise FinetuneError(f"cannot load {path} ({reason}); pass --model a save_pretrained folder") from None
-
-
-def reinit_(module: nn.Module) -> None:
-    """Zhang et al.'s re-initialisation: Linear/Embedding weights N(0, 0.02), biases 0, LayerNorm 1 and 0."""
-    for sub in module.modules():
-        if isinstance(sub, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(sub.weight, 0.0, REINIT_STD)
-        if isinstance(sub, nn.LayerNorm):
-            nn.init.ones_(sub.weight)
-        if isinstance(getattr(sub, "bias", None), nn.Parameter):
-            nn.init.zeros_(sub.bias)
-
-
-def reinit_top(model: nn.Module, layers: int, pooler: bool) -> None:
-    """Re-initialise the top `layers` encoder blocks and, if asked, the pooler."""
-    layer_map = find_layers(model)
-    if layers and layer_map.shared:
-        raise FinetuneError("this model shares one block across depths (ALBERT): re-initialising its top blocks "
-                            "would reset them all; use --reinit-layers 0")
-    if layers > layer_map.depth:
-        raise FinetuneError(f"cannot re-initialise {layers} blocks of a {layer_map.depth}-block model")
-    for block in layer_map.blocks[layer_map.depth - layers:]:
-        reinit_(block)
-    if pooler and layer_map.pooler_prefix:
-        reinit_(model.get_submodule(layer_map.pooler_prefix))
-
-
-def parameter_groups(model: nn.Module, recipe: Recipe) -> list[dict]:
-    """BERT's groups: no weight decay on biases and LayerNorm weights; lr scaled by depth if layer-wise decay."""
-    layer_map = find_layers(model)
-    groups: dict[tuple[float, float], list[nn.Parameter]] = {}
-    for name, param in model.named_parameters():
-        no_decay = name.endswith("bias") or "LayerNorm" in name or "layer_norm" in name
-        depth = _depth(layer_map.group_of(name))
-        scale = 1.0 if depth is None else recipe.layerwise_lr_decay ** (layer_map.depth + 1 - depth)
-        key = (0.0 if no_decay else recipe.weight_decay, scale)
-        groups.setdefault(key, []).append(param)
-    return [{"params": params, "weight_decay": decay, "lr": recipe.lr * scale, "lr_scale": scale}
-            for (decay, scale), params in groups.items()]
-
-
-def _depth(group: str) -> int | None:
-    """0 for the embeddings, d for encoder block d, None for the rest (head, pooler, ALBERT's shared block)."""
-    if group == "embeddings":
-        return 0
-    suffix = group.removeprefix("encoder.")
-    return int(suffix) if suffix.isdigit() else None
-
-
-def linear_schedule(step: int, total: int, warmup: int) -> float:
-    """The lr multiplier: linear warm-up over `warmup` steps, then linear decay to 0 at `total`."""
-    if step < warmup:
-        return (step + 1) / warmup
-    return max(0.0, (total - step) / max(1, total - warmup))
+    model = load_model_folder(AutoModelForSequenceClassification, folder, "--model", fresh_head=True,
+                              num_labels=num_labels)
+    return model, load_tokenizer([folder], model.config.vocab_size)
 
 
 # ---------------------------------------------------------------- training and evaluation
 
 
-def batches(examples: list[Example], size: int, generator: torch.Generator) -> Iterator[list[Example]]:
-    """One epoch in a random order drawn from `generator` (the last batch may be smaller)."""
+def token_lengths(examples: list[Example], tokenizer, max_length: int) -> list[int]:
+    """Each example's length in tokens after truncation to `max_length` (what its row of a batch costs)."""
+    pairs = [e.text_pair for e in examples]
+    encoded = tokenizer([e.text for e in examples], pairs if pairs[0] is not None else None, truncation=True,
+                        max_length=max_length)
+    return [len(ids) for ids in encoded["input_ids"]]
+
+
+def batches(examples: list[Example], lengths: list[int], size: int,
+            generator: torch.Generator) -> Iterator[list[Example]]:
+    """One epoch of length-grouped batches drawn from `generator`, as Hugging Face's ``group_by_length``: a random
+    order cut into chunks of up to 50 batches, each chunk sorted by length (longest first) and cut into batches,
+    so a batch pads to little more than its own examples; then the batches are shuffled. The last may be smaller."""
     order = torch.randperm(len(examples), generator=generator).tolist()
-    for start in range(0, len(order), size):
-        yield [examples[i] for i in order[start:start + size]]
+    chunk = size * max(1, min(len(order) // (size * 4), 50))
+    grouped = []
+    for start in range(0, len(order), chunk):
+        by_length = sorted(order[start:start + chunk], key=lambda i: -lengths[i])
+        grouped += [by_length[i:i + size] for i in range(0, len(by_length), size)]
+    for b in torch.randperm(len(grouped), generator=generator).tolist():
+        yield [examples[i] for i in grouped[b]]
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {key: value.to(device) for key, value in batch.items()}
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, tokenizer, task: Task, max_length: int, bf16: bool) -> tuple[float, float]:
-    """(dev metric, mean dev loss)."""
+def evaluate(model: nn.Module, tokenizer, task: Task, max_length: int,
+             hardware: Hardware | None = None) -> tuple[float, float, list[int]]:
+    """(dev metric, mean dev loss, the predicted label of every dev example in the task's order), over dev batches
+    sorted by length (so each pads to little more than itself)."""
+    device = hardware.device if hardware else torch.device("cpu")
     model.eval()
-    predictions, total_loss = [], 0.0
-    for start in range(0, len(task.dev), EVAL_BATCH):
-        batch = encode(task.dev[start:start + EVAL_BATCH], tokenizer, max_length)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    lengths = token_lengths(task.dev, tokenizer, max_length)
+    order = sorted(range(len(task.dev)), key=lambda i: -lengths[i])
+    dev = [task.dev[i] for i in order]
+    predictions, total_loss = [], torch.zeros((), dtype=torch.float64, device=device)
+    for start in range(0, len(dev), EVAL_BATCH):
+        batch = to_device(encode(dev[start:start + EVAL_BATCH], tokenizer, max_length), device)
+        with hardware.autocast() if hardware else contextlib.nullcontext():
             out = model(**batch)
-        total_loss += float(out.loss) * len(batch["labels"])
-        predictions += out.logits.argmax(-1).tolist()
+        total_loss += out.loss.double() * len(batch["labels"])
+        predictions.append(out.logits.argmax(-1))
     model.train()
-    return metric(task.metric, predictions, [e.label for e in task.dev]), total_loss / len(task.dev)
+    predicted = [0] * len(dev)
+    for index, label in zip(order, torch.cat(predictions).tolist()):
+        predicted[index] = label
+    return metric(task.metric, predicted, [e.label for e in task.dev]), float(total_loss) / len(dev), predicted
+
+
+@torch.inference_mode()
+def dev_representations(model: nn.Module, tokenizer, task: Task, max_length: int,
+                        hardware: Hardware | None = None) -> np.ndarray:
+    """The last layer's hidden state at the first token ([CLS]) of every dev example, (examples, hidden), fp32."""
+    device = hardware.device if hardware else torch.device("cpu")
+    model.eval()
+    rows = []
+    for start in range(0, len(task.dev), EVAL_BATCH):
+        batch = to_device(encode(task.dev[start:start + EVAL_BATCH], tokenizer, max_length), device)
+        with hardware.autocast() if hardware else contextlib.nullcontext():
+            rows.append(model(**batch, output_hidden_states=True).hidden_states[-1][:, 0].float().cpu())
+    model.train()
+    return torch.cat(rows).numpy()
 
 
 def eval_steps(total: int, evals: int) -> set[int]:
@@ -209,19 +213,34 @@ def total_steps(task: Task, recipe: Recipe) -> int:
     return -(-len(task.train) // recipe.batch_size) * recipe.epochs
 
 
-def standard_probes(total: int) -> Probes:
-    """What every run of this runner records: per-layer and per-matrix gradient norms and per-depth activation
-    gradients at every step, and the early warning over the first 15% of steps (runs of 27 steps or more)."""
+def standard_probes(total: int, enabled: bool = True, sample: list[dict] | None = None,
+                    autocast: torch.dtype | None = None) -> Probes:
+    """What every run of this runner records at every step: loss, learning rate and total gradient norms
+    (:class:`~probes.RunScalars`, always); unless ``enabled`` is False, per-layer and per-matrix gradient norms,
+    per-depth activation gradients, the early warning over the first 15% of steps (runs of 27 steps or more) and,
+    given a held ``sample``, loss and accuracy on the line from the start to the current weights 10 times per run
+    (64 examples at 7 points: README "Interpolation during the run" gives the cost)."""
     import probes
 
     def attach(model: nn.Module, optimizer: torch.optim.Optimizer, writer: records.RunWriter):
-        chosen = [probes.GradientNorms(), probes.ActivationGradients()]
+        chosen = [probes.GradientNorms(), probes.ActivationGradients()] if enabled else []
         window_end = round(EARLY_WARNING_FRACTION * total)
-        if window_end >= 4:
+        if enabled and window_end >= 4:
             chosen.append(probes.EarlyWarning(window_end))
+        if sample:
+            chosen.append(probes.Interpolation(sample, total_steps=total, autocast=autocast))
         return probes.attach(model, optimizer, writer, probes=chosen, schedule=probes.Schedule(every=1))
 
     return attach
+
+
+def held_sample(task: Task, tokenizer, model: nn.Module, max_length: int) -> list[dict]:
+    """The interpolation probe's sample: the first training examples, length-sorted batches as the surface uses."""
+    from diagnostics.surface import prepare_batches
+
+    batches = prepare_batches(task.train[:INTERPOLATION_EXAMPLES], tokenizer, model, max_length=max_length,
+                              batch_size=32, device=torch.device("cpu"))
+    return [{**inputs, "labels": labels} for inputs, labels in batches]
 
 
 def subset(task: Task, train_examples: int | None, dev_examples: int | None) -> Task:
@@ -235,9 +254,14 @@ def subset(task: Task, train_examples: int | None, dev_examples: int | None) -> 
 
 
 def train(model, tokenizer, task: Task, recipe: Recipe, config: FinetuneConfig, run: records.RunWriter,
-          probes: Probes | None = None) -> tuple[int, float, float]:
-    """The training loop; appends `train` rows (at the 0-based step of each update) and `eval` rows (after that
-    many updates); returns (optimiser steps, final dev metric, mean training loss of the last 10% of steps)."""
+          probes: Probes, hardware: Hardware | None = None,
+          on_step: Callable[[], None] | None = None) -> tuple[int, float, float]:
+    """The training loop on `hardware` (default: CPU, fp32) under ``probes`` (they record the `train` rows, at the
+    0-based step of each update); appends `eval` rows (after that many updates); calls `on_step` after each update
+    (then it shows no progress bar of its own); returns (optimiser steps, final dev metric, mean training loss of
+    the last 10% of steps)."""
+    hardware = hardware or choose_hardware("cpu", "fp32")
+    model.to(hardware.device)
     optimizer = BertAdam(parameter_groups(model, recipe), lr=recipe.lr, betas=recipe.adam_betas,
                          eps=recipe.adam_eps, correct_bias=recipe.correct_bias)
     total = total_steps(task, recipe)
@@ -247,29 +271,34 @@ def train(model, tokenizer, task: Task, recipe: Recipe, config: FinetuneConfig, 
     last_losses: list[float] = []
     scheduled = eval_steps(total, config.evals)
     generator = torch.Generator().manual_seed(config.seed)
-    attached = probes(model, optimizer, run) if probes else contextlib.nullcontext()
-    with attached, tqdm(total=total, desc=config.run_dir(task.name).name, disable=not sys.stderr.isatty()) as bar:
+    lengths = token_lengths(task.train, tokenizer, config.max_length)
+    with probes(model, optimizer, run) as session, tqdm(total=total, desc=config.run_dir(task.name).name,
+                                                        unit="step",
+                                                        disable=on_step is not None or not sys.stderr.isatty()) as bar:
         run.start()
         step = 0
         model.train()
         for _ in range(recipe.epochs):
-            for examples in batches(task.train, recipe.batch_size, generator):
+            for examples in batches(task.train, lengths, recipe.batch_size, generator):
                 lr_scale = linear_schedule(step, total, warmup)
                 for group in optimizer.param_groups:
                     group["lr"] = recipe.lr * group["lr_scale"] * lr_scale
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
-                    loss = model(**encode(examples, tokenizer, config.max_length)).loss
+                with hardware.autocast():
+                    loss = model(**to_device(encode(examples, tokenizer, config.max_length), hardware.device)).loss
+                session.log_scalars(lr=recipe.lr * lr_scale)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 last_losses = (last_losses + [float(loss.detach())])[-max(1, total // 10):]
-                run.append("train", step, [last_losses[-1], recipe.lr * lr_scale])
                 step += 1
                 if step in scheduled:
-                    dev_metric, dev_loss = evaluate(model, tokenizer, task, config.max_length, config.bf16)
-                    run.append("eval", step, [dev_metric, dev_loss])
+                    dev_metric, dev_loss, predictions = evaluate(model, tokenizer, task, config.max_length, hardware)
+                    run.append(catalogue.EVAL.name, step, [dev_metric, dev_loss])
+                    run.append(catalogue.DEV_PREDICTIONS.name, step, predictions)
                 bar.update()
+                if on_step is not None:
+                    on_step()
     return total, dev_metric, sum(last_losses) / len(last_losses)
 
 
@@ -288,10 +317,18 @@ def finished_run(run_dir: Path) -> records.RunRecords | None:
     return done if "final_dev_metric" in done.summary else None
 
 
-def skipped_result(run_dir: Path, done: records.RunRecords, recipe: Recipe) -> FinetuneResult:
-    """The result of a finished run, if it was run with the same recipe settings (else a FinetuneError)."""
-    before = done.meta.get("config", {}).get("resolved_recipe", {})
+def skipped_result(run_dir: Path, done: records.RunRecords, recipe: Recipe,
+                   config: FinetuneConfig | None = None) -> FinetuneResult:
+    """The result of a finished run, if it was run with the same recipe settings, and the same data and precision
+    as `config` asks for (else a FinetuneError)."""
+    before_config = done.meta.get("config", {})
+    before = before_config.get("resolved_recipe", {})
     changed = sorted(k for k, v in _plain(asdict(recipe)).items() if before.get(k) != v)
+    if config is not None:
+        changed += [k for k in SAME_DATA if k in before_config and before_config[k] != getattr(config, k)]
+        ran_in = before_config.get("hardware", {}).get("precision")
+        if config.precision != "auto" and ran_in not in (None, config.precision):
+            changed.append("precision")
     if changed:
         raise FinetuneError(f"{run_dir} holds a finished run with other settings ({', '.join(changed)}); "
                             "pick another --out")
@@ -300,33 +337,45 @@ def skipped_result(run_dir: Path, done: records.RunRecords, recipe: Recipe) -> F
                           float(summary["majority"]), bool(summary["failed"]), int(summary["steps"]), 0.0)
 
 
-def run(config: FinetuneConfig, probes: Probes | None = None) -> FinetuneResult:
-    """Fine-tune one seed (or skip a finished run) and return how it ended; `probes` see the whole loop."""
+def run(config: FinetuneConfig, probes: Probes | None = None, hardware: Hardware | None = None,
+        on_step: Callable[[], None] | None = None, announce: bool = False) -> FinetuneResult:
+    """Fine-tune one seed (or skip a finished run) and return how it ended; `probes` see the whole loop. The run
+    computes on `hardware`, else on what ``config.device`` and ``config.precision`` choose (said on stderr with
+    `announce`)."""
     started = time.monotonic()
     task = subset(load_task(config.task), config.train_examples, config.dev_examples)
     recipe = config.resolved_recipe()
     run_dir = config.run_dir(task.name)
     done = finished_run(run_dir)
     if done is not None:
-        return skipped_result(run_dir, done, recipe)
+        return skipped_result(run_dir, done, recipe, config)
     if run_dir.exists():
         raise FinetuneError(f"{run_dir} holds an unfinished run; delete it or pick another --out")
     if config.threads:
         torch.set_num_threads(config.threads)
+    hardware = hardware or choose_hardware(config.device, config.precision, announce)
     model, tokenizer = load_model(Path(config.model), task.num_labels, config.seed)
     reinit_top(model, recipe.reinit_layers, recipe.reinit_pooler)
     run_dir.mkdir(parents=True)
     save(model, tokenizer, run_dir / "step0")
     meta = records.RunMeta(model=str(config.model), seed=config.seed, task=task.name, recipe=recipe.name,
-                           config={**_plain(asdict(config)), "resolved_recipe": _plain(asdict(recipe))},
+                           config={**_plain(asdict(config)), "resolved_recipe": _plain(asdict(recipe)),
+                                   "hardware": hardware.as_meta()},
                            argv=list(sys.argv))
-    with records.RunWriter.create(run_dir / "run.h5", meta, flush_every_steps=50, flush_every_seconds=30.0) as rw:
-        rw.add_series("train", ["loss", "lr"], kind="scalars")
-        rw.add_series("eval", [task.metric, "loss"], kind="scalars")
-        if probes is None and config.probes:
-            probes = standard_probes(total_steps(task, recipe))
-        steps, final, final_loss = train(model, tokenizer, task, recipe, config, rw, probes)
+    with records.RunWriter.create(run_dir / "run.h5", meta) as rw:
+        rw.add_series(catalogue.EVAL.name, [task.metric, "loss"], kind=catalogue.EVAL.kind)
+        rw.add_series(catalogue.DEV_PREDICTIONS.name, [str(i) for i in range(len(task.dev))],
+                      kind=catalogue.DEV_PREDICTIONS.kind)
+        if probes is None:
+            sample = held_sample(task, tokenizer, model, config.max_length) if config.probes else None
+            probes = standard_probes(total_steps(task, recipe), config.probes, sample,
+                                     torch.bfloat16 if hardware.bf16 else None)
+        steps, final, final_loss = train(model, tokenizer, task, recipe, config, rw, probes, hardware, on_step)
     save(model, tokenizer, run_dir / "final")
+    cls = dev_representations(model, tokenizer, task, config.max_length, hardware)
+    records.write_grid(run_dir / "run.h5", catalogue.DEV_CLS.name,
+                       {"example": np.arange(cls.shape[0]), "unit": np.arange(cls.shape[1])}, {"cls": cls},
+                       kind=catalogue.DEV_CLS.kind, attrs={"layer": "last", "token": 0, "split": "dev"})
     result = FinetuneResult(run_dir, False, float(final), task.metric, task.majority_baseline,
                             bool(final <= task.majority_baseline + 1e-9), steps, time.monotonic() - started)
     records.write_summary(run_dir / "run.h5", {
@@ -351,7 +400,7 @@ def _plain(values: dict) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m diagnostics.finetune", description=__doc__.splitlines()[0])
+    parser = CommandParser(prog="python -m diagnostics.finetune", description=__doc__.splitlines()[0])
     parser.add_argument("--task", required=True, help="task name (see diagnostics.tasks.task_names) or folder")
     parser.add_argument("--recipe", required=True, choices=sorted(RECIPES))
     parser.add_argument("--seed", type=int, required=True)
@@ -360,11 +409,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--evals", type=int, default=10, help="dev evaluations per run (the last at the end)")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (1 for parallel seed sweeps)")
-    parser.add_argument("--fp32", dest="bf16", action="store_false", help="no bf16 autocast (the default uses it)")
+    parser.add_argument("--device", choices=DEVICES, default="auto", help="auto: CUDA if torch sees a GPU")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="auto: bf16 autocast where the hardware has native bf16, else fp32")
     parser.add_argument("--train-examples", type=int, help="use only the first N training examples")
     parser.add_argument("--dev-examples", type=int, help="use only the first N dev examples")
     parser.add_argument("--no-probes", dest="probes", action="store_false",
-                        help="record only loss, lr and the dev metric (no gradient probes)")
+                        help="record only loss, lr, total gradient norms and the dev metric (no per-layer probes)")
     overrides = parser.add_argument_group("recipe overrides (default: the recipe's value)")
     overrides.add_argument("--lr", type=float)
     overrides.add_argument("--epochs", type=int)
@@ -379,10 +430,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def kept(config: FinetuneConfig) -> str:
+    """What an interrupted run left, and what running the same command again does (it refuses the folder)."""
+    try:
+        run_dir = config.run_dir(load_task(config.task).name)
+    except (TaskError, OSError):
+        return f"see {config.out}"
+    if not run_dir.exists():
+        return "nothing was written"
+    again = "running the same command again refuses the unfinished folder: delete it or pick another --out"
+    try:
+        steps = records.open_run(run_dir / "run.h5").series("train").steps.size
+    except records.RecordsError:
+        return f"{run_dir} holds no records yet; {again}"
+    return f"{run_dir / 'run.h5'} keeps {steps} training steps; {again}"
+
+
 def check(config: FinetuneConfig) -> None:
     """Reject impossible values before any work is done."""
-    if not Path(config.model).is_dir():
-        raise FinetuneError(f"model folder {config.model} not found; build it (data/README.md) or pass --model")
+    checkpoint_folder(config.model, "--model")
     existing = next(p for p in (Path(config.out), *Path(config.out).parents) if p.exists())
     if not existing.is_dir() or not os.access(existing, os.W_OK):
         raise FinetuneError(f"cannot write runs under {config.out}: {existing} is "
@@ -401,10 +467,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     try:
         check(config)
-        result = run(config)
-    except (FinetuneError, records.RecordsError, TaskError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+        with interrupt.stop_on_signals():
+            result = run(config, announce=True)
+    except (FinetuneError, RecipeError, CheckpointError, records.RecordsError, TaskError, HardwareError) as error:
+        return fail(error)
+    except KeyboardInterrupt as stop:
+        print(f"interrupted by {interrupt.describe(stop)}: {kept(config)}", file=sys.stderr)
+        return interrupt.exit_status(stop)
     if result.skipped:
         print(f"{result.run_dir}: already finished, skipping")
     else:

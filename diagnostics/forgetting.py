@@ -1,4 +1,5 @@
-"""Forgetting: MLM perplexity of a fine-tuned checkpoint as its top k encoder blocks are reset, k = 0..L.
+"""Forgetting, located: MLM perplexity of a fine-tuned checkpoint as its top k encoder blocks are reset, k = 0..L,
+and where it forgot, layer by layer.
 
     python -m diagnostics.forgetting runs/rte-s1/final                       # pre-trained model from the run
     python -m diagnostics.forgetting CKPT --pretrained data/model --json     # one JSON object on stdout
@@ -12,6 +13,11 @@ masked once from ``--seed`` (80% [MASK], 10% random, 10% kept; ``probes.model.ml
 Perplexity is exp(summed NLL / masked tokens) from ``cross_entropy``. A failed run starts orders of magnitude above
 the pre-trained perplexity and recovers only when about the top 40% of blocks are reset; a successful one starts a
 little above it (Mosbach et al. 2020, Fig. 2).
+
+The same pass measures the profile (``probes.model.profile``): the curve with the embeddings kept fine-tuned (the
+papers' procedure) and with them reset (its k = 0: only the embeddings reset); per depth, the perplexity of the
+pre-trained model with only that depth fine-tuned, the linear CKA of the two models' hidden states after it, and
+its relative weight change ||theta_ft - theta_pt|| / ||theta_pt||.
 
 The pre-trained model is ``--pretrained``, else the one the checkpoint's config names, else the ``model`` of the
 run's records file next to the checkpoint (``CKPT/../run.h5``), else the embedded default if it is the same
@@ -30,15 +36,20 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from probes import records
+from probes import catalogue, records
+from diagnostics import interrupt
+from diagnostics.checkpoints import checkpoint_folder, load_model, load_tokenizer, read_config, same_architecture
+from diagnostics.command import CommandParser, fail
 from diagnostics.embedded import DEFAULT_MODEL, HELDOUT_TEXT
+from diagnostics.hardware import DEVICES, PRECISIONS, Hardware, choose_hardware
 from probes.model.mlm import masked_corpus, read_text
 from diagnostics.quiet import quiet_transformers
-from probes.model.sweep import DIRECTIONS, layer_reset_sweep
+from probes.model.profile import forgetting_profile
+from probes.model.sweep import DIRECTIONS
 
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                "pytorch_model.bin.index.json")
 REPO_ROOT = Path(__file__).resolve().parents[1]
+CURVE_FIELDS = catalogue.FORGETTING.fields  # grid forgetting/<name>, axis k
+PROFILE_KIND, PROFILE_FIELDS = catalogue.FORGETTING_PROFILE.kind, catalogue.FORGETTING_PROFILE.fields  # axis depth
 
 
 @dataclass
@@ -54,6 +65,8 @@ class ForgettingConfig:
     out: Path | None = None
     name: str | None = None
     json: bool = False
+    device: str = "auto"
+    precision: str = "auto"
 
 
 @dataclass
@@ -63,12 +76,20 @@ class ForgettingResult:
     perplexity: list[float]
     pretrained_perplexity: float
     masked_tokens: int
+    embeddings_finetuned: list[float]
+    embeddings_reset: list[float]
+    embeddings_only_reset: float
+    layers: list[str]
+    alone: list[float]
+    cka: list[float]
+    weight_change: list[float]
     checkpoint: str
     pretrained: str
     corpus: str
     seed: int
     max_tokens: int | None
     block_length: int
+    hardware: dict = field(default_factory=dict)
     step: int | None = None
     out: str | None = None
     record: str | None = None
@@ -76,44 +97,57 @@ class ForgettingResult:
 
     def table(self) -> str:
         which = "top" if self.direction == "top" else "bottom"
+        pre = self.pretrained_perplexity
         lines = [f"forgetting of {self.checkpoint}: {which} k blocks reset to {self.pretrained}",
                  f"{self.masked_tokens} masked tokens of {self.corpus} (seed {self.seed})",
-                 f"{'k':>4} {'perplexity':>12} {'x pre-trained':>14}"]
-        for k, value in zip(self.k, self.perplexity):
-            lines.append(f"{k:>4} {_number(value):>12} {value / self.pretrained_perplexity:>14.2f}")
-        lines.append(f"pre-trained {_number(self.pretrained_perplexity)}")
+                 f"{'k':>4} {'perplexity':>12} {'x pre-trained':>14} {'emb. fine-tuned':>16} {'emb. reset':>12}"]
+        for k, value, kept, reset in zip(self.k, self.perplexity, self.embeddings_finetuned, self.embeddings_reset):
+            lines.append(f"{k:>4} {_number(value):>12} {value / pre:>14.2f} {_number(kept):>16} {_number(reset):>12}")
+        lines.append(f"pre-trained {_number(pre)}; only the embeddings reset {_number(self.embeddings_only_reset)}")
+        lines.append(f"{'layer':>11} {'weight change':>14} {'CKA':>7} {'only it fine-tuned':>19}")
+        for layer, change, similarity, alone in zip(self.layers, self.weight_change, self.cka, self.alone):
+            lines.append(f"{layer:>11} {change:>14.4f} {similarity:>7.3f} {_number(alone):>19}")
         if self.record:
-            lines.append(f"record forgetting/{self.record} added to {self.out}")
+            lines.append(f"records forgetting/{self.record} and forgetting_profile/{self.record} added to {self.out}")
         return "\n".join(lines)
 
 
-def run(config: ForgettingConfig) -> ForgettingResult:
-    """Load, sweep k = 0..L, and (with ``out``) write the record; raises ValueError for bad input."""
-    checkpoint = _checkpoint_folder(config.checkpoint, "checkpoint")
-    pretrained = _checkpoint_folder(_pretrained_path(config), "pre-trained model")
+def run(config: ForgettingConfig, hardware: Hardware | None = None, announce: bool = False) -> ForgettingResult:
+    """Load, sweep k = 0..L on `hardware` (else what ``config.device`` and ``config.precision`` choose, said on
+    stderr with `announce`), and (with ``out``) write the record; raises ValueError for bad input."""
+    checkpoint = checkpoint_folder(config.checkpoint, "checkpoint")
+    pretrained = checkpoint_folder(_pretrained_path(config), "pre-trained model")
+    same_architecture([("pre-trained model", pretrained), ("checkpoint", checkpoint)])
     name = _record_name(config)
     text = read_text(config.corpus)
     finetuned, pretrained_mlm, tokenizer = _load(checkpoint, pretrained)
+    hardware = hardware or choose_hardware(config.device, config.precision, announce)
+    finetuned.to(hardware.device), pretrained_mlm.to(hardware.device)
     positions = int(getattr(pretrained_mlm.config, "max_position_embeddings", config.block_length + 2))
     block_length = min(config.block_length, positions - 2)  # two left for RoBERTa's position offset
     corpus = masked_corpus(text, tokenizer, block_length=block_length, max_tokens=config.max_tokens,
                            seed=config.seed)
     batches = -(-len(corpus.input_ids) // config.batch_size)
-    totals = layer_reset_sweep(finetuned, pretrained_mlm, corpus, direction=config.direction,
-                               batch_size=config.batch_size,
-                               progress=lambda it: tqdm(it, total=batches, desc="forgetting", unit="batch",
-                                                        leave=False))
-    result = ForgettingResult(config.direction, totals.k, totals.perplexity, totals.pretrained_perplexity,
-                              totals.masked_tokens, str(checkpoint), str(pretrained), str(config.corpus),
-                              config.seed, config.max_tokens, block_length, _step(checkpoint))
+    with hardware.autocast():
+        profile = forgetting_profile(finetuned, pretrained_mlm, corpus, direction=config.direction,
+                                     batch_size=config.batch_size,
+                                     progress=lambda it: tqdm(it, total=batches, desc="forgetting", unit="batch",
+                                                              leave=False))
+    result = ForgettingResult(
+        config.direction, profile.k, profile.perplexity, profile.pretrained_perplexity, profile.masked_tokens,
+        profile.embeddings_finetuned, profile.embeddings_reset, profile.embeddings_only_reset, profile.layers,
+        profile.alone, profile.cka, profile.weight_change, str(checkpoint), str(pretrained), str(config.corpus),
+        config.seed, config.max_tokens, block_length, hardware.as_meta(), _step(checkpoint))
     if config.out is not None:
-        _write(config, result, name)
+        with interrupt.deferred(kept=f"forgetting/{name} was written whole to {config.out}"):
+            _write(config, result, name)
         result.out, result.record = str(config.out), name
     return result
 
 
 def _write(config: ForgettingConfig, result: ForgettingResult, name: str) -> None:
-    attrs = {key: getattr(result, key) for key in ("direction", "pretrained_perplexity", "masked_tokens",
+    attrs = {key: getattr(result, key) for key in ("direction", "pretrained_perplexity", "embeddings_only_reset",
+                                                    "masked_tokens",
                                                     "checkpoint", "pretrained", "corpus", "seed", "max_tokens",
                                                     "block_length")}
     attrs.update({key: str(Path(attrs[key]).resolve()) for key in ("checkpoint", "pretrained", "corpus")})
@@ -121,37 +155,19 @@ def _write(config: ForgettingConfig, result: ForgettingResult, name: str) -> Non
         attrs["step"] = result.step
     attrs["config"] = _plain(asdict(config))
     attrs["argv"] = result.argv
-    meta = records.RunMeta(model=result.pretrained, config=_plain(asdict(config)), argv=result.argv)
-    records.write_grid(config.out, name, {"k": result.k}, {"perplexity": np.array(result.perplexity)},
-                       kind="forgetting", attrs=attrs, meta=meta)
+    attrs["hardware"] = result.hardware
+    meta = records.RunMeta(model=result.pretrained, config={**_plain(asdict(config)), "hardware": result.hardware},
+                           argv=result.argv)
+    profile_attrs = {key: attrs[key] for key in ("direction", "masked_tokens", "checkpoint", "pretrained", "hardware")}
+    records.write_grid(config.out, name, {"depth": list(range(len(result.layers)))},
+                       {field: np.array(getattr(result, field)) for field in PROFILE_FIELDS},
+                       kind=PROFILE_KIND, attrs={**profile_attrs, "layers": result.layers}, meta=meta)
+    records.write_grid(config.out, name, {"k": result.k},
+                       {field: np.array(getattr(result, field)) for field in CURVE_FIELDS},
+                       kind=catalogue.FORGETTING.kind, attrs=attrs, meta=meta)
 
 
 # ----------------------------------------------------------------------------------------------- inputs
-
-
-def _checkpoint_folder(path: Path, what: str) -> Path:
-    """``path`` if it is a ``save_pretrained`` folder (config and weights), else a one-line error."""
-    if not path.exists():
-        raise ValueError(f"{what} {path} does not exist; pass a save_pretrained folder")
-    if not path.is_dir() or not (path / "config.json").is_file():
-        raise ValueError(f"{what} {path} is not a checkpoint folder (no config.json); "
-                         "pass a folder written by save_pretrained")
-    _config_json(path)
-    if not any((path / name).is_file() for name in WEIGHT_FILES):
-        raise ValueError(f"{what} {path} has no weights file ({WEIGHT_FILES[0]}); "
-                         "pass a folder written by save_pretrained")
-    return path
-
-
-def _config_json(folder: Path) -> dict:
-    try:
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{folder / 'config.json'} cannot be read ({type(error).__name__}); "
-                         "pass a folder written by save_pretrained") from None
-    if not isinstance(config, dict) or "model_type" not in config:
-        raise ValueError(f"{folder / 'config.json'} names no model_type; pass a folder written by save_pretrained")
-    return config
 
 
 def _pretrained_path(config: ForgettingConfig) -> Path:
@@ -159,18 +175,18 @@ def _pretrained_path(config: ForgettingConfig) -> Path:
     if config.pretrained is not None:
         return config.pretrained
     checkpoint = config.checkpoint
-    model_type = _config_json(checkpoint)["model_type"]
+    model_type = read_config(checkpoint)["model_type"]
     for candidate in _named_pretrained(checkpoint):
         if candidate.resolve() != checkpoint.resolve() and (candidate / "config.json").is_file():
             return candidate
-    if (DEFAULT_MODEL / "config.json").is_file() and _config_json(DEFAULT_MODEL)["model_type"] == model_type:
+    if (DEFAULT_MODEL / "config.json").is_file() and read_config(DEFAULT_MODEL)["model_type"] == model_type:
         return DEFAULT_MODEL
     raise ValueError(f"{checkpoint} does not name its pre-trained {model_type} model; pass --pretrained DIR")
 
 
 def _named_pretrained(checkpoint: Path) -> list[Path]:
     """Folders the checkpoint's config or its run's records file name as the pre-trained model."""
-    config = _config_json(checkpoint)
+    config = read_config(checkpoint)
     names = [config.get(key) for key in ("_name_or_path", "name_or_path")]
     run_file = checkpoint.parent / "run.h5"
     if run_file.is_file():
@@ -193,8 +209,9 @@ def _record_name(config: ForgettingConfig) -> str:
         raise ValueError(f"record name {config.name!r} must be non-empty and contain no '/'; pass another --name")
     out = config.out
     if out.exists():
-        taken = records.open_run(out).names("forgetting")
-        name = config.name or records.next_name(out, "forgetting", "final")
+        run = records.open_run(out)
+        taken = set(run.names("forgetting")) | set(run.names(PROFILE_KIND))
+        name = config.name or _free_name(taken, "final")
         if name in taken:
             raise ValueError(f"{out} already holds forgetting/{name}; records are never overwritten: "
                              "pass another --name")
@@ -209,58 +226,27 @@ def _record_name(config: ForgettingConfig) -> str:
     return config.name or "final"
 
 
+def _free_name(taken: set[str], prefix: str) -> str:
+    """``prefix``, ``prefix-1``, ``prefix-2``... whichever is not taken first."""
+    number, name = 0, prefix
+    while name in taken:
+        number += 1
+        name = f"{prefix}-{number}"
+    return name
+
+
 def _load(checkpoint: Path, pretrained: Path):
     """The fine-tuned base model, the pre-trained MLM model (both in eval mode) and the tokenizer."""
     from transformers import AutoModel, AutoModelForMaskedLM
 
-    finetuned = _from_pretrained(AutoModel, checkpoint, "checkpoint")
-    pretrained_mlm = _from_pretrained(AutoModelForMaskedLM, pretrained, "pre-trained model")
-    tokenizer = _tokenizer(checkpoint, pretrained, pretrained_mlm.config.vocab_size)
+    finetuned = load_model(AutoModel, checkpoint, "checkpoint")
+    pretrained_mlm = load_model(AutoModelForMaskedLM, pretrained, "pre-trained model")
+    tokenizer = load_tokenizer([pretrained, checkpoint], pretrained_mlm.config.vocab_size)
+    if tokenizer.mask_token_id is None or tokenizer.cls_token_id is None or tokenizer.sep_token_id is None:
+        raise ValueError(f"the tokenizer of {pretrained} has no mask, cls or sep token; pass an MLM tokenizer")
     return finetuned.eval(), pretrained_mlm.eval(), tokenizer
 
 
-def _from_pretrained(auto_class, folder: Path, what: str):
-    """``auto_class.from_pretrained(folder)``, refusing a checkpoint that lacks any weight the model needs."""
-    try:
-        model, info = auto_class.from_pretrained(folder, output_loading_info=True)
-    except Exception as error:  # transformers raises many kinds for a broken folder; all mean the same here
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ValueError(f"cannot load {what} {folder} ({message}); pass a folder written by save_pretrained") \
-            from None
-    missing = sorted(key for key in info["missing_keys"] if "pooler" not in key)
-    if missing:
-        base = model.base_model_prefix if getattr(model, model.base_model_prefix, None) is not None else ""
-        in_base = not base or any(key.startswith(base + ".") for key in missing)
-        part, fix = ("encoder", "a checkpoint of the whole model") if in_base else \
-            ("MLM head", "a *ForMaskedLM pre-trained model")
-        raise ValueError(f"{what} {folder} has no {part} weights ({len(missing)} missing, first {missing[0]}); "
-                         f"pass {fix}")
-    return model
-
-
-def _tokenizer(checkpoint: Path, pretrained: Path, vocab_size: int):
-    """The pre-trained model's tokenizer, checked against the model's vocabulary and the checkpoint's tokenizer."""
-    from transformers import AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(pretrained)
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise ValueError(f"cannot load the tokenizer of {pretrained} ({type(error).__name__}); "
-                         "save the tokenizer next to the pre-trained model") from None
-    if len(tokenizer) > vocab_size:
-        raise ValueError(f"the tokenizer of {pretrained} has {len(tokenizer)} tokens but the model only "
-                         f"{vocab_size}; pass the tokenizer's own model")
-    if tokenizer.mask_token_id is None or tokenizer.cls_token_id is None or tokenizer.sep_token_id is None:
-        raise ValueError(f"the tokenizer of {pretrained} has no mask, cls or sep token; pass an MLM tokenizer")
-    if (checkpoint / "tokenizer_config.json").is_file():
-        try:
-            own = AutoTokenizer.from_pretrained(checkpoint).get_vocab()
-        except (OSError, ValueError, KeyError, TypeError):
-            own = None
-        if own is not None and own != tokenizer.get_vocab():
-            raise ValueError(f"the tokenizer of {checkpoint} has another vocabulary than {pretrained}'s; "
-                             "pass the pre-trained model the checkpoint was fine-tuned from")
-    return tokenizer
 
 
 def _step(checkpoint: Path) -> int | None:
@@ -288,7 +274,7 @@ def _step(checkpoint: Path) -> int | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m diagnostics.forgetting",
+    parser = CommandParser(prog="python -m diagnostics.forgetting",
                                      description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", type=Path, help="fine-tuned save_pretrained folder (any head)")
@@ -302,6 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, help="records file to add a forgetting record to (created if absent)")
     parser.add_argument("--name", help="record name (default final, final-1, ...)")
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    parser.add_argument("--device", choices=DEVICES, default="auto", help="auto: CUDA if torch sees a GPU")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="auto: bf16 autocast where the hardware has native bf16, else fp32")
     return parser
 
 
@@ -310,13 +299,14 @@ def main(argv: list[str] | None = None) -> int:
     config = ForgettingConfig(**vars(args))
     quiet_transformers()
     try:
-        result = run(config)
+        with interrupt.stop_on_signals():
+            result = run(config, announce=True)
     except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted; nothing written", file=sys.stderr)
-        return 130
+        return fail(error)
+    except KeyboardInterrupt as stop:
+        print(f"interrupted by {interrupt.describe(stop)}; {getattr(stop, 'kept', '') or 'nothing written'}",
+              file=sys.stderr)
+        return interrupt.exit_status(stop)
     print(json.dumps(asdict(result)) if config.json else result.table())
     return 0
 

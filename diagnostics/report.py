@@ -7,8 +7,10 @@
     python -m diagnostics.report runs/study --html report.html  # one self-contained page with every figure
 
 A run failed when its final dev metric is at or below the majority-class baseline. Levene's test compares the
-variance of the dev metric between the recipes of each task (scipy). Unfinished runs (no summary yet) are listed
-and left out of the numbers.
+variance of the dev metric between the recipes of each task (scipy). Beyond the spread, two instability measures
+over the successful seeds (``diagnostics.instability``): the pairwise disagreement of their dev predictions and
+the mean pairwise linear CKA of their final [CLS] representations (``--json`` also gives both over all seeds).
+Unfinished runs (no summary yet) are listed and left out of the numbers.
 """
 from __future__ import annotations
 
@@ -20,7 +22,8 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from diagnostics import early_warning_report
+from diagnostics import early_warning_report, instability
+from diagnostics.command import CommandParser, fail
 from probes.output_paths import check_parent
 from probes.records import iter_runs, open_run
 from diagnostics.seed_statistics import GroupRow, Outcome, group_rows, levene_by_task
@@ -43,17 +46,24 @@ class Report:
     levene: dict[str, tuple[float, float]]
     unfinished: list[str] = field(default_factory=list)
     early: early_warning_report.EarlyWarningReport | None = None
+    measures: dict[tuple[str, str], instability.Instability] = field(default_factory=dict)
 
     def markdown(self) -> str:
-        lines = ["| task | recipe | seeds | failed | std | mean | median | max | majority |",
-                 "|---|---|---|---|---|---|---|---|---|"]
+        lines = ["| task | recipe | seeds | failed | std | mean | median | max | majority | disagreement | CKA |",
+                 "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in self.rows:
+            measures = self.measures.get((r.task, r.recipe))
             lines.append(f"| {r.task} | {r.recipe} | {r.seeds} | {r.failed} | {_pct(r.std)} | {_pct(r.mean)} | "
-                         f"{_pct(r.median)} | {_pct(r.max)} | {_pct(r.majority)} |")
+                         f"{_pct(r.median)} | {_pct(r.max)} | {_pct(r.majority)} | "
+                         f"{_pct(measures.disagreement if measures else math.nan)} | "
+                         f"{_fraction(measures.cka if measures else math.nan)} |")
         metrics = sorted({r.metric for r in self.rows})
         lines.append("")
         lines.append(f"Dev metric ({', '.join(metrics)}) in percent; a run failed when it ended at or below the "
-                     "majority-class baseline.")
+                     "majority-class baseline. Over the successful seeds: disagreement = share of dev examples "
+                     "two seeds label differently, in percent, averaged over pairs; CKA = mean pairwise linear CKA "
+                     "of the final [CLS] representations of the dev set (1: the same up to rotation and scale); "
+                     "- where fewer than two successful seeds have these records.")
         for task, (statistic, p_value) in sorted(self.levene.items()):
             lines.append(f"Levene's test across recipes on {task}: W = {statistic:.2f}, p = {p_value:.3g}.")
         if self.unfinished:
@@ -67,6 +77,9 @@ class Report:
         for r in self.rows:
             row = asdict(r)
             row["levene_p"] = self.levene.get(r.task, (None, None))[1]
+            measures = self.measures.get((r.task, r.recipe))
+            if measures is not None:
+                row.update(asdict(measures))
             rows.append({k: None if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()})
         return rows
 
@@ -95,11 +108,11 @@ def run(config: ReportConfig) -> Report:
                          "pass run.h5 files or folders written by python -m diagnostics.finetune")
     rows = group_rows(outcomes)
     early = early_warning_report.evaluate([Path(o.path) for o in outcomes], config.window) if config.early else None
-    return Report(rows, levene_by_task(rows), unfinished, early)
+    return Report(rows, levene_by_task(rows), unfinished, early, instability.by_group(outcomes))
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m diagnostics.report", description=__doc__.split("\n\n")[0])
+    parser = CommandParser(prog="python -m diagnostics.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", help="run.h5 files or folders holding them")
     parser.add_argument("--json", action="store_true", help="print the rows as one JSON list")
     parser.add_argument("--out", help="also write the Markdown report to this file (refused if it exists)")
@@ -136,8 +149,7 @@ def main(argv: list[str] | None = None) -> int:
                              "pass another --out path")
         report = run(config)
     except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return fail(error)
     text = report.markdown()
     print(json.dumps(report.json_rows(), indent=1) if config.json else text, end="" if not config.json else "\n")
     if config.out:
@@ -155,6 +167,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _pct(value: float) -> str:
     return "-" if math.isnan(value) else f"{100 * value:.1f}"
+
+
+def _fraction(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.3f}"
 
 
 if __name__ == "__main__":

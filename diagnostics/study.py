@@ -1,6 +1,7 @@
 """The miniature stability study: many seeds of the papers' recipes on the embedded default, diagnosed end to end.
 
-    python -m diagnostics.study --out runs/study            # the default study (about 15 minutes on 2 cores)
+    python -m diagnostics.study --out runs/study            # the default study (under 15 minutes on 2 cores)
+    python -m diagnostics.study --out runs/full --full      # full size: all 1,000 examples, 10 dev evaluations
     python -m diagnostics.study --out runs/quick --quick    # a one-minute smoke run
     python -m diagnostics.study --out runs/study --seeds 0-9 --recipes default,mosbach,zhang --tasks hedge
 
@@ -12,11 +13,17 @@ What it does, in order, everything into OUT:
    runs of the first task, into each run's ``run.h5``;
 3. computes the loss plane through the failed run's step-0 checkpoint, its final model and a successful run's
    final model, and the line from the failed to the successful model, into ``surfaces.h5`` (resumable);
-4. writes ``report.md`` (failed runs, spread, Levene's test, the early warning's precision and recall, where
-   the records came from), draws every figure into ``OUT/figures/`` and writes ``report.html`` (one
-   self-contained page: the tables, each run's verdict, every figure inline, links to the records).
+4. computes the loss barrier between every pair of successful runs of the recipe with the most of them (up to
+   five runs, five points a line), into ``surfaces.h5`` (resumable): one basin or several;
+5. writes ``report.md`` (failed runs, spread, disagreement and CKA between seeds, Levene's test, the barrier
+   matrix, the early warning's precision and recall, where the records came from), draws every figure into
+   ``OUT/figures/`` and writes ``report.html`` (one self-contained page: the tables, each run's verdict, every
+   figure inline, links to the records).
 ``report.md`` and the figures are derived from the records and are redrawn on every run; records are never
-overwritten. Ctrl-C stops cleanly: finished runs and points stay, an interrupted run's folder is set aside as
+overwritten. Every run of a study computes in one precision, fp32 unless ``--precision bf16`` (faster where bf16 is
+native, and labelled so in the report), on the GPU when torch sees one (``--device``), so the report does not
+depend on the machine's bf16 support. The default size (the first 500 training examples, 5 dev evaluations per
+run) keeps the study under 15 minutes on 2 cores of an AVX2-only CPU; README.md gives the evidence. Ctrl-C stops cleanly: finished runs and points stay, an interrupted run's folder is set aside as
 ``<run>.interrupted-N`` (kept, never deleted) and redone next time.
 """
 from __future__ import annotations
@@ -26,20 +33,24 @@ import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field, replace
-from multiprocessing import get_context
+from multiprocessing import active_children, get_context
 from pathlib import Path
 
 from tqdm import tqdm
 
 from probes import records
-from diagnostics.finetune import FinetuneConfig, FinetuneError, FinetuneResult, finished_run
+from diagnostics import interrupt
+from diagnostics.command import CommandParser, fail
+from diagnostics.finetune import FinetuneConfig, FinetuneError, FinetuneResult, finished_run, total_steps
+from diagnostics.hardware import DEVICES, Hardware, choose_hardware
 from diagnostics.quiet import quiet_transformers
 from diagnostics.html_report import write_html
 from diagnostics.report import ReportConfig
 from diagnostics.report import run as report_run
 
 QUICK = dict(seeds=[0, 1], recipes=["default", "mosbach"], train_examples=48, dev_examples=48, epochs=1,
-             grid=3, surface_examples=16, forgetting_tokens=2048, forgetting_runs=1)
+             grid=3, surface_examples=16, forgetting_tokens=2048, forgetting_runs=1, barrier_runs=2, barrier_grid=3)
+FULL = dict(train_examples=None, evals=10)  # every training example, as many dev evaluations as a single run
 
 
 @dataclass
@@ -53,17 +64,23 @@ class StudyConfig:
     workers: int = 2
     max_length: int = 64
     epochs: int | None = None
-    train_examples: int | None = None
+    train_examples: int | None = 500
     dev_examples: int | None = None
+    evals: int = 5
+    device: str = "auto"
+    precision: str = "fp32"
     grid: int = 7
     surface_examples: int = 128
     forgetting_tokens: int = 8192
     forgetting_runs: int = 3
+    barrier_runs: int = 5
+    barrier_grid: int = 5
 
     def finetune_configs(self) -> list[FinetuneConfig]:
         return [FinetuneConfig(task=task, recipe=recipe, seed=seed, out=self.out, max_length=self.max_length,
                                threads=1, epochs=self.epochs, train_examples=self.train_examples,
-                               dev_examples=self.dev_examples)
+                               dev_examples=self.dev_examples, evals=self.evals, device=self.device,
+                               precision=self.precision)
                 for task in self.tasks for recipe in self.recipes for seed in self.seeds]
 
 
@@ -76,12 +93,14 @@ class StudyResult:
     seconds: float
 
 
-def _finetune_one(config: FinetuneConfig) -> FinetuneResult:
-    """One run in a worker process (the runner attaches the standard probes)."""
+def _finetune_one(config: FinetuneConfig, steps) -> FinetuneResult:
+    """One run in a worker process (the runner attaches the standard probes); each update is counted on `steps`,
+    a queue the study's progress bar reads."""
     from diagnostics.finetune import run
 
     quiet_transformers()
-    return run(config)
+    with interrupt.stop_on_signals():  # SIGTERM from the parent (or Ctrl-C) closes this run's records
+        return run(config, on_step=lambda: steps.put(1))
 
 
 def set_aside_unfinished(config: FinetuneConfig) -> None:
@@ -96,29 +115,49 @@ def set_aside_unfinished(config: FinetuneConfig) -> None:
         run_dir.rename(run_dir.with_name(f"{run_dir.name}.interrupted-{number}"))
 
 
+def planned_steps(configs: list[FinetuneConfig]) -> dict[int, int]:
+    """The optimiser steps of each run (by its index in ``configs``), 0 for a finished one: what is left to do."""
+    from diagnostics.finetune import subset
+    from diagnostics.tasks import load_task
+
+    planned = {}
+    for index, one in enumerate(configs):
+        task = subset(load_task(one.task), one.train_examples, one.dev_examples)
+        planned[index] = 0 if finished_run(one.run_dir(task.name)) else total_steps(task, one.resolved_recipe())
+    return planned
+
+
 def fine_tune_all(config: StudyConfig) -> list[FinetuneResult]:
-    """Every run of the study, ``workers`` at a time, with a progress bar over runs."""
+    """Every run of the study, ``workers`` at a time, with one progress bar over the optimiser steps of all runs
+    still to do: its time estimate comes from the steps measured so far, all workers together."""
     configs = config.finetune_configs()
     for one in configs:
         set_aside_unfinished(one)
+    planned = planned_steps(configs)
     results: list[FinetuneResult] = []
     context = get_context("spawn")  # fresh interpreters: no forked torch thread pools
-    with ProcessPoolExecutor(max_workers=config.workers, mp_context=context) as pool, \
-            tqdm(total=len(configs), desc="fine-tuning", unit="run") as bar:
-        pending = {pool.submit(_finetune_one, one) for one in configs}
+    with context.Manager() as manager, ProcessPoolExecutor(max_workers=config.workers, mp_context=context,
+                                                           initializer=interrupt.ignore_ctrl_c) as pool, \
+            tqdm(total=sum(planned.values()), desc="fine-tuning", unit="step", smoothing=0.05) as bar:
+        steps = manager.Queue()
+        pending = {pool.submit(_finetune_one, one, steps): index for index, one in enumerate(configs)}
         try:
             while pending:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                done, _ = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
+                while not steps.empty():
+                    bar.update(steps.get())
                 for future in done:
+                    pending.pop(future)
                     result = future.result()
                     results.append(result)
                     state = "skipped (finished before)" if result.skipped else f"{result.seconds:.0f} s"
                     verdict = "FAILED" if result.failed else "ok"
                     bar.write(f"{result.run_dir.name}: dev {result.metric} {result.final_dev_metric:.3f} "
                               f"{verdict}, {state}")
-                    bar.update()
         except KeyboardInterrupt:
             pool.shutdown(wait=False, cancel_futures=True)
+            for worker in active_children():  # each stops its run cleanly; the pool then waits for them
+                worker.terminate()
             raise
     return sorted(results, key=lambda r: r.run_dir.name)
 
@@ -132,7 +171,7 @@ def pick_runs(results: list[FinetuneResult], task: str, count: int) -> tuple[lis
     return failed, successful
 
 
-def measure_forgetting(run_dirs: list[Path], max_tokens: int) -> None:
+def measure_forgetting(run_dirs: list[Path], max_tokens: int, hardware: Hardware) -> None:
     """The top-k reset sweep on each run's final model, added to its records (skipped where already there)."""
     from diagnostics.forgetting import ForgettingConfig
     from diagnostics.forgetting import run as forgetting_run
@@ -140,7 +179,8 @@ def measure_forgetting(run_dirs: list[Path], max_tokens: int) -> None:
     for run_dir in tqdm(run_dirs, desc="forgetting", unit="run"):
         if records.open_run(run_dir / "run.h5").names("forgetting"):
             continue
-        forgetting_run(ForgettingConfig(checkpoint=run_dir / "final", out=run_dir / "run.h5", max_tokens=max_tokens))
+        forgetting_run(ForgettingConfig(checkpoint=run_dir / "final", out=run_dir / "run.h5", max_tokens=max_tokens,
+                                        device=hardware.device.type, precision=hardware.precision), hardware)
 
 
 def measure_surfaces(config: StudyConfig, failed: Path, successful: Path, task: str) -> Path:
@@ -151,7 +191,7 @@ def measure_surfaces(config: StudyConfig, failed: Path, successful: Path, task: 
 
     out = config.out / "surfaces.h5"
     common = dict(task=task, split="train", max_examples=config.surface_examples, max_length=config.max_length,
-                  out=str(out))
+                  out=str(out), device=config.device, precision=config.precision)
     surface_run(SurfaceConfig(checkpoints=[str(failed / "step0"), str(failed / "final"), str(successful / "final")],
                               grid=config.grid, name="plane", labels=["pre-trained", "failed", "successful"],
                               **common))
@@ -160,15 +200,47 @@ def measure_surfaces(config: StudyConfig, failed: Path, successful: Path, task: 
     return out
 
 
-def write_report(config: StudyConfig, results: list[FinetuneResult]) -> Path:
-    """``report.md``: what was run, the multi-seed table and the early warning's held-out precision and recall."""
+def pick_basin_runs(results: list[FinetuneResult], task: str) -> tuple[str | None, list[Path]]:
+    """The recipe of ``task`` with the most successful runs (the first in name order on a tie) and those runs."""
+    by_recipe: dict[str, list[Path]] = {}
+    for result in sorted(results, key=lambda r: r.run_dir.name):
+        if result.run_dir.name.startswith(f"{task}-") and not result.failed:
+            by_recipe.setdefault(result.run_dir.name[len(task) + 1:].rsplit("-s", 1)[0], []).append(result.run_dir)
+    return max(by_recipe.items(), key=lambda item: len(item[1]), default=(None, []))
+
+
+def measure_barriers(config: StudyConfig, results: list[FinetuneResult], task: str):
+    """The loss barrier between every pair of up to ``barrier_runs`` successful runs of the recipe of ``task``
+    with the most successful runs, into ``surfaces.h5`` (resumed if interrupted); None if no recipe has two."""
+    from diagnostics.barriers import BarriersConfig
+    from diagnostics.barriers import run as barriers_run
+
+    recipe, run_dirs = pick_basin_runs(results, task)
+    if len(run_dirs) < 2:
+        print(f"fewer than two successful runs of any recipe on {task}: no loss barriers", file=sys.stderr)
+        return None
+    return barriers_run(BarriersConfig(runs=[str(d) for d in run_dirs[:config.barrier_runs]], task=task,
+                                       grid=config.barrier_grid, max_examples=config.surface_examples,
+                                       max_length=config.max_length, out=str(config.out / "surfaces.h5"),
+                                       name=f"barriers-{recipe}"))
+
+
+def write_report(config: StudyConfig, results: list[FinetuneResult], barriers=None) -> Path:
+    """``report.md``: what was run, in which precision, the multi-seed table, the loss barriers between successful
+    seeds and the early warning's held-out precision and recall."""
     report = report_run(ReportConfig(runs=[str(r.run_dir / "run.h5") for r in results], early=True))
+    size = "every training example" if config.train_examples is None else \
+        f"the first {config.train_examples} training examples"
+    precision = "fp32" if config.precision == "fp32" else \
+        f"{config.precision} autocast (faster where native; outcomes may differ from the fp32 study)"
     path = config.out / "report.md"
+    basins = f"## Loss barriers between successful seeds\n\n```\n{barriers.table()}\n```\n\n" if barriers else ""
     path.write_text("# Stability study\n\n"
                     f"{len(results)} runs: tasks {', '.join(config.tasks)}; recipes {', '.join(config.recipes)}; "
-                    f"seeds {', '.join(map(str, config.seeds))}; command `python -m diagnostics.study "
-                    f"{' '.join(sys.argv[1:])}`.\n\n"
-                    "## Seeds\n\n" + report.markdown())
+                    f"seeds {', '.join(map(str, config.seeds))}; {size}, max length {config.max_length}, "
+                    f"{config.evals} dev evaluations per run; precision **{precision}**; command "
+                    f"`python -m diagnostics.study {' '.join(sys.argv[1:])}`.\n\n"
+                    "## Seeds\n\n" + report.markdown() + ("\n" + basins if basins else ""))
     return path
 
 
@@ -184,21 +256,33 @@ def draw(config: StudyConfig):
 
 def run(config: StudyConfig) -> StudyResult:
     started = time.monotonic()
+    hardware = choose_hardware(config.device, config.precision, announce=True)
+    config = replace(config, device=hardware.device.type)
     config.out.mkdir(parents=True, exist_ok=True)
     results = fine_tune_all(config)
     failed, successful = pick_runs(results, config.tasks[0], config.forgetting_runs)
-    measure_forgetting(failed + successful, config.forgetting_tokens)
+    measure_forgetting(failed + successful, config.forgetting_tokens, hardware)
     if failed and successful:
         measure_surfaces(config, failed[0], successful[0], config.tasks[0])
     else:
         print(f"no {'failed' if not failed else 'successful'} run on {config.tasks[0]}: no loss surface drawn "
               "(add seeds, or a recipe that fails more often)", file=sys.stderr)
-    report = write_report(config, results)
+    barriers = measure_barriers(config, results, config.tasks[0])
+    report = write_report(config, results, barriers)
     figures, drawn = draw(config)
     write_html(report_run(ReportConfig(runs=[str(r.run_dir / "run.h5") for r in results], early=True)),
                [r.run_dir / "run.h5" for r in results], config.out / "report.html", figure_records=[config.out],
                intro=f"{len(results)} runs of python -m diagnostics.study {' '.join(sys.argv[1:])}")
     return StudyResult(results, report, figures, drawn.skipped, time.monotonic() - started)
+
+
+def kept(config: StudyConfig) -> str:
+    """What an interrupted study keeps, and what running the same command again does."""
+    runs = [path.parent for path in config.out.glob("*/run.h5")]
+    finished = sum(finished_run(run_dir) is not None for run_dir in runs)
+    return (f"{finished} finished runs and every finished surface point are kept in {config.out}; running the "
+            f"same command again sets the {len(runs) - finished} unfinished runs aside as <run>.interrupted-N "
+            "(their records kept) and redoes them")
 
 
 def check(config: StudyConfig) -> None:
@@ -223,14 +307,20 @@ def _seeds(text: str) -> list[int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m diagnostics.study", description=__doc__.split("\n\n")[0])
+    parser = CommandParser(prog="python -m diagnostics.study", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="folder for runs, records, report and figures")
     parser.add_argument("--tasks", default="hedge", help="comma-separated task names (the first is diagnosed)")
     parser.add_argument("--recipes", default="default,mosbach", help="comma-separated recipes")
     parser.add_argument("--seeds", type=_seeds, default=[0, 1, 2, 3, 4], help="e.g. 0-4 or 0,3,7")
     parser.add_argument("--workers", type=int, default=2, help="runs at a time (one thread each)")
-    parser.add_argument("--quick", action="store_true",
-                        help="a one-minute smoke run: seeds 0-1, default and mosbach, tiny subsets, 1 epoch")
+    parser.add_argument("--device", choices=DEVICES, default="auto", help="auto: CUDA if torch sees a GPU")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                        help="one precision for every run (bf16: faster where native, labelled in the report)")
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--full", action="store_true",
+                      help="full size: every training example and 10 dev evaluations per run (about 3x longer)")
+    size.add_argument("--quick", action="store_true",
+                      help="a one-minute smoke run: seeds 0-1, default and mosbach, tiny subsets, 1 epoch")
     return parser
 
 
@@ -238,19 +328,19 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     quiet_transformers()
     config = StudyConfig(out=args.out, tasks=args.tasks.split(","), recipes=args.recipes.split(","),
-                         seeds=args.seeds, workers=args.workers)
-    config = replace(config, **QUICK) if args.quick else config
+                         seeds=args.seeds, workers=args.workers, device=args.device, precision=args.precision)
+    config = replace(config, **QUICK) if args.quick else replace(config, **FULL) if args.full else config
     try:
         if config.workers < 1 or not config.seeds:
             raise FinetuneError("--workers must be >= 1 and --seeds non-empty")
         check(config)
-        result = run(config)
+        with interrupt.stop_on_signals():
+            result = run(config)
     except (ValueError, records.RecordsError) as error:
-        print(f"error: {str(error).splitlines()[0]}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted: finished runs and points are kept; run the same command to go on", file=sys.stderr)
-        return 130
+        return fail(error)
+    except KeyboardInterrupt as stop:
+        print(f"interrupted by {interrupt.describe(stop)}: {kept(config)}", file=sys.stderr)
+        return interrupt.exit_status(stop)
     print(f"{len(result.runs)} runs, report {result.report}, figures in {result.figures} "
           f"({result.seconds / 60:.1f} min)")
     for name, why in result.skipped_figures.items():

@@ -3,6 +3,9 @@
     python -m diagnostics.surface --plane RUN_A/step0 RUN_A/final RUN_B/final --task wordnet-entail --out s.h5
     python -m diagnostics.surface --line RUN_A/final RUN_B/final --task wordnet-entail --json
     torchrun --nproc_per_node 2 -m diagnostics.surface --plane P F S --task wordnet-entail --out s.h5
+    python -m diagnostics.surface --barriers RUN_A RUN_B RUN_C --task wordnet-entail --out s.h5
+
+``--barriers`` computes the line between every pair of runs and its loss barrier (``diagnostics.barriers``).
 
 The plane is theta_p + a (theta_f - theta_p) + b (theta_s - theta_p) (Mosbach et al. 2020, Fig. 7): P the
 pre-trained model, F a failed and S a successful fine-tuning run; a and b span ``--range`` (default -1.5 .. 1.5)
@@ -23,6 +26,7 @@ restored exactly before the command returns.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import inspect
 import json
 import os
@@ -38,7 +42,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from diagnostics import interrupt
+from diagnostics.checkpoints import checkpoint_folder, load_model, load_tokenizer, same_architecture
+from diagnostics.command import CommandParser, fail
 from diagnostics.distributed import Ranks, broadcast, map_sharded, process_group
+from diagnostics.hardware import DEVICES, PRECISIONS, Hardware, choose_hardware
 from probes.model.interpolation import Subspace, SubspaceError, grid_axis, grid_indices
 from diagnostics.quiet import quiet_transformers
 from probes.records import RecordsError, RunMeta, RunWriter, open_run, write_grid
@@ -72,6 +80,7 @@ class SurfaceConfig:
     name: str | None = None
     labels: list[str] | None = None
     device: str = "auto"
+    precision: str = "auto"
     seed: int = 0
 
     @property
@@ -105,59 +114,23 @@ class Surface:
 
 def load_classifier(folder: str) -> nn.Module:
     """A ``save_pretrained`` sequence classification model, in eval mode; one-line errors for anything else."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers import AutoModelForSequenceClassification
 
-    path = Path(folder)
-    if not path.is_dir():
-        raise SurfaceError(f"checkpoint folder {folder} does not exist; pass a save_pretrained folder")
-    if not (path / "config.json").is_file():
-        raise SurfaceError(f"{folder} is not a checkpoint (no config.json); pass a save_pretrained folder")
-    try:
-        config = AutoConfig.from_pretrained(path)
-        architectures = config.architectures or ["an unnamed model"]
-        if not any(name.endswith("ForSequenceClassification") for name in architectures):
-            raise SurfaceError(f"{folder} holds {architectures[0]}, not a sequence classification model; pass "
-                               "fine-tuning checkpoints (for the pre-trained point, the run's step0/ folder)")
-        return AutoModelForSequenceClassification.from_pretrained(path, config=config).eval()
-    except (OSError, ValueError, RuntimeError) as error:
-        if isinstance(error, SurfaceError):
-            raise
-        raise SurfaceError(f"cannot load {folder} ({_first_line(error)}); pass a save_pretrained folder") from None
-
-
-def load_tokenizer(folders: Sequence[str]):
-    """The tokenizer of the first folder that holds one; the other folders' tokenizers must have its vocabulary."""
-    from transformers import AutoTokenizer
-
-    found = []
-    for folder in folders:
-        try:
-            found.append((folder, AutoTokenizer.from_pretrained(folder)))
-        except (OSError, ValueError, TypeError):
-            continue
-    if not found:
-        raise SurfaceError(f"none of {', '.join(folders)} holds a tokenizer; save_pretrained the tokenizer into one")
-    (first, tokenizer), vocabulary = found[0], found[0][1].get_vocab()
-    for folder, other in found[1:]:
-        if other.get_vocab() != vocabulary:
-            raise SurfaceError(f"the tokenizers of {first} and {folder} have different vocabularies; pass "
-                               "checkpoints fine-tuned from the same pre-trained model")
-    return tokenizer
+    path = checkpoint_folder(folder, "checkpoint")
+    return load_model(AutoModelForSequenceClassification, path, "checkpoint", head="ForSequenceClassification").eval()
 
 
 def load_subspace(folders: Sequence[str], labels: Sequence[str], device: torch.device,
                   seed: int = 0) -> tuple[nn.Module, Subspace]:
     """The first checkpoint as the model to move, and the line or plane through all of them (one checkpoint: the
     plane along two filter-normalised random directions drawn from ``seed``)."""
+    for folder in folders:
+        checkpoint_folder(folder, "checkpoint")
+    same_architecture(list(zip(labels, map(Path, folders))))
     models = [load_classifier(folder) for folder in folders]
     if len(models) == 1:
         model = models[0].to(device)
         return model, Subspace.around(model, seed)
-    types = [m.config.model_type for m in models]
-    for label, kind in zip(labels[1:], types[1:]):
-        if kind != types[0]:
-            raise SurfaceError(f"{labels[0]} is a {types[0]} model but {label} is a {kind} model; "
-                               "pass checkpoints of the same architecture")
     models = [m.to(device) for m in models]
     try:
         space = Subspace.from_models(models, labels)
@@ -205,14 +178,16 @@ def prepare_batches(examples: Sequence[Example], tokenizer, model: nn.Module, *,
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, batches: Sequence[Batch]) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy of ``model`` over ``batches`` (one host sync at the end)."""
+def evaluate(model: nn.Module, batches: Sequence[Batch], hardware: Hardware | None = None) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of ``model`` over ``batches`` (one host sync at the end), in ``hardware``'s
+    precision (default fp32)."""
     device = batches[0][1].device
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.long, device=device)
     count = 0
     for inputs, labels in batches:
-        logits = model(**inputs).logits.float()
+        with hardware.autocast() if hardware else contextlib.nullcontext():
+            logits = model(**inputs).logits.float()
         loss_sum += F.cross_entropy(logits, labels, reduction="sum").double()
         correct += (logits.argmax(dim=-1) == labels).sum()
         count += labels.numel()
@@ -249,8 +224,8 @@ def resolve(config: SurfaceConfig) -> tuple[dict[str, np.ndarray], dict[str, Any
     return ({"a": axis} if kind == "line" else {"a": axis, "b": axis}), attrs
 
 
-def open_record(config: SurfaceConfig, name: str, axes: dict[str, np.ndarray],
-                attrs: dict[str, Any]) -> tuple[RunWriter, dict[str, np.ndarray]]:
+def open_record(config: SurfaceConfig, name: str, axes: dict[str, np.ndarray], attrs: dict[str, Any],
+                hardware: dict | None = None) -> tuple[RunWriter, dict[str, np.ndarray]]:
     """Open or create ``config.out`` with the grid declared; returns the writer and the values already there.
 
     A new grid is first written whole, all NaN, and closed: HDF5 then allocates its storage before the SWMR
@@ -261,7 +236,7 @@ def open_record(config: SurfaceConfig, name: str, axes: dict[str, np.ndarray],
     out = Path(config.out)
     if not out.exists() or name not in open_run(out).names("surfaces"):
         meta = RunMeta(model=config.checkpoints[0], task=attrs["task"], recipe=f"surface-{config.kind}",
-                       config=asdict(config))
+                       config={**asdict(config), "hardware": hardware or {}})
         write_grid(out, name, axes, {f: np.full(shape, np.nan) for f in FIELDS}, kind="surfaces", attrs=attrs,
                    meta=meta)
     writer = RunWriter.open(out)
@@ -274,23 +249,24 @@ def open_record(config: SurfaceConfig, name: str, axes: dict[str, np.ndarray],
     return writer, {f: np.array(existing.fields[f], dtype="f8") for f in FIELDS}
 
 
-def run(config: SurfaceConfig) -> Surface | None:
-    """Compute the missing points of the surface (all of them without ``--out``); returns it on rank 0."""
+def run(config: SurfaceConfig, announce: bool = False) -> Surface | None:
+    """Compute the missing points of the surface (all of them without ``--out``); returns it on rank 0. The device
+    and precision are what ``config.device`` and ``config.precision`` choose (said on stderr with `announce`)."""
     axes, attrs = resolve(config)
     name = config.name or config.kind
     task_name, examples = load_examples(config.task, config.split, config.max_examples)
     attrs["task"] = task_name
-    with process_group(prefer_cuda=config.device != "cpu") as ranks:
-        if config.device == "cuda" and ranks.device.type != "cuda":
-            raise SurfaceError("--device cuda but torch sees no GPU; pass --device cpu")
+    hardware = choose_hardware(config.device, config.precision)
+    with process_group(prefer_cuda=hardware.device.type == "cuda") as ranks:
         model, space = load_subspace(config.checkpoints, attrs["labels"], ranks.device, config.seed)
-        batches = prepare_batches(examples, load_tokenizer(config.checkpoints), model,
+        tokenizer = load_tokenizer([Path(c) for c in config.checkpoints], model.config.vocab_size)
+        batches = prepare_batches(examples, tokenizer, model,
                                   max_length=config.max_length, batch_size=config.batch_size, device=ranks.device)
         shape = tuple(len(v) for v in axes.values())
         writer, values, error = None, {f: np.full(shape, np.nan) for f in FIELDS}, None
         if ranks.is_main and config.out:
             try:
-                writer, values = open_record(config, name, axes, attrs)
+                writer, values = open_record(config, name, axes, attrs, hardware.as_meta())
             except RecordsError as failure:
                 error = str(failure)
         missing = [i for i in grid_indices(values["loss"].shape)
@@ -298,9 +274,11 @@ def run(config: SurfaceConfig) -> Surface | None:
         error, missing = broadcast((error, missing), ranks)
         if error:
             raise SurfaceError(error)
+        if announce and ranks.is_main:
+            print(f"hardware: {hardware.describe()}", file=sys.stderr)
         started = time.perf_counter()
         try:
-            computed = _fill(model, space, batches, axes, missing, values, writer, name, ranks)
+            computed = _fill(model, space, batches, axes, missing, values, writer, name, ranks, hardware)
         finally:
             if writer is not None:
                 writer.close()
@@ -312,7 +290,7 @@ def run(config: SurfaceConfig) -> Surface | None:
 
 def _fill(model: nn.Module, space: Subspace, batches: list[Batch], axes: dict[str, np.ndarray],
           missing: list[tuple[int, ...]], values: dict[str, np.ndarray], writer: RunWriter | None, name: str,
-          ranks: Ranks) -> int:
+          ranks: Ranks, hardware: Hardware | None = None) -> int:
     """Compute ``missing`` points over the ranks; rank 0 stores (and flushes) each one as it arrives."""
     axis_values = list(axes.values())
     total = values["loss"].size
@@ -321,7 +299,7 @@ def _fill(model: nn.Module, space: Subspace, batches: list[Batch], axes: dict[st
                                                disable=not ranks.is_main, desc=f"surface {name}") as bar:
         def compute(index: tuple[int, ...]) -> tuple[float, float]:
             move_to([float(axis[i]) for axis, i in zip(axis_values, index)])
-            return evaluate(model, batches)
+            return evaluate(model, batches, hardware)
 
         for index, (loss, accuracy) in map_sharded(missing, compute, ranks):
             values["loss"][index], values["accuracy"][index] = loss, accuracy
@@ -335,13 +313,8 @@ def _fill(model: nn.Module, space: Subspace, batches: list[Batch], axes: dict[st
 # ----------------------------------------------------------------------------------------------- CLI
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:
-        self.exit(2, f"{self.prog}: {message}; see --help\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _OneLineParser(prog="python -m diagnostics.surface",
+    parser = CommandParser(prog="python -m diagnostics.surface",
                             description="Loss and accuracy on the line or plane through fine-tuning checkpoints.")
     through = parser.add_mutually_exclusive_group(required=True)
     through.add_argument("--line", nargs=2, metavar=("A", "B"), help="two checkpoint folders")
@@ -349,12 +322,15 @@ def build_parser() -> argparse.ArgumentParser:
                          help="pre-trained (a run's step0/), failed and successful checkpoint folders")
     through.add_argument("--random", nargs=1, metavar="C",
                          help="one checkpoint folder: the plane along two filter-normalised random directions")
+    through.add_argument("--barriers", nargs="+", metavar="RUN",
+                         help="run folders (or checkpoints): the line between every pair and its loss barrier")
     parser.add_argument("--task", required=True, help="task name (data/tasks) or task folder")
     parser.add_argument("--split", choices=("train", "dev"), default="train")
     parser.add_argument("--range", nargs=2, type=float, metavar=("LO", "HI"),
                         help="axis range (default -0.5 1.5 line, -1.5 1.5 plane, -1 1 random)")
     parser.add_argument("--grid", type=int,
-                        help="points per axis, LO and HI included (default 21 line, 13 plane and random)")
+                        help="points per axis, LO and HI included (default 21 line, 13 plane and random, "
+                             "5 per line for --barriers)")
     parser.add_argument("--max-examples", type=int, default=256, help="first N examples of the split (default 256)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-length", type=int, default=128, help="truncate examples to this many tokens")
@@ -362,7 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--name", help="grid name in the records file (default: line or plane)")
     parser.add_argument("--labels", nargs="+", help="one label per checkpoint (default: pre-trained failed successful)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the --random directions (default 0)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--device", choices=DEVICES, default="auto", help="auto: CUDA if torch sees a GPU")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="auto: bf16 autocast where the hardware has native bf16, else fp32")
     parser.add_argument("--json", action="store_true", help="print the grid as JSON on stdout")
     return parser
 
@@ -371,7 +349,8 @@ def config_from_args(args: argparse.Namespace) -> SurfaceConfig:
     return SurfaceConfig(checkpoints=list(args.plane or args.line or args.random), task=args.task, split=args.split,
                          range=list(args.range) if args.range else None, grid=args.grid,
                          max_examples=args.max_examples, batch_size=args.batch_size, max_length=args.max_length,
-                         out=args.out, name=args.name, labels=args.labels, device=args.device, seed=args.seed)
+                         out=args.out, name=args.name, labels=args.labels, device=args.device,
+                         precision=args.precision, seed=args.seed)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -379,23 +358,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     quiet = os.environ.get("RANK", "0") != "0"
     quiet_transformers()
     try:
-        surface = run(config_from_args(args))
+        with interrupt.stop_on_signals():
+            surface = run_barriers(args) if args.barriers else run(config_from_args(args), announce=True)
     except (SurfaceError, RecordsError, ValueError) as error:
+        return 1 if quiet else fail(error)
+    except KeyboardInterrupt as stop:
         if not quiet:
-            print(f"surface: {_first_line(error)}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        if not quiet:
-            print("surface: interrupted; every finished point is saved, run the same command to resume",
-                  file=sys.stderr)
-        return 130
+            saved = f" in {args.out}" if args.out else " (none: no --out)"
+            print(f"interrupted by {interrupt.describe(stop)}; every finished point is saved{saved}, run the same "
+                  "command to resume", file=sys.stderr)
+        return interrupt.exit_status(stop)
     if surface is None:
         return 0
     if args.json:
         print(json.dumps(surface.to_json()))
     else:
-        print(_table(surface))
+        print(surface.table() if args.barriers else _table(surface))
     return 0
+
+
+def run_barriers(args: argparse.Namespace):
+    """``--barriers``: the loss-barrier matrix of ``diagnostics.barriers`` (no --range, --labels or --seed)."""
+    from diagnostics import barriers
+
+    for flag, value in (("--range", args.range), ("--labels", args.labels), ("--seed", args.seed or None)):
+        if value is not None:
+            raise SurfaceError(f"{flag} does not apply to --barriers (each line runs from one run, a=0, to the "
+                               "other, a=1); leave it out")
+    return barriers.run(barriers.BarriersConfig(
+        runs=list(args.barriers), task=args.task, split=args.split,
+        grid=barriers.DEFAULT_GRID if args.grid is None else args.grid, max_examples=args.max_examples,
+        batch_size=args.batch_size, max_length=args.max_length, out=args.out, name=args.name or "barriers",
+        device=args.device))
 
 
 def _table(surface: Surface) -> str:
@@ -411,11 +405,6 @@ def _table(surface: Surface) -> str:
         lines += [f"a={value:>6.2f}  loss {surface.loss[i]:.4f}  accuracy {surface.accuracy[i]:.3f}"
                   for i, value in enumerate(a)]
     return "\n".join(lines)
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 if __name__ == "__main__":

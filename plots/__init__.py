@@ -7,13 +7,16 @@ taking records files, folders or :class:`probes.records.RunRecords`::
     from plots import plot_gradients
     plot_gradients(["runs/rte-default-s1/run.h5", "runs/rte-default-s2/run.h5"], layers="all")
 """
+from plots.barriers import plot_barriers
 from plots.forgetting import plot_forgetting
 from plots.generalisation import plot_generalisation
 from plots.gradients import plot_gradients
+from plots.interpolation import plot_interpolation
 from plots.line import plot_line
+from plots.profile import plot_forgetting_profile
 from plots.seeds import plot_seeds
 from plots.surface import plot_surface
 from plots.training import plot_training
 
-__all__ = ["plot_forgetting", "plot_generalisation", "plot_gradients", "plot_line", "plot_seeds", "plot_surface",
-           "plot_training"]
+__all__ = ["plot_barriers", "plot_forgetting", "plot_forgetting_profile", "plot_generalisation", "plot_gradients",
+           "plot_interpolation", "plot_line", "plot_seeds", "plot_surface", "plot_training"]

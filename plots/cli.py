@@ -4,6 +4,8 @@
     python -m plots gradients RUNS... --failed runs/a/run.h5 --successful runs/b/run.h5 --matrix -o g.pdf
     python -m plots forgetting runs/ -o forgetting.pdf
     python -m plots surface surface.h5 -o surface.pdf
+    python -m plots barriers barriers.h5 -o barriers.pdf
+    python -m plots interpolation runs/rte-default-s1/run.h5 runs/rte-default-s2/run.h5 -o interpolation.pdf
     python -m plots all runs/ -o figures/          # every figure the records allow; says which it skipped
     python -m plots watch runs/my-run.h5 -o gradients.png   # redraw while the run writes it (plots.watch)
 
@@ -81,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     figure.add_argument("--activations", action="store_true", default=None,
                         help="gradients: norms of the gradient with respect to each block's output (per depth, "
                              "also for ALBERT)")
-    figure.add_argument("--name", help="forgetting, surface, line: the record to draw (default: the first)")
+    figure.add_argument("--name", help="forgetting, surface, line, barriers: the record to draw (default: the "
+                                       "first); interpolation: start (default) or last_update")
     figure.add_argument("--task", help="generalisation: the task to draw (default: the one with most runs)")
     figure.add_argument("--successful-only", action="store_true", default=None,
                         help="generalisation: leave failed runs out")

@@ -13,7 +13,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from plots import sources
-from plots.runs import RecordsLike, Run, fetch_each, load_runs, require_verdicts
+from plots.runs import RecordsLike, Run, fetch_each, load_runs, require_verdicts, run_labels
 from plots.sources import Curve, MissingRecord
 from plots.style import NEUTRAL, PAGE, PALETTE, log_scale_if_wide, panel_title, panels, styled
 
@@ -27,7 +27,8 @@ def plot_forgetting(records: RecordsLike | Sequence[RecordsLike], ax: Axes | Seq
     runs = load_runs(records, failed, successful)
     curves = fetch_each(runs, lambda r: sources.forgetting_curve(r, name), "forgetting figure")
     require_verdicts([run for run, _ in curves], "forgetting")
-    groups = [(verdict, [(r, c) for r, c in curves if r.failed is verdict]) for verdict in (True, False)]
+    labels = dict(zip((id(run) for run, _ in curves), run_labels([run for run, _ in curves])))
+    groups = [(verdict, [(labels[id(r)], c) for r, c in curves if r.failed is verdict]) for verdict in (True, False)]
     groups = [(verdict, members) for verdict, members in groups if members]
     tasks = {sources.task(run.records) for run, _ in curves}
     history = _failed_history([run for run in runs if sources.task(run.records) in tasks], training)
@@ -41,9 +42,9 @@ def plot_forgetting(records: RecordsLike | Sequence[RecordsLike], ax: Axes | Seq
     return figure
 
 
-def _draw_curves(axis: Axes, members: list[tuple[Run, sources.ForgettingCurve]], *, log: bool) -> None:
-    for run, curve in members:
-        axis.plot(curve.k, curve.perplexity, marker="o", markersize=2.5, label=run.label)
+def _draw_curves(axis: Axes, members: list[tuple[str, sources.ForgettingCurve]], *, log: bool) -> None:
+    for label, curve in members:
+        axis.plot(curve.k, curve.perplexity, marker="o", markersize=2.5, label=label)
     pretrained = [c.pretrained for _, c in members if c.pretrained is not None]
     if pretrained:
         axis.axhline(float(np.median(pretrained)), color=NEUTRAL, linestyle="--", linewidth=1, label="pre-trained")

@@ -40,7 +40,8 @@ def plot_generalisation(records: RecordsLike | Sequence[RecordsLike], ax: Sequen
                      color=FAILED_COLOUR if run.failed else SUCCESS_COLOUR)
     history.set_xlabel("iteration")
     history.set_ylabel(f"dev {curves[0][1][1]}")
-    panel_title(history, 0, f"{task}: {len(curves)} seeds over training")
+    recipes = sorted({sources.recipe(run.records) for run, _ in curves})
+    panel_title(history, 0, f"{task}: {len(curves)} seeds over training ({', '.join(recipes)})")
     for verdict, colour, label in ((False, SUCCESS_COLOUR, "run"), (True, FAILED_COLOUR, "failed run"),
                                    (None, "0.5", "no verdict")):
         points = [(loss, value) for run, (loss, (value, _)) in finals if run.failed is verdict]

@@ -21,7 +21,7 @@ from matplotlib.ticker import MaxNLocator
 from probes.records import RunRecords
 
 from plots import sources
-from plots.runs import RecordsLike, Run, by_outcome, fetch_each, load_runs
+from plots.runs import RecordsLike, fetch_each, load_runs, panel_runs
 from plots.style import COLUMN, NEUTRAL, PAGE, PALETTE, panel_title, panels, styled
 
 SPECIAL = {"embeddings": ("embeddings", "0.55", ":"), "pooler": ("pooler", PALETTE[1], "--"),
@@ -42,7 +42,7 @@ def plot_gradients(records: RecordsLike | Sequence[RecordsLike], ax: Axes | Sequ
     found = fetch_each(load_runs(records, failed, successful), lambda r: _norms(r, matrix, activations),
                        "gradients figure")
     norms = {id(run): data for run, data in found}
-    chosen = _panel_runs([run for run, _ in found])
+    chosen = panel_runs([run for run, _ in found])
     data = [norms[id(run)] for run in chosen]
     figure, axes = panels(ax, len(chosen), (PAGE, 2.6) if len(chosen) > 1 else (COLUMN, 3.6), sharey=True)
     handles: dict[str, Line2D] = {}
@@ -84,11 +84,6 @@ def select_layers(names: list[str], layers: str | Sequence[int]) -> list[str]:
         wanted = {int(d) for d in layers}
     return [n for n in names if n in ("pooler", "head", "encoder.shared")
             or (n.startswith("encoder.") and n.split(".")[1].isdigit() and int(n.split(".")[1]) in wanted)]
-
-
-def _panel_runs(runs: list[Run]) -> list[Run]:
-    failed, successful = by_outcome(runs)
-    return (failed[:1] + successful[:1]) or runs[:2]
 
 
 def _norms(run: RunRecords, matrix: str | None, activations: bool) -> tuple[dict[str, sources.Curve], str]:

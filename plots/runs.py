@@ -10,7 +10,8 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, TypeVar
+from collections import Counter
+from typing import Callable, Iterable, Sequence, TypeVar
 
 from probes.records import RunRecords, iter_runs, open_run
 
@@ -30,8 +31,27 @@ class Run:
 
     @property
     def label(self) -> str:
+        """Task, recipe and seed (``hedge default s0``), as far as the run's metadata names them; else its file."""
         seed = sources.seed(self.records)
-        return f"seed {seed}" if seed is not None else self.records.path.stem
+        parts = [self.records.meta.get("task"), self.records.meta.get("recipe"),
+                 None if seed is None else f"s{seed}"]
+        return " ".join(str(part) for part in parts if part) or sources.name_of(self.records)
+
+
+def run_labels(runs: Sequence[Run]) -> list[str]:
+    """One legend label per run: :attr:`Run.label`, with the learning rate added where two runs of one figure
+    would read alike, then the folder where they still do (runs of one seed at two learning rates, say)."""
+    labels = [run.label for run in runs]
+    for extra in (_lr_text, lambda run: run.records.path.parent.name):
+        counts = Counter(labels)
+        labels = [f"{label} {extra(run)}".rstrip() if counts[label] > 1 else label
+                  for label, run in zip(labels, runs)]
+    return labels
+
+
+def _lr_text(run: Run) -> str:
+    lr = sources.learning_rate_setting(run.records)
+    return "" if lr is None else f"lr {lr:g}"
 
 
 def load_runs(records: RecordsLike | Iterable[RecordsLike], failed: Iterable[RecordsLike] = (),
@@ -62,6 +82,12 @@ def _expand(items: Iterable[RecordsLike]) -> Iterable[RunRecords | Path]:
 def by_outcome(runs: list[Run]) -> tuple[list[Run], list[Run]]:
     """The failed runs and the successful ones (runs without a verdict are in neither)."""
     return [r for r in runs if r.failed is True], [r for r in runs if r.failed is False]
+
+
+def panel_runs(runs: list[Run]) -> list[Run]:
+    """The runs of a side-by-side figure: the first failed and the first successful one, else the first two."""
+    failed, successful = by_outcome(runs)
+    return (failed[:1] + successful[:1]) or runs[:2]
 
 
 def require_verdicts(runs: list[Run], figure: str) -> None:

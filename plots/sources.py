@@ -12,21 +12,32 @@ from typing import Any
 
 import numpy as np
 
+from probes import catalogue
 from probes.records import Grid, RecordsError, RunRecords, Series, open_run
 
 # The commands that write each record (shown in "missing record" messages).
 FINETUNE = "python -m diagnostics.finetune (it records scalars and, with probes attached, gradient norms)"
 FORGETTING = "python -m diagnostics.forgetting CKPT --out RUN.h5 (layer-reset perplexity)"
 SURFACE = "python -m diagnostics.surface (loss surface between checkpoints)"
+BARRIERS = "python -m diagnostics.surface --barriers RUN... --out FILE.h5 (loss barriers between runs)"
+INTERPOLATION = ("python -m diagnostics.finetune, or probes.Interpolation on your own loop (loss along the line "
+                 "from the start during training)")
 
-TRAIN = ("scalars", "train")  # columns: loss, lr (written by diagnostics.finetune)
-PROBE = ("scalars", "probe")  # columns: loss, lr, grad_norm_pre_clip... (written by probes on any training loop)
-EVAL = ("scalars", "eval")  # columns: accuracy and/or the task metric, loss
-LAYER_NORMS = ("gradient_norms", "layers")  # columns: embeddings, encoder.1..L (or encoder.shared), pooler, head
-COMPONENT_NORMS = ("gradient_norms", "components")  # columns: "<layer>/<parameter path>"
-ACTIVATION_NORMS = ("activation_gradients", "activations")  # columns: encoder.1..L, also for ALBERT
-FORGETTING_KIND = "forgetting"  # grids over k with field perplexity
-SURFACES_KIND = "surfaces"  # grids over a (and b) with fields loss, accuracy
+
+def _where(spec: catalogue.SeriesSpec) -> tuple[str, str]:
+    return spec.kind, spec.name
+
+
+TRAIN = _where(catalogue.TRAIN)
+LEGACY_PROBE = _where(catalogue.LEGACY_PROBE_SCALARS)
+EVAL = _where(catalogue.EVAL)
+LAYER_NORMS = _where(catalogue.LAYER_NORMS)
+COMPONENT_NORMS = _where(catalogue.COMPONENT_NORMS)
+ACTIVATION_NORMS = _where(catalogue.ACTIVATION_NORMS)
+FORGETTING_KIND = catalogue.FORGETTING.kind
+PROFILE_KIND = catalogue.FORGETTING_PROFILE.kind
+SURFACES_KIND = catalogue.SURFACE_PLANE.kind
+INTERPOLATION_KIND = catalogue.INTERPOLATION_START.kind
 DEFAULT_SURFACE_LABELS = ("pre-trained", "failed", "successful")
 LAYER_ORDER = ("embeddings", "encoder", "pooler", "head")
 
@@ -49,6 +60,21 @@ class Curve:
 
 
 @dataclass(frozen=True)
+class BarrierGrid:
+    """Loss and accuracy along the line between every pair of runs (``loss[i, j, k]``: from run i to run j), and
+    each run's label, verdict (None: unknown) and final dev metric."""
+
+    labels: list[str]
+    a: np.ndarray
+    loss: np.ndarray
+    accuracy: np.ndarray
+    failed: list[bool | None]
+    dev_metric: list[float | None]
+    metric: str | None
+    split: str
+
+
+@dataclass(frozen=True)
 class ForgettingCurve:
     """Perplexity after resetting the top (or bottom) k blocks to their pre-trained weights, k = 0..L."""
 
@@ -56,6 +82,17 @@ class ForgettingCurve:
     perplexity: np.ndarray
     pretrained: float | None
     direction: str
+
+
+@dataclass(frozen=True)
+class InterpolationGrid:
+    """Loss and accuracy over (training step, a): ``loss[i, j]`` after the update of ``steps[i]``, at ``a[j]``."""
+
+    steps: np.ndarray
+    a: np.ndarray
+    loss: np.ndarray
+    accuracy: np.ndarray
+    line: str
 
 
 def name_of(run: RunRecords) -> str:
@@ -91,9 +128,9 @@ def learning_rate(run: RunRecords) -> Curve:
 
 
 def _train_series(run: RunRecords) -> tuple[str, str]:
-    """The fine-tuning runner's ``train`` series, else the probes' ``probe`` series (a loop of the user's own)."""
-    kind, name = PROBE
-    return PROBE if name in run.records.get(kind, {}) and TRAIN[1] not in run.records.get(kind, {}) else TRAIN
+    """The ``train`` series, else the ``probe`` series of a 0.1 file of probes on a loop of the user's own."""
+    kind, name = LEGACY_PROBE
+    return LEGACY_PROBE if name in run.records.get(kind, {}) and TRAIN[1] not in run.records.get(kind, {}) else TRAIN
 
 
 def dev_metric(run: RunRecords) -> tuple[Curve, str]:
@@ -168,6 +205,14 @@ def seed(run: RunRecords) -> int | None:
     return None if value is None or int(value) < 0 else int(value)
 
 
+def learning_rate_setting(run: RunRecords) -> float | None:
+    """The peak learning rate the run was configured with (``lr``, else the recipe it resolved), if recorded."""
+    config = dict(run.meta.get("config") or {})
+    recipe = config.get("resolved_recipe") if isinstance(config.get("resolved_recipe"), dict) else {}
+    value = config.get("lr") or recipe.get("lr")
+    return None if value is None else float(value)
+
+
 def warmup_end(run: RunRecords) -> float | None:
     """The step where warm-up ends: ``warmup_steps``, or ``warmup_ratio`` times the total steps, from the run's
     config or the recipe it resolved (diagnostics.finetune stores ``resolved_recipe``); None when not known."""
@@ -238,6 +283,37 @@ def forgetting_curve(run: RunRecords, name: str | None = None) -> ForgettingCurv
                            None if pretrained is None else float(pretrained), str(grid.attrs.get("direction", "top")))
 
 
+@dataclass(frozen=True)
+class ForgettingProfile:
+    """Per layer (``embeddings``, ``encoder.1`` ...): relative weight change, CKA of the hidden states after it
+    with the pre-trained model's, and the perplexity of the pre-trained model with only that layer fine-tuned."""
+
+    layers: list[str]
+    weight_change: np.ndarray
+    cka: np.ndarray
+    alone: np.ndarray
+    pretrained: float | None
+
+
+def forgetting_profile(run: RunRecords, name: str | None = None) -> ForgettingProfile:
+    """The run's forgetting profile: ``name``, else the one measured with the top-k curve, else the first."""
+    grids = run.grids(PROFILE_KIND)
+    if name is not None and name not in grids:
+        raise MissingRecord(f"{name_of(run)} has no {PROFILE_KIND}/{name} record "
+                            f"(it has {', '.join(grids) or 'none'}); make it with {FORGETTING}")
+    if not grids:
+        raise NotApplicable(f"{name_of(run)} has no {PROFILE_KIND} record; make it with {FORGETTING}")
+    if name is None:
+        tops = [n for n, g in grids.items() if g.attrs.get("direction", "top") == "top"]
+        name = (tops or list(grids))[0]
+    grid = grids[name]
+    curve = run.grids(FORGETTING_KIND).get(name)
+    pretrained = None if curve is None else curve.attrs.get("pretrained_perplexity")
+    return ForgettingProfile(list(grid.attrs.get("layers") or [f"depth {int(d)}" for d in grid.axes["depth"]]),
+                             grid.fields["weight_change"], grid.fields["cka"], grid.fields["alone"],
+                             None if pretrained is None else float(pretrained))
+
+
 def surface(run: RunRecords, kind: str, name: str | None = None) -> tuple[Grid, list[str]]:
     """A loss surface of ``kind`` ("plane" or "line") and the labels of its checkpoints."""
     grids = {n: g for n, g in run.grids(SURFACES_KIND).items() if _surface_kind(g) == kind}
@@ -253,3 +329,36 @@ def surface(run: RunRecords, kind: str, name: str | None = None) -> tuple[Grid, 
 
 def _surface_kind(grid: Grid) -> str:
     return str(grid.attrs.get("kind") or ("plane" if len(grid.axes) == 2 else "line"))
+
+
+def barriers(run: RunRecords, name: str | None = None) -> BarrierGrid:
+    """The barrier matrix of ``diagnostics.surface --barriers``: ``name``, else the first in the file."""
+    grids = {n: g for n, g in run.grids(SURFACES_KIND).items() if g.attrs.get("kind") == "barriers"}
+    if name is not None:
+        grids = {n: g for n, g in grids.items() if n == name}
+    if not grids:
+        which = f"surfaces/{name}" if name else "surfaces"
+        raise NotApplicable(f"{name_of(run)} has no {which} record of kind 'barriers'; make it with {BARRIERS}")
+    grid = next(iter(grids.values()))
+    count = len(grid.axes["first"])
+    labels = list(grid.attrs.get("labels") or [f"run {k}" for k in range(count)])
+    return BarrierGrid(labels, grid.axes["a"], grid.fields["loss"], grid.fields["accuracy"],
+                       list(grid.attrs.get("failed") or [None] * count),
+                       list(grid.attrs.get("dev_metric") or [None] * count), grid.attrs.get("metric"),
+                       str(grid.attrs.get("split", "train")))
+
+
+def interpolation(run: RunRecords, name: str | None = None) -> InterpolationGrid:
+    """The interpolation probe's grid over (step, a): the line from the start (``name`` "start", the default) or
+    through each step's update ("last_update")."""
+    name = name or "start"
+    series = run.records.get(INTERPOLATION_KIND, {}).get(name)
+    if not isinstance(series, Series):
+        error = MissingRecord if INTERPOLATION_KIND in run.records else NotApplicable
+        raise error(f"{name_of(run)} has no {INTERPOLATION_KIND}/{name} record; make it with {INTERPOLATION}")
+    if not len(series.steps):
+        raise MissingRecord(f"{name_of(run)}: {INTERPOLATION_KIND}/{name} has no evaluated step yet; "
+                            f"let the run reach one, or make it with {INTERPOLATION}")
+    field, a = series.axes["field"], series.axes["a"].astype("f8")
+    loss, accuracy = (series.values[:, field == which].astype("f8") for which in ("loss", "accuracy"))
+    return InterpolationGrid(series.steps, a[field == "loss"], loss, accuracy, str(series.attrs.get("line", "")))

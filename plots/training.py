@@ -10,7 +10,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from plots import sources
-from plots.runs import RecordsLike, fetch_each, load_runs
+from plots.runs import RecordsLike, fetch_each, load_runs, run_labels
 from plots.style import COLUMN, FAILED_COLOUR, RUN_COLOURS, panel_title, panels, styled
 
 LEGEND_RUNS = 8  # more runs than this get no legend entries
@@ -24,8 +24,9 @@ def plot_training(records: RecordsLike | Sequence[RecordsLike], ax: Sequence[Axe
     runs = load_runs(records, failed, successful)
     found = fetch_each(runs, lambda r: (sources.train_loss(r), sources.learning_rate(r)), "training figure")
     figure, (loss_axis, lr_axis) = panels(ax, 2, (2 * COLUMN, 2.3), sharex=True)
-    for index, (run, (loss, lr)) in enumerate(found):
-        label = f"{run.label}{' (failed)' if run.failed else ''}" if len(found) <= LEGEND_RUNS else None
+    labels = run_labels([run for run, _ in found])
+    for index, ((run, (loss, lr)), name) in enumerate(zip(found, labels)):
+        label = f"{name}{' (failed)' if run.failed else ''}" if len(found) <= LEGEND_RUNS else None
         colour = FAILED_COLOUR if run.failed else RUN_COLOURS[index % len(RUN_COLOURS)]
         style = {"linestyle": "--" if run.failed else "-", "color": colour}
         loss_axis.plot(loss.steps, loss.values, linewidth=0.8, label=label, **style)

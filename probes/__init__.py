@@ -3,9 +3,9 @@ know about a model (:mod:`probes.model`). ``diagnostics`` and ``plots`` build on
 
 Public API: :func:`attach` (a plain PyTorch loop, Accelerate, torchrun DDP), :class:`ProbeCallback` (the Hugging
 Face ``Trainer``), :class:`Schedule`, the probes (:class:`GradientNorms`, :class:`ActivationGradients`,
-:class:`ParameterNorms`, :class:`RunScalars`, :class:`EarlyWarning`, :class:`Forgetting`, all over
-:class:`Probe`) and :func:`find_layers`. Names are imported when first used, so ``import probes.records`` (h5py and
-numpy only, what ``plots`` reads) loads neither torch nor transformers.
+:class:`ParameterNorms`, :class:`RunScalars`, :class:`EarlyWarning`, :class:`Forgetting`, :class:`Interpolation`,
+all over :class:`Probe`) and :func:`find_layers`. Names are imported when first used, so ``import probes.records``
+(h5py and numpy only, what ``plots`` reads) loads neither torch nor transformers.
 """
 from importlib import import_module
 
@@ -15,6 +15,7 @@ _PUBLIC = {
     "Forgetting": "probes.forgetting",
     "GradientNorms": "probes.gradient_norms",
     "HookRecord": "probes.base",
+    "Interpolation": "probes.interpolation",
     "LayerDiscoveryError": "probes.model.layers",
     "LayerMap": "probes.model.layers",
     "ParameterNorms": "probes.parameter_norms",

@@ -14,11 +14,9 @@ from functools import partial
 import numpy as np
 import torch
 
-from probes import distributed
-from probes.base import Probe
+from probes import catalogue, distributed
+from probes.base import Declared, Probe
 from probes.norms import combine
-
-SERIES = "activations"
 
 
 class ActivationGradients(Probe):
@@ -34,11 +32,11 @@ class ActivationGradients(Probe):
         self.in_forward = False
         self.sums = torch.zeros(self.depth, dtype=torch.float32, device=session.device)
 
-    def declare(self, writer) -> None:
-        writer.add_series(SERIES, [f"encoder.{d}" for d in range(1, self.depth + 1)], kind="activation_gradients",
-                          axes={"depth": np.arange(1, self.depth + 1, dtype="f8")},
-                          attrs={"norm": "l2", "of": "gradient of the loss with respect to each block's output, "
-                                 "over the whole step's batch (micro-batches and ranks combined), unscaled"})
+    def series(self) -> list[Declared]:
+        return [Declared(catalogue.ACTIVATION_NORMS, [f"encoder.{d}" for d in range(1, self.depth + 1)],
+                         {"depth": np.arange(1, self.depth + 1, dtype="f8")},
+                         {"norm": "l2", "of": "gradient of the loss with respect to each block's output, over the "
+                          "whole step's batch (micro-batches and ranks combined), unscaled"})]
 
     def attach(self, session) -> None:
         model = session.model
@@ -56,10 +54,6 @@ class ActivationGradients(Probe):
     def reduce(self, session, block: torch.Tensor) -> None:
         distributed.sum_norms_(block, session.world)
         block.div_(session.world)
-
-    def write(self, writer, steps: list[int], block: np.ndarray) -> None:
-        for step, values in zip(steps, block):
-            writer.append(SERIES, step, values)
 
     def _forward_starts(self, module, args) -> None:
         self.in_forward = True

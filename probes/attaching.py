@@ -1,6 +1,7 @@
 """``probes.attach``: the one call that puts probes on a run, whatever wraps the model and the optimiser.
 
-It unwraps DDP / DataParallel models and Accelerate optimisers (finding an Accelerate GradScaler on the way), finds
+It refuses, in one line, a wrapper whose gradients it cannot read exactly (DeepSpeed, FSDP1 CPU offload...),
+unwraps DDP / DataParallel / FSDP1 models and Accelerate optimisers (finding an Accelerate GradScaler on the way), finds
 the model's layers, makes the records writer on rank 0 (from a path) or adopts the caller's, and opens a
 :class:`probes.session.ProbeSession` (a context manager: leaving it flushes, removes every hook and closes a writer
 it made). Example: ``with probes.attach(model, optimizer, "runs/run.h5") as session: ...``.
@@ -35,14 +36,17 @@ def attach(model: nn.Module, optimizer: torch.optim.Optimizer, writer: RunWriter
     ``scaler`` is the GradScaler of an AMP loop (found by itself on an Accelerate optimiser). ``post_clip=False``
     skips the post-clipping total (a second pass over the gradients, ~2% of a BERT-base step on a CPU).
     """
+    distributed.refuse_unsupported(model, optimizer)
     inner = distributed.unwrap_model(model)
     chosen = list(probes) if probes is not None else [GradientNorms(), ActivationGradients()]
-    session = ProbeSession(inner, distributed.unwrap_optimizer(optimizer), None, chosen, schedule or Schedule(),
-                           find_layers(inner, blocks), scaler=distributed.scaler_of(optimizer, scaler),
-                           start_step=start_step, flush_every=flush_every, strict=strict, post_clip=post_clip)
-    if session.rank == 0 and isinstance(writer, RunWriter):
-        session.writer = writer
-    elif session.rank == 0 and writer is not None:
-        session.writer = RunWriter.create(writer, meta or RunMeta(model=type(inner).__name__))
-        session.owns_writer = True
-    return session.open()
+    layers = find_layers(inner, blocks)
+    rank = distributed.rank_and_world()[0]
+    owns_writer = rank == 0 and writer is not None and not isinstance(writer, RunWriter)
+    if rank != 0:
+        writer = None
+    elif owns_writer:
+        writer = RunWriter.create(writer, meta or RunMeta(model=type(inner).__name__))
+    session = ProbeSession(inner, distributed.unwrap_optimizer(optimizer), writer, chosen, schedule or Schedule(),
+                           layers, scaler=distributed.scaler_of(optimizer, scaler), start_step=start_step,
+                           flush_every=flush_every, strict=strict, post_clip=post_clip, owns_writer=owns_writer)
+    return session.open()  # a failure to open removes the file the session was given to own

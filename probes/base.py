@@ -9,34 +9,65 @@ per flush and hands each probe its block in :meth:`Probe.write`.
 Order of calls, for a recorded step: ``on_backward`` at the end of each backward (micro-batch) of the step, after
 DDP's all-reduce; ``on_step`` inside ``optimizer.step()``, before the update (gradients clipped by then);
 ``after_step`` after the update; or ``on_skip`` instead of both when the step was skipped (a GradScaler found
-inf/NaN, or the loop zeroed the gradients without stepping). To add a probe (forgetting, early warning...):
-subclass :class:`Probe`, set ``width``, declare your series in ``declare``, fill ``row`` in the hooks, append in
-``write``; decide in ``on_flush`` (every rank sees the same numbers there) and set ``session.stop_requested`` to
-ask a Hugging Face ``Trainer`` to stop.
+inf/NaN, or the loop zeroed the gradients without stepping). To add a probe: subclass :class:`Probe`, set
+``width`` in ``bind``, say what you record in ``series`` (entries of :mod:`probes.catalogue` with their columns),
+fill ``row`` in the hooks; the block of your columns is written to those series as it is (override ``rows`` to
+turn it into something else first). Decide in ``on_flush`` (every rank sees the same numbers there; a probe may
+set ``session.flush_requested`` to have one at the end of the step) and set ``session.stop_requested`` to ask a
+Hugging Face ``Trainer`` to stop.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 import torch
+
+from probes.catalogue import SeriesSpec
 
 if TYPE_CHECKING:
     from probes.records import RunWriter
     from probes.session import ProbeSession
 
 
+@dataclass(frozen=True)
+class Declared:
+    """One series a probe records: its catalogue entry, its columns and optional per-column axes and attributes."""
+
+    spec: SeriesSpec
+    columns: Sequence[str]
+    axes: Mapping[str, Sequence] = field(default_factory=dict)
+    attrs: Mapping[str, Any] = field(default_factory=dict)
+
+
 class Probe:
     """Base probe: ``width`` buffer columns, lifecycle methods that do nothing until overridden."""
 
     width: int = 0
+    measured_only: bool = False  # True: rows left all NaN (a step the probe's own schedule skipped) are not written
 
     def bind(self, session: "ProbeSession") -> None:
         """Learn the model (``session.table``, ``session.layers``) and set ``width``; called once, first."""
 
+    def series(self) -> list[Declared]:
+        """What this probe records (asked after ``bind``); by default its block's columns in this order."""
+        return []
+
+    def rows(self, block: np.ndarray) -> list[np.ndarray]:
+        """The rows of each declared series from the host copy of this probe's block: by default consecutive
+        column slices of the block, in the order of ``series``."""
+        parts, start = [], 0
+        for declared in self.series():
+            parts.append(block[:, start:start + len(declared.columns)])
+            start += len(declared.columns)
+        return parts
+
     def declare(self, writer: "RunWriter") -> None:
         """Declare this probe's series on ``writer`` (rank 0 only, before the writer starts)."""
+        for declared in self.series():
+            writer.add_series(declared.spec.name, declared.columns, kind=declared.spec.kind, axes=declared.axes,
+                              attrs=declared.attrs)
 
     def attach(self, session: "ProbeSession") -> None:
         """Register extra torch hooks through ``session.hooks.add(handle, why)``."""
@@ -61,7 +92,10 @@ class Probe:
         (setting ``session.stop_requested`` here stops every rank at the same step)."""
 
     def write(self, writer: "RunWriter", steps: list[int], block: np.ndarray) -> None:
-        """Append the host copy of this probe's rows (rank 0 only)."""
+        """Append the host copy of this probe's rows to its series (rank 0 only)."""
+        for declared, values in zip(self.series(), self.rows(block)):
+            keep = ~np.isnan(values).all(axis=1) if self.measured_only else np.ones(len(steps), dtype=bool)
+            writer.extend(declared.spec.name, [step for step, kept in zip(steps, keep) if kept], values[keep])
 
     def detach(self, session: "ProbeSession") -> None:
         """Last call, after the final write; hooks are removed by the session."""

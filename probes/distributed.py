@@ -1,14 +1,19 @@
 """What probes need from torch.distributed and the wrappers around a model or optimiser (DDP, Accelerate).
 
 Collectives run only at a flush, once per block, never per step: per-rank quantities (activation gradients, the
-loss) and sharded ones (FSDP2 gradients) are combined there. Replicated gradients (DDP after its all-reduce) are
-the same on every rank and need no collective.
+loss) and sharded ones (FSDP2 and FSDP1 gradients, :mod:`probes.fsdp`) are combined there. Replicated gradients
+(DDP after its all-reduce) are the same on every rank and need no collective. :func:`refuse_unsupported` names, in
+one line, what probes cannot yet measure exactly, rather than record wrong numbers.
 """
 from __future__ import annotations
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from probes import fsdp
+
+SUPPORTED = "DDP, FSDP2 (fully_shard), FSDP1 (FULL_SHARD or SHARD_GRAD_OP), Accelerate and the Trainer on those"
 
 
 def rank_and_world() -> tuple[int, int]:
@@ -38,9 +43,27 @@ def scaler_of(optimizer: torch.optim.Optimizer, scaler=None):
     return scaler if scaler is not None and scaler.is_enabled() else None
 
 
+def refuse_unsupported(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Raise a one-line ``ValueError`` for a wrapper whose gradients probes cannot yet read exactly."""
+    zero3 = any(hasattr(param, "ds_id") for param in model.parameters())  # ZeRO-3 partitioned parameters
+    for thing in (model, optimizer, getattr(optimizer, "optimizer", None)):
+        if zero3 or type(thing).__module__.split(".")[0] == "deepspeed":
+            name = "ZeRO-3 parameters" if zero3 else type(thing).__name__
+            raise ValueError(f"probes do not support DeepSpeed yet ({name}; see docs/deepspeed.md); "
+                             f"supported: {SUPPORTED}")
+    fsdp.refuse_unsupported(model)
+
+
+def named_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter | fsdp.LocalPart]]:
+    """``(name, parameter)`` of the trainable parameters probes read: the model's own, or under FSDP1 each
+    original parameter's part of this rank's shard, under its original name (:mod:`probes.fsdp`)."""
+    parts = fsdp.named_parameters(model)
+    return parts if parts is not None else [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+
 def is_sharded(params: list[nn.Parameter]) -> bool:
-    """Whether parameters are sharded across ranks (FSDP2 ``DTensor`` parameters)."""
-    return any(hasattr(param, "to_local") for param in params)
+    """Whether parameters are sharded across ranks (FSDP2 ``DTensor`` parameters, FSDP1 flattened ones)."""
+    return any(hasattr(param, "to_local") or fsdp.is_flattened(param) for param in params)
 
 
 def sum_norms_(block: torch.Tensor, world: int) -> None:

@@ -7,10 +7,11 @@ its value at the start of the window: strongly negative means collapsed. A run i
 below a threshold fitted on seeds whose outcome is known (``python -m diagnostics.report --early`` fits and
 measures it; README "Early warning" gives the precision and recall on held-out seeds).
 
-As a probe, :class:`EarlyWarning` keeps the encoder norm of each recorded step of the window on the device, reads
-it back once (one synchronisation in the whole run) at the first recorded step past the window, warns, writes the
-decision as series ``scalars/early_warning`` and, with ``stop=True``, asks the run to stop
-(``session.stop_requested``, honoured by the Hugging Face Trainer through :class:`probes.ProbeCallback`).
+As a probe, :class:`EarlyWarning` records the encoder's gradient norm in its buffer column on each recorded step
+of the window (combined across ranks at the flush, so sharded models agree), asks for a flush once the window is
+over and decides in ``on_flush``, where every rank sees the same numbers: it warns, writes the decision as series
+``scalars/early_warning`` and, with ``stop=True``, asks the run to stop (``session.stop_requested``, honoured by
+the Hugging Face Trainer through :class:`probes.ProbeCallback`).
 """
 from __future__ import annotations
 
@@ -20,10 +21,11 @@ import warnings
 import numpy as np
 import torch
 
-from probes.base import Probe
+from probes import catalogue, distributed
+from probes.base import Declared, Probe
 
 DEFAULT_THRESHOLD = -1.0
-COLUMNS = ("score", "flagged", "threshold", "window_end")
+COLUMNS = catalogue.EARLY_WARNING.columns
 
 
 def collapse_score(steps: np.ndarray, encoder_norms: np.ndarray, window_end: int) -> float:
@@ -49,13 +51,18 @@ def encoder_norm(layer_names: list[str], layer_norms: np.ndarray) -> np.ndarray:
 
 
 class EarlyWarning(Probe):
-    """Decide at step ``window_end`` whether the run's encoder gradients collapsed; warn, record, maybe stop."""
+    """Decide once ``window_end`` steps are recorded whether the run's encoder gradients collapsed; warn, record,
+    maybe stop."""
+
+    width = 1
 
     def __init__(self, window_end: int, threshold: float = DEFAULT_THRESHOLD, stop: bool = False) -> None:
         if window_end < 4:
             raise ValueError(f"EarlyWarning(window_end={window_end}): the window needs at least 4 steps")
         self.window_end, self.threshold, self.stop = window_end, threshold, stop
         self.decision: tuple[int, float, bool] | None = None
+        self._steps: list[int] = []
+        self._norms: list[float] = []
         self._written = False
 
     def bind(self, session) -> None:
@@ -63,26 +70,35 @@ class EarlyWarning(Probe):
         self._encoder = torch.tensor([i for i, layer in enumerate(session.table.layer_index)
                                       if names[layer].startswith("encoder.")], dtype=torch.long,
                                      device=session.device)
-        self._history = torch.full((self.window_end + 1,), math.nan, device=session.device)
 
-    def declare(self, writer) -> None:
-        writer.add_series("early_warning", COLUMNS, kind="scalars",
-                          attrs={"rule": "flagged when collapse_score < threshold (probes/early_warning.py)"})
+    def series(self) -> list[Declared]:
+        return [Declared(catalogue.EARLY_WARNING, COLUMNS,
+                         attrs={"rule": "flagged when collapse_score < threshold (probes/early_warning.py)"})]
 
     def on_backward(self, session, row: torch.Tensor, first: bool) -> None:
         if session.step <= self.window_end:
-            norms = session.grad_norms.index_select(0, self._encoder)
-            self._history[session.step] = norms.square().sum().sqrt()
+            row[0] = session.grad_norms.index_select(0, self._encoder).square().sum().sqrt()
 
     def after_step(self, session, row: torch.Tensor) -> None:
-        if self.decision is not None or session.step < self.window_end:
+        if self.decision is None and session.step >= self.window_end:
+            session.flush_requested = True
+
+    def reduce(self, session, block: torch.Tensor) -> None:
+        if session.sharded:
+            distributed.sum_norms_(block, session.world)
+
+    def on_flush(self, session, steps: list[int], block: np.ndarray) -> None:
+        if self.decision is not None:
             return
-        values = self._history.cpu().numpy()
-        score = collapse_score(np.arange(values.size), values, self.window_end)
+        self._steps += steps
+        self._norms += block[:, 0].tolist()
+        if steps[-1] < self.window_end:
+            return
+        score = collapse_score(np.array(self._steps), np.array(self._norms), self.window_end)
         flagged = bool(score < self.threshold)
-        self.decision = (session.step, score, flagged)
+        self.decision = (steps[-1], score, flagged)
         if flagged:
-            warnings.warn(f"early warning at step {session.step}: encoder gradient norms fell 10^{score:.1f}-fold "
+            warnings.warn(f"early warning at step {steps[-1]}: encoder gradient norms fell 10^{score:.1f}-fold "
                           "over the first steps, the vanishing-gradient pattern of failed runs; consider "
                           "bias-corrected Adam, a lower learning rate or re-initialising the top layers",
                           RuntimeWarning, stacklevel=2)
@@ -91,5 +107,6 @@ class EarlyWarning(Probe):
     def write(self, writer, steps: list[int], block: np.ndarray) -> None:
         if self.decision is not None and not self._written:
             step, score, flagged = self.decision
-            writer.append("early_warning", step, [score, float(flagged), self.threshold, self.window_end])
+            writer.append(catalogue.EARLY_WARNING.name, step,
+                          [score, float(flagged), self.threshold, self.window_end])
             self._written = True

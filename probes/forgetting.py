@@ -20,15 +20,16 @@ import torch
 from torch import nn
 
 from probes.model.mlm import MaskedCorpus
-from probes.base import Probe
+from probes import catalogue
+from probes.base import Declared, Probe
 from probes.model.sweep import check_same_shape, sweep_nll
 from probes.schedule import Schedule
-
-SERIES = "training"
 
 
 class Forgetting(Probe):
     """MLM perplexity of the model being trained with its top (or bottom) k blocks reset to pre-trained weights."""
+
+    measured_only = True  # only the steps of the probe's own schedule
 
     def __init__(self, pretrained_mlm: nn.Module, corpus: MaskedCorpus, *, schedule: Schedule | None = None,
                  curve: bool = True, direction: str = "top", batch_size: int = 16) -> None:
@@ -48,20 +49,15 @@ class Forgetting(Probe):
         self.names = [f"k={k}" for k in range(self.depth + 1)] if self.curve else ["finetuned", "pretrained"]
         self.width = len(self.names)
 
-    def declare(self, writer) -> None:
-        axes = {"k": np.arange(self.depth + 1, dtype="f8")} if self.curve else None
-        writer.add_series(SERIES, self.names, kind="forgetting", axes=axes, attrs={
+    def series(self) -> list[Declared]:
+        axes = {"k": np.arange(self.depth + 1, dtype="f8")} if self.curve else {}
+        return [Declared(catalogue.FORGETTING_DURING, self.names, axes, {
             "direction": self.direction, "masked_tokens": self.corpus.masked_tokens,
-            "measured": "MLM perplexity with the pre-trained head, after the update of the step"})
+            "measured": "MLM perplexity with the pre-trained head, after the update of the step"})]
 
     def after_step(self, session, row: torch.Tensor) -> None:
         if self.schedule(session.step):
             row.copy_(self.evaluate(session.model).to(row))
-
-    def write(self, writer, steps: list[int], block: np.ndarray) -> None:
-        for step, values in zip(steps, block):
-            if not np.isnan(values).all():
-                writer.append(SERIES, step, values)
 
     def evaluate(self, model: nn.Module) -> torch.Tensor:
         """Perplexities (on the device) for the probe's columns, the model's train/eval flags left as they were."""

@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from probes import distributed
-from probes.base import Probe
+from probes import catalogue, distributed
+from probes.base import Declared, Probe
 
 ATTRS = {"clipping": "pre", "norm": "l2",
          "read_at": "end of the step's last backward: after accumulation and all-reduce, unscaled, before clipping"}
@@ -26,13 +26,16 @@ class GradientNorms(Probe):
         self.table = session.table
         self.width = len(self.table.params)
 
-    def declare(self, writer) -> None:
+    def series(self) -> list[Declared]:
         table = self.table
-        writer.add_series("layers", table.layers, kind="gradient_norms", axes={"depth": table.layer_depth},
-                          attrs=ATTRS)
         layer_of = [component.split("/")[0] for component in table.components]
-        writer.add_series("components", table.components, kind="gradient_norms", attrs=ATTRS, axes={
-            "depth": table.component_depth, "layer": np.array(layer_of), "component": np.array(table.component_path)})
+        return [Declared(catalogue.LAYER_NORMS, table.layers, {"depth": table.layer_depth}, ATTRS),
+                Declared(catalogue.COMPONENT_NORMS, table.components, {
+                    "depth": table.component_depth, "layer": np.array(layer_of),
+                    "component": np.array(table.component_path)}, ATTRS)]
+
+    def rows(self, block: np.ndarray) -> list[np.ndarray]:
+        return [self.table.layer_norms(block), block]
 
     def on_backward(self, session, row: torch.Tensor, first: bool) -> None:
         row.copy_(session.grad_norms)
@@ -40,9 +43,3 @@ class GradientNorms(Probe):
     def reduce(self, session, block: torch.Tensor) -> None:
         if session.sharded:
             distributed.sum_norms_(block, session.world)
-
-    def write(self, writer, steps: list[int], block: np.ndarray) -> None:
-        layers = self.table.layer_norms(block)
-        for step, per_layer, per_tensor in zip(steps, layers, block):
-            writer.append("layers", step, per_layer)
-            writer.append("components", step, per_tensor)

@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from probes import distributed
-from probes.base import Probe
+from probes import catalogue, distributed
+from probes.base import Declared, Probe
 from probes.norms import local, tensor_norms
 
 
@@ -23,12 +23,12 @@ class ParameterNorms(Probe):
         self.width = 2 * self.count
         self.snapshot = [torch.empty_like(local(param.detach())) for param in self.table.params]
 
-    def declare(self, writer) -> None:
+    def series(self) -> list[Declared]:
         axes = {"depth": self.table.layer_depth}
-        writer.add_series("parameters", self.table.layers, kind="parameter_norms", axes=axes,
-                          attrs={"norm": "l2", "read_at": "just before optimizer.step()"})
-        writer.add_series("updates", self.table.layers, kind="update_ratios", axes=axes,
-                          attrs={"ratio": "||theta_after - theta_before|| / ||theta_before||, per layer"})
+        return [Declared(catalogue.PARAMETER_NORMS, self.table.layers, axes,
+                         {"norm": "l2", "read_at": "just before optimizer.step()"}),
+                Declared(catalogue.UPDATE_RATIOS, self.table.layers, axes,
+                         {"ratio": "||theta_after - theta_before|| / ||theta_before||, per layer"})]
 
     def on_step(self, session, row: torch.Tensor) -> None:
         weights = [local(param.detach()) for param in self.table.params]
@@ -43,11 +43,8 @@ class ParameterNorms(Probe):
         if session.sharded:
             distributed.sum_norms_(block, session.world)
 
-    def write(self, writer, steps: list[int], block: np.ndarray) -> None:
+    def rows(self, block: np.ndarray) -> list[np.ndarray]:
         weights = self.table.layer_norms(block[:, : self.count])
         updates = self.table.layer_norms(block[:, self.count:])
         with np.errstate(divide="ignore", invalid="ignore"):
-            ratios = updates / weights
-        for step, weight, ratio in zip(steps, weights, ratios):
-            writer.append("parameters", step, weight)
-            writer.append("updates", step, ratio)
+            return [weights, updates / weights]

@@ -5,8 +5,9 @@ training loop is all a run needs (README, "Attaching probes to your own run"). :
 step's gradients are final, when it steps and when it was skipped; on recorded steps (``schedule``) the session
 computes the per-tensor gradient norms in one fused pass (unscaled from a GradScaler), hands each probe its slice
 of a device buffer row, and commits the row when the step ends. Steps are counted from ``start_step``, one per
-``optimizer.step()`` or skipped step. Values stay on the device until a flush (every ``flush_every`` recorded steps
-and at close): one host copy, collectives across ranks where a probe needs them, then rank 0 writes. Every hook
+``optimizer.step()`` or skipped step. Values stay on the device until a flush (when the next step needs a row and
+``flush_every`` recorded steps wait, or a probe asked for one, and at close): one host copy, collectives across
+ranks where a probe needs them, then rank 0 writes. :class:`RunScalars` always runs first. Every hook
 handle is kept in ``hooks`` and removed in ``finally``. A failing probe warns once and the probes turn off; a
 failing write warns once and recording stops; training goes on either way (``strict=True`` raises instead).
 """
@@ -35,10 +36,11 @@ class ProbeSession:
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, writer: RunWriter | None,
                  probes: Sequence[Probe], schedule: Schedule, layers: LayerMap, *, scaler: Any = None,
-                 start_step: int = 0, flush_every: int = 50, strict: bool = False, post_clip: bool = True):
+                 start_step: int = 0, flush_every: int = 50, strict: bool = False, post_clip: bool = True,
+                 owns_writer: bool = False):
         self.model, self.optimizer, self.layers = model, optimizer, layers
-        self.table: ParameterTable = parameter_table(model, layers)
-        self.scaler, self.writer, self.owns_writer = scaler, writer, False
+        self.table: ParameterTable = parameter_table(model, layers, distributed.named_parameters(model))
+        self.scaler, self.writer, self.owns_writer = scaler, writer, owns_writer
         self.schedule, self.step, self.strict = schedule, start_step, strict
         self.rank, self.world = distributed.rank_and_world()
         self.sharded = distributed.is_sharded(self.table.params)
@@ -47,13 +49,12 @@ class ProbeSession:
         self.probes = [self.scalars, *probes]
         self.hooks = HookRecord()
         self.recording = schedule(start_step)
-        self.stop_requested = False
+        self.stop_requested = self.flush_requested = False
         self.grad_norms = self.grad_total = self.loss_scale = None
         self._flush_every = flush_every
         self.events = StepEvents(model, optimizer, self.table.params, self)
         self._broken = self._closed = False
         self._warned: set[str] = set()
-        self._loss_sum, self._loss_count, self._given = None, 0, {}
 
     @property
     def active(self) -> bool:
@@ -112,21 +113,12 @@ class ProbeSession:
 
     def log_scalars(self, loss: Any = None, lr: Any = None) -> None:
         """Loss / learning rate of the step in progress (once its forward ran), else of the step just taken."""
-        if self.events.in_step:
-            self._given.update({k: v for k, v in (("loss", loss), ("lr", lr)) if v is not None})
-        elif self.rows.steps and self.rows.steps[-1] == self.step - 1:
-            self.scalars.set(self.rows.last_row()[self.scalars.columns], loss=loss, lr=lr)
-
-    def step_loss(self) -> Any:
-        if "loss" in self._given:
-            return self._given["loss"]
-        return None if not self._loss_count else self._loss_sum / self._loss_count
-
-    def step_lr(self) -> Any:
-        return self._given.get("lr", self.optimizer.param_groups[0]["lr"])
+        if self.active:
+            self.scalars.log(self, loss=loss, lr=lr)
 
     def flush(self, collective: bool = True) -> None:
         """Copy the recorded rows to the host (one synchronisation) and append them to the records."""
+        self.flush_requested = False
         steps, block = self.rows.take()
         if not steps or (not collective and self.world > 1):
             return
@@ -152,9 +144,8 @@ class ProbeSession:
     # ------------------------------------------------------------------------------------------ step events
 
     def loss_seen(self, loss: torch.Tensor) -> None:
-        if self.recording:
-            self._loss_sum = loss if self._loss_sum is None else self._loss_sum + loss
-            self._loss_count += 1
+        if self.active and self.recording:
+            self.scalars.loss_seen(loss)
 
     def backward_ended(self) -> None:
         if self.active and self.recording:
@@ -162,13 +153,13 @@ class ProbeSession:
 
     def step_begins(self) -> None:
         if self.active and self.recording:
-            row = self.rows.open_row()
+            row = self._row()
             for probe in self.probes:
                 self._guarded(probe.on_step, self, row[probe.columns])
 
     def step_ended(self, stepped: bool) -> None:
         if self.active and self.recording and stepped:
-            row = self.rows.open_row()
+            row = self._row()
             for probe in self.probes:
                 self._guarded(probe.after_step, self, row[probe.columns])
         if self.active:
@@ -181,22 +172,26 @@ class ProbeSession:
         self.grad_norms = norms if scale is None else norms / scale
         self.grad_total = total_norm(self.grad_norms)
         first = not self.rows.is_open
-        row = self.rows.open_row()
+        row = self._row()
         for probe in self.probes:
             probe.on_backward(self, row[probe.columns], first)
 
+    def _row(self) -> torch.Tensor:
+        """The row of the step in progress; a flush that is due happens first (so the last step's row stays on
+        the device until then, where ``log_scalars`` after ``optimizer.step()`` can still reach it)."""
+        if not self.rows.is_open and (self.rows.full or (self.flush_requested and self.rows.steps)):
+            self.flush()
+        return self.rows.open_row()
+
     def _end_step(self, stepped: bool) -> None:
         if self.recording:
-            row = self.rows.open_row()
+            row = self._row()
             if not stepped:
                 for probe in self.probes:
                     probe.on_skip(self, row[probe.columns])
             self.rows.commit(self.step)
-            if self.rows.full:
-                self.flush()
         self.step += 1
         self.recording = self.schedule(self.step)
-        self._loss_sum, self._loss_count, self._given = None, 0, {}
 
     # ------------------------------------------------------------------------------------------ failures
 
@@ -222,7 +217,7 @@ class ProbeSession:
         if self.owns_writer:
             try:
                 writer.close()
-            except Exception:  # its rows found no room: they are dropped, the file itself is closed
+            except Exception:  # closing flushes HDF5's metadata, which a full disk can refuse too
                 pass
 
     def _discard_writer(self) -> None:

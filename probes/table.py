@@ -38,9 +38,11 @@ class ParameterTable:
         return np.sqrt(sums)
 
 
-def parameter_table(model: nn.Module, layer_map: LayerMap) -> ParameterTable:
-    """The trainable parameters of ``model`` (model order) with their layer and component columns."""
-    named = [(name, param) for name, param in model.named_parameters() if param.requires_grad]
+def parameter_table(model: nn.Module, layer_map: LayerMap, named: list | None = None) -> ParameterTable:
+    """The trainable parameters of ``model`` (model order) with their layer and component columns; ``named``:
+    the ``(name, parameter)`` pairs to use instead (FSDP1's local parts, :func:`probes.distributed.named_parameters`)."""
+    if named is None:
+        named = [(name, param) for name, param in model.named_parameters() if param.requires_grad]
     depth = layer_map.depth
     layer_of = [layer_map.group_of(name) for name, _ in named]
     layers = sorted(set(layer_of), key=lambda layer: _position(layer, depth))

@@ -4,8 +4,8 @@
 probes and returns the losses, final weights, RNG state and, per step, the oracle's pre-clip norms computed
 straight from ``param.grad`` (float64, grouped with plain Python), so every probe test compares against the same
 reference. Run as a script under torchrun it is the distributed worker of ``tests/test_probes_ddp.py``:
-``python -m torch.distributed.run --standalone --nproc_per_node 2 tests/probe_harness.py ddp|fsdp2 OUT.h5
-[--oracle ORACLE.json]``.
+``python -m torch.distributed.run --standalone --nproc_per_node 2 tests/probe_harness.py MODE[,MODE...] FOLDER``
+with modes ``ddp``, ``fsdp2`` and the ``FSDP1`` ones (``fsdp1-flat-full``...).
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve
 
 import tiny  # noqa: E402
 import probes  # noqa: E402
+from layer_table import layer_of  # noqa: E402
 from probes.records import RunRecords, open_run  # noqa: E402
 
 
@@ -57,12 +58,13 @@ class LoopResult:
     records: RunRecords | None
 
 
-def oracle_layers(model, layer_map) -> dict[str, float]:
-    """Per-layer L2 norms of ``param.grad`` (float64 per tensor, summed in Python)."""
+def oracle_layers(model) -> dict[str, float]:
+    """Per-layer L2 norms of ``param.grad`` (float64 per tensor, summed in Python), grouped by the hand-written
+    table of tests/layer_table.py, not by the code under test."""
     sums: dict[str, float] = {}
     for name, param in model.named_parameters():
         if param.grad is not None:
-            group = layer_map.group_of(name)
+            group = layer_of(model.config.model_type, name)
             sums[group] = sums.get(group, 0.0) + float(param.grad.double().norm()) ** 2
     return {group: total ** 0.5 for group, total in sums.items()}
 
@@ -70,6 +72,13 @@ def oracle_layers(model, layer_map) -> dict[str, float]:
 def oracle_matrix(oracle: list[dict[str, float]], columns: list[str]) -> np.ndarray:
     """Per-step oracle values laid out as a series' ``(steps, columns)`` values."""
     return np.array([[step[column] for column in columns] for step in oracle])
+
+
+def interpolation_probe() -> "probes.Interpolation":
+    """The interpolation probe of the distributed test: two held batches (one of odd size, split unevenly across
+    ranks), evaluated after steps 1 and 3 of four, both lines."""
+    sample = [tiny.batch(6, 12, seed=50), tiny.batch(5, 9, seed=51)]
+    return probes.Interpolation(sample, total_steps=4, times=2, last_update=True)
 
 
 def count_hooks(model, optimizer) -> int:
@@ -83,7 +92,6 @@ def run_loop(config: LoopConfig, path: Path | None = None, model=None, batches=N
     """Train; with ``config.probe`` a probe session records to ``path`` (None: compute without writing)."""
     model = model if model is not None else tiny.classifier(config.arch, seed=0)
     model.train()
-    layer_map = probes.find_layers(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr)
     scaler = torch.amp.GradScaler("cpu", init_scale=config.scale) if config.scale else None
     torch.manual_seed(1)
@@ -104,7 +112,7 @@ def run_loop(config: LoopConfig, path: Path | None = None, model=None, batches=N
                 (scaler.scale(loss) if scaler else loss).backward()
             if scaler:
                 scaler.unscale_(optimizer)
-            oracle.append(oracle_layers(model, layer_map))
+            oracle.append(oracle_layers(model))
             totals.append(float(np.sqrt(sum(v ** 2 for v in oracle[-1].values()))))
             inside = count_hooks(model, optimizer)
             if config.skip_nonfinite and not np.isfinite(totals[-1]):
@@ -126,40 +134,91 @@ def run_loop(config: LoopConfig, path: Path | None = None, model=None, batches=N
     return LoopResult(losses, oracle, totals, weights, torch.get_rng_state(), inside, records)
 
 
-def distributed_worker(mode: str, out: str, oracle_path: str | None) -> None:
-    """Each rank trains on its half of every global batch under ``mode`` (``ddp``, or ``fsdp2``: every block and
-    the model ``fully_shard``-ed), on gloo; rank 0 writes the records and its post-all-reduce oracle (DDP)."""
-    import torch.distributed as dist
+def distributed_probes(interpolation: bool = True) -> list:
+    """The probes of the distributed runs and of their one-process oracle: the defaults, parameter norms and the
+    interpolation probe (which refuses FSDP1)."""
+    chosen = [probes.GradientNorms(), probes.ActivationGradients(), probes.ParameterNorms()]
+    return chosen + [interpolation_probe()] if interpolation else chosen
 
-    dist.init_process_group("gloo")
-    torch.set_num_threads(1)
-    rank, world = dist.get_rank(), dist.get_world_size()
-    model = tiny.classifier("bert", seed=0)
-    layer_map = probes.find_layers(model)
+
+FSDP1 = {"fsdp1-flat-full": (False, "FULL_SHARD"), "fsdp1-orig-full": (True, "FULL_SHARD"),
+         "fsdp1-flat-grad-op": (False, "SHARD_GRAD_OP"), "fsdp1-orig-grad-op": (True, "SHARD_GRAD_OP")}
+
+
+def wrap(mode: str, model, layer_map, world: int):
+    """``model`` under ``mode``: ``ddp``, ``fsdp2`` (every block and the model ``fully_shard``-ed) or one of
+    ``FSDP1`` (every block and the model in ``FullyShardedDataParallel``, flat or original parameters)."""
     if mode == "ddp":
-        wrapped = torch.nn.parallel.DistributedDataParallel(model)
-    else:
+        return torch.nn.parallel.DistributedDataParallel(model)
+    if mode == "fsdp2":
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
 
         mesh = init_device_mesh("cpu", (world,))
         for block in layer_map.blocks:
             fully_shard(block, mesh=mesh)
-        wrapped = fully_shard(model, mesh=mesh)
-    optimizer = torch.optim.AdamW(wrapped.parameters(), lr=1e-3)
+        return fully_shard(model, mesh=mesh)
+    from torch.distributed.fsdp import FullyShardedDataParallel, ShardingStrategy
+    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+    orig, strategy = FSDP1[mode]
+    return FullyShardedDataParallel(model, auto_wrap_policy=ModuleWrapPolicy({type(layer_map.blocks[0])}),
+                                    use_orig_params=orig, sharding_strategy=ShardingStrategy[strategy],
+                                    device_id=torch.device("cpu"))
+
+
+def train_distributed(mode: str, out: Path, rank: int, world: int) -> list[dict[str, float]]:
+    """4 steps, each rank on its half of every global batch, clipped to 0.1; returns rank 0's post-all-reduce
+    oracle under DDP (empty otherwise: sharded gradients have no single-rank oracle). Mode ``accelerate-fsdp``:
+    ``accelerator.prepare`` with an FSDP1 plugin (what it wraps the model in is written next to ``out``)."""
+    model = tiny.classifier("bert", seed=0)
+    layer_map = probes.find_layers(model)
+    optimizer = None
+    if mode == "accelerate-fsdp":
+        import accelerate
+
+        plugin = accelerate.FullyShardedDataParallelPlugin(
+            fsdp_version=1, auto_wrap_policy="transformer_based_wrap",
+            transformer_cls_names_to_wrap=[type(layer_map.blocks[0]).__name__])
+        accelerator = accelerate.Accelerator(cpu=True, fsdp_plugin=plugin)
+        wrapped, optimizer = accelerator.prepare(model, torch.optim.AdamW(model.parameters(), lr=1e-3))
+        if rank == 0:
+            out.with_suffix(".txt").write_text(type(wrapped).__name__)
+    else:
+        wrapped = wrap(mode, model, layer_map, world)
+    optimizer = optimizer or torch.optim.AdamW(wrapped.parameters(), lr=1e-3)
     oracle = []
-    with probes.attach(wrapped, optimizer, out, schedule=probes.Schedule(every=1, dense=0), strict=True):
+    with probes.attach(wrapped, optimizer, out, schedule=probes.Schedule(every=1, dense=0), strict=True,
+                       probes=distributed_probes(interpolation=mode in ("ddp", "fsdp2"))):
         for step in range(4):
             batch = tiny.batch(8, 12, seed=step * 100)
             half = {key: value.chunk(world)[rank] for key, value in batch.items()}
             wrapped(**half).loss.backward()
             if mode == "ddp":
-                oracle.append(oracle_layers(model, layer_map))
-            torch.nn.utils.clip_grad_norm_(wrapped.parameters(), 0.1)
+                oracle.append(oracle_layers(model))
+            if mode == "accelerate-fsdp":
+                accelerator.clip_grad_norm_(wrapped.parameters(), 0.1)
+            elif mode in FSDP1:
+                wrapped.clip_grad_norm_(0.1)  # FSDP1's own: the parameters' norms over every shard
+            else:
+                torch.nn.utils.clip_grad_norm_(wrapped.parameters(), 0.1)
             optimizer.step()
             optimizer.zero_grad()
-    if rank == 0 and oracle_path:
-        Path(oracle_path).write_text(json.dumps(oracle))
+    return oracle
+
+
+def distributed_worker(modes: list[str], folder: Path) -> None:
+    """Train under each of ``modes`` in turn on gloo; rank 0 writes ``MODE.h5`` and, for DDP, ``MODE.json`` (its
+    oracle) into ``folder``."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo")
+    torch.set_num_threads(1)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    for mode in modes:
+        oracle = train_distributed(mode, folder / f"{mode}.h5", rank, world)
+        if rank == 0 and oracle:
+            (folder / f"{mode}.json").write_text(json.dumps(oracle))
     dist.barrier()
     dist.destroy_process_group()
     # Gloo's background threads can abort the interpreter's own teardown ("terminate called without an active
@@ -170,6 +229,4 @@ def distributed_worker(mode: str, out: str, oracle_path: str | None) -> None:
 
 
 if __name__ == "__main__":
-    arguments = sys.argv[1:]
-    distributed_worker(arguments[0], arguments[1],
-                       arguments[arguments.index("--oracle") + 1] if "--oracle" in arguments else None)
+    distributed_worker(sys.argv[1].split(","), Path(sys.argv[2]))

@@ -13,9 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
+from probes.catalogue import (ACTIVATION_NORMS, COMPONENT_NORMS, EVAL, FORGETTING, INTERPOLATION_START, LAYER_NORMS,
+                               SURFACE_PLANE, TRAIN)
 from probes.records import RunMeta, RunWriter, write_grid
 
 LN2 = float(np.log(2.0))
+INTERPOLATION_A = np.linspace(-0.25, 1.25, 7)
 MAJORITY = {"rte": 0.527, "mrpc": 0.684}
 COMPONENTS = {
     "embeddings": ["word_embeddings.weight"],
@@ -40,27 +43,33 @@ def finetune_run(path: str | Path, *, failed: bool, seed: int = 1, depth: int = 
     with RunWriter.create(path, meta) as run:
         run.set_summary({"final_dev_metric": float(accuracy[-1]), "metric": "accuracy",
                          "majority": MAJORITY.get(task, 0.5), "failed": int(failed), "steps": steps})
-        run.add_series("train", ["loss", "lr"])
-        run.add_series("eval", ["accuracy", "loss"])
+        run.add_series(TRAIN.name, ["loss", "lr"], kind=TRAIN.kind)
+        run.add_series(EVAL.name, ["accuracy", "loss"], kind=EVAL.kind)
         layers = _layer_names(depth)
         if gradients:
-            run.add_series("layers", layers, kind="gradient_norms", attrs={"clipping": "pre"},
+            run.add_series(LAYER_NORMS.name, layers, kind=LAYER_NORMS.kind, attrs={"clipping": "pre"},
                            axes={"depth": [_depth(name, depth) for name in layers]})
-            run.add_series("components", _component_names(layers), kind="gradient_norms",
+            run.add_series(COMPONENT_NORMS.name, _component_names(layers), kind=COMPONENT_NORMS.kind,
                            attrs={"clipping": "pre"})
-            run.add_series("activations", layers[1:-2], kind="activation_gradients",
+            run.add_series(ACTIVATION_NORMS.name, layers[1:-2], kind=ACTIVATION_NORMS.kind,
                            axes={"depth": np.arange(1, depth + 1, dtype="f8")})
+            run.add_series(INTERPOLATION_START.name,
+                           [f"{field}@{a:g}" for field in ("loss", "accuracy") for a in INTERPOLATION_A],
+                           kind=INTERPOLATION_START.kind, attrs={"line": "theta_0 + a (theta_t - theta_0), the start"},
+                           axes={"a": np.tile(INTERPOLATION_A, 2), "field": np.repeat(["loss", "accuracy"], 7)})
         run.start()
         for step in range(steps):
-            run.append("train", step, [loss[step], lr[step]])
+            run.append(TRAIN.name, step, [loss[step], lr[step]])
         for step, value in zip(eval_steps, accuracy):
-            run.append("eval", int(step), [value, LN2 + 0.01 if failed else 0.7 - 0.3 * step / steps])
+            run.append(EVAL.name, int(step), [value, LN2 + 0.01 if failed else 0.7 - 0.3 * step / steps])
         if gradients:
             norms = _gradient_norms(steps, warmup, depth, failed, rng)
             for step in range(steps):
-                run.append("layers", step, norms[step])
-                run.append("components", step, _split_components(norms[step], layers))
-                run.append("activations", step, 0.05 * norms[step, 1:-2])
+                run.append(LAYER_NORMS.name, step, norms[step])
+                run.append(COMPONENT_NORMS.name, step, _split_components(norms[step], layers))
+                run.append(ACTIVATION_NORMS.name, step, 0.05 * norms[step, 1:-2])
+            for step in sorted({round(steps * k / 10) - 1 for k in range(1, 11)}):
+                run.append(INTERPOLATION_START.name, step, _interpolation(step / steps, failed, rng))
     if forgetting:
         _forgetting(path, depth, failed, rng)
     return Path(path)
@@ -74,13 +83,26 @@ def surface_records(path: str | Path, *, size: int = 25) -> Path:
     attrs = {"labels": ["pre-trained", "failed", "successful"], "checkpoints": ["p", "f", "s"],
              "task": "rte", "split": "train"}
     meta = RunMeta(model="tiny-bert", task="rte", argv=["records_factory"])
-    write_grid(path, "plane", {"a": axis, "b": axis}, {"loss": loss, "accuracy": accuracy}, kind="surfaces",
+    write_grid(path, "plane", {"a": axis, "b": axis}, {"loss": loss, "accuracy": accuracy}, kind=SURFACE_PLANE.kind,
                attrs={**attrs, "kind": "plane"}, meta=meta)
     line = np.linspace(-0.5, 1.5, 41)
     loss, accuracy = _landscape(1 - line, line)
-    write_grid(path, "line", {"a": line}, {"loss": loss, "accuracy": accuracy}, kind="surfaces",
+    write_grid(path, "line", {"a": line}, {"loss": loss, "accuracy": accuracy}, kind=SURFACE_PLANE.kind,
                attrs={**attrs, "kind": "line", "labels": ["failed", "successful"]})
+    _barriers(path)
     return Path(path)
+
+
+def _barriers(path: str | Path) -> None:
+    """``surfaces/barriers``: four runs, two basins (runs 0, 1 and runs 2, 3), run 3 failed."""
+    a, own, basin = np.linspace(0, 1, 5), np.array([0.05, 0.07, 0.06, LN2]), [0, 0, 1, 1]
+    loss = np.array([[(1 - a) * own[i] + a * own[j] + (0.3 * np.sin(np.pi * a) if basin[i] != basin[j] else 0)
+                      for j in range(4)] for i in range(4)])
+    write_grid(path, "barriers", {"first": np.arange(4), "second": np.arange(4), "a": a},
+               {"loss": loss, "accuracy": 1 - loss / 2}, kind="surfaces",
+               attrs={"kind": "barriers", "labels": [f"rte-mosbach-s{k}" for k in range(4)], "task": "rte",
+                      "split": "train", "failed": [False, False, False, True], "dev_metric": [0.7, 0.68, 0.6, 0.5],
+                      "metric": "accuracy"})
 
 
 def study(folder: str | Path, *, tasks=("rte", "mrpc"), recipes=("default", "mosbach"), seeds: int = 5,
@@ -180,14 +202,32 @@ def _gradient_norms(steps: int, warmup: int, depth: int, failed: bool, rng: np.r
     return 10 ** (logs + 0.12 * rng.standard_normal(logs.shape))
 
 
+def _interpolation(t: float, failed: bool, rng: np.random.Generator) -> np.ndarray:
+    """Loss and accuracy along the line from the start at a share ``t`` of training: a plateau at ln 2 for a failed
+    run, a descent deepening with training for a successful one (a parabola through ln 2 at the start)."""
+    a = INTERPOLATION_A
+    if failed:
+        loss = LN2 + 0.003 * (a - 0.5) ** 2 + 0.001 * rng.standard_normal(a.size)
+        return np.concatenate([loss, np.full(a.size, 0.5)])
+    depth = (LN2 - 0.08) * (1 - np.exp(-4 * t))
+    return np.concatenate([LN2 - depth * a * (2 - a), 0.5 + 0.35 * (1 - np.exp(-4 * t)) * np.clip(a * (2 - a), 0, 1)])
+
+
 def _forgetting(path: str | Path, depth: int, failed: bool, rng: np.random.Generator) -> None:
     pretrained = 9.4
     k = np.arange(depth + 1)
     start = 10 ** rng.uniform(4, 6.5) if failed else rng.uniform(13, 27)
     recovered = np.clip(k / (depth / 2), 0, 1)
     perplexity = np.exp(np.log(start) + (np.log(pretrained * 1.01) - np.log(start)) * recovered ** 0.7)
-    write_grid(path, "top", {"k": k}, {"perplexity": perplexity}, kind="forgetting",
+    write_grid(path, "top", {"k": k}, {"perplexity": perplexity}, kind=FORGETTING.kind,
                attrs={"direction": "top", "pretrained_perplexity": pretrained, "masked_tokens": 4096})
+    height = k / depth  # 0 at the embeddings, 1 at the top block: fine-tuning moves the top most
+    moved = (0.02 + (0.3 if failed else 0.1) * height ** 2) * rng.uniform(0.9, 1.1, depth + 1)
+    profile = {"alone": pretrained * np.exp(moved * (40 if failed else 5)), "cka": 1 - 2 * moved,
+               "weight_change": moved}
+    layers = ["embeddings"] + [f"encoder.{d}" for d in range(1, depth + 1)]
+    write_grid(path, "top", {"depth": k}, profile, kind="forgetting_profile",
+               attrs={"direction": "top", "layers": layers, "masked_tokens": 4096})
 
 
 def _landscape(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -115,8 +115,8 @@ def _records_in_cases(tool: str, before: tuple[str, ...], after: tuple[str, ...]
 
 
 CASES = [
-    Case("finetune", "missing-path", _with(FINETUNE, model="{missing}"), "not found"),
-    Case("finetune", "not-a-checkpoint", _with(FINETUNE, model="{not_checkpoint}"), "cannot load"),
+    Case("finetune", "missing-path", _with(FINETUNE, model="{missing}"), "does not exist"),
+    Case("finetune", "not-a-checkpoint", _with(FINETUNE, model="{not_checkpoint}"), "not a checkpoint"),
     Case("finetune", "empty-text", _with(FINETUNE, task="{empty_dev_task}"), "no examples"),
     Case("finetune", "non-text-bytes", _with(FINETUNE, task="{binary_task}"), "UTF-8"),
     Case("finetune", "truncated-hdf5", _with(FINETUNE, out="{truncated_runs}"), "unfinished run"),
@@ -144,8 +144,8 @@ CASES = [
     Case("surface", "missing-path", _with(LINE, line="{missing}"), "does not exist"),
     Case("surface", "not-a-checkpoint", _with(LINE, line="{not_checkpoint}"), "no config.json"),
     Case("surface", "architecture-mismatch", (*LINE[:2], "{roberta_checkpoint}", *LINE[3:]), "same architecture"),
-    Case("surface", "tokenizer-mismatch", (*LINE[:2], "{other_vocabulary}", *LINE[3:]), "different vocabularies"),
-    Case("surface", "wrong-head", (*LINE[:2], "{pretrained}", *LINE[3:]), "not a sequence classification"),
+    Case("surface", "tokenizer-mismatch", (*LINE[:2], "{other_vocabulary}", *LINE[3:]), "another vocabulary"),
+    Case("surface", "wrong-head", (*LINE[:2], "{pretrained}", *LINE[3:]), "not a *ForSequenceClassification"),
     Case("surface", "empty-text", _with(LINE, task="{empty_train_task}"), "no examples"),
     Case("surface", "non-text-bytes", _with(LINE, task="{binary_task}"), "UTF-8"),
     *_records_out_cases("surface", LINE, under_file="does not exist"),
@@ -371,6 +371,8 @@ def test_bad_input_is_one_line_nonzero_and_touches_nothing(case, read_only, outc
     lines = message_lines(result["stderr"])
     assert result["code"] not in (0, None) and len(lines) == 1, (result["code"], result["stderr"][-2000:])
     assert case.needle in lines[0], lines[0]
+    if case.tool != "plots":  # every diagnostics command: status 1 and the "error:" prefix, argparse's refusals too
+        assert result["code"] == 1 and lines[0].startswith("error: "), (result["code"], lines[0])
     assert result["changed"] == [], result["changed"]
     assert result["stdout"] == ""
 
@@ -441,7 +443,7 @@ def test_infinite_gradient_is_flagged_in_its_layer_and_the_run_goes_on(tmp_path)
     from probes.records import open_run
 
     run = open_run(tmp_path / "run.h5")
-    frame, layers = run.frame("probe"), run.frame("layers")
+    frame, layers = run.frame("train"), run.frame("layers")
     assert list(frame.index) == [0, 1, 2, 3]
     assert list(frame["nonfinite"]) == [0, 1, 0, 0] and list(frame["skipped"]) == [0, 1, 0, 0]
     assert np.isinf(layers.loc[1, "head"]) and np.isfinite(layers.drop(columns="head").loc[1]).all()

@@ -15,11 +15,11 @@ import pytest
 import torch
 
 import tiny
-from probes import records
+import probes
+from probes import catalogue, records
 from diagnostics.bert_adam import BertAdam
-from diagnostics.finetune import (FinetuneConfig, FinetuneError, eval_steps, linear_schedule, load_model, main,
-                                  parameter_groups, reinit_top, run)
-from diagnostics.recipes import get_recipe
+from diagnostics.finetune import FinetuneConfig, eval_steps, load_model, main, run
+from diagnostics.recipes import RecipeError, get_recipe, linear_schedule, parameter_groups, reinit_top
 from diagnostics.tasks import Example, write_task
 
 REPO = Path(__file__).resolve().parents[1]
@@ -159,7 +159,7 @@ def test_reinit_top_resets_only_the_top_blocks_and_the_pooler():
     assert top.attention.self.query.bias.eq(0).all() and 0.005 < top.attention.self.query.weight.std() < 0.05
     assert model.bert.pooler.dense.bias.eq(0).all()
     assert model.bert.encoder.layer[-2].output.LayerNorm.weight.eq(0.5).all()
-    with pytest.raises(FinetuneError, match="cannot re-initialise 9 blocks"):
+    with pytest.raises(RecipeError, match="cannot re-initialise 9 blocks"):
         reinit_top(model, layers=9, pooler=False)
 
 
@@ -189,18 +189,42 @@ def test_probes_declare_series_before_start_and_see_every_step(toy_task, tiny_ml
     seen = []
 
     @contextlib.contextmanager
-    def probes(model, optimizer, writer):
-        writer.add_series("probe", ["calls"], kind="scalars")
+    def my_probes(model, optimizer, writer):
+        writer.add_series("calls", ["calls"], kind="scalars")
         handle = optimizer.register_step_pre_hook(lambda *_: seen.append(len(seen) + 1))
         try:
-            yield
+            with probes.attach(model, optimizer, writer, probes=[]) as session:
+                yield session
         finally:
             handle.remove()
-            writer.append("probe", len(seen), [len(seen)])
+            writer.append("calls", len(seen), [len(seen)])
 
-    result = run(_config(toy_task, tmp_path, tiny_mlm_dir), probes=probes)
+    result = run(_config(toy_task, tmp_path, tiny_mlm_dir), probes=my_probes)
     assert seen == list(range(1, 7))
-    assert records.open_run(result.run_dir / "run.h5").series("probe").values.tolist() == [[6.0]]
+    assert records.open_run(result.run_dir / "run.h5").series("calls").values.tolist() == [[6.0]]
+
+
+def test_dev_predictions_and_cls_representations_are_kept_issue_19(toy_task, tiny_mlm_dir, tmp_path):
+    """The final row of predictions/dev scores the final dev metric; dev_cls is the saved model's own [CLS] state."""
+    from transformers import AutoModelForSequenceClassification
+
+    from diagnostics.instability import dev_outputs
+    from diagnostics.tasks import encode, load_task, metric
+
+    result = run(_config(toy_task, tmp_path, tiny_mlm_dir, bf16=False))
+    stored = records.open_run(result.run_dir / "run.h5")
+    task = load_task(toy_task)
+    series = stored.series("dev", kind="predictions")
+    assert series.steps.tolist() == stored.series("eval").steps.tolist() == [3, 6]
+    outputs = dev_outputs(stored)
+    labels = [e.label for e in task.dev]
+    assert metric(task.metric, outputs.predictions.tolist(), labels) == pytest.approx(result.final_dev_metric)
+    model = AutoModelForSequenceClassification.from_pretrained(result.run_dir / "final").eval()
+    with torch.no_grad():
+        out = model(**encode(task.dev, tiny.tokenizer(), 32), output_hidden_states=True)
+    assert outputs.predictions.tolist() == out.logits.argmax(-1).tolist()
+    torch.testing.assert_close(torch.from_numpy(outputs.cls).float(), out.hidden_states[-1][:, 0], rtol=1e-4,
+                               atol=1e-5)
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
@@ -220,7 +244,7 @@ def test_cli_end_to_end_then_skip_then_refuse_unfinished(toy_task, tiny_mlm_dir,
     for part in ("step0/config.json", "step0/tokenizer_config.json", "final/config.json", "final/model.safetensors"):
         assert (run_dir / part).is_file(), part
     rr = records.open_run(run_dir / "run.h5")
-    assert rr.series("train").columns == ["loss", "lr"] and len(rr.series("train").steps) == 12
+    assert rr.series("train").columns == list(catalogue.TRAIN.columns) and len(rr.series("train").steps) == 12
     assert list(rr.series("eval").steps) == [4, 8, 12] and rr.series("eval").columns == ["accuracy", "loss"]
     assert rr.summary["steps"] == 12 and rr.summary["metric"] == "accuracy" and rr.summary["majority"] == 0.5
     assert rr.summary["final_dev_metric"] == rr.series("eval").column("accuracy")[-1]
@@ -240,7 +264,7 @@ def test_cli_end_to_end_then_skip_then_refuse_unfinished(toy_task, tiny_mlm_dir,
 
 @pytest.mark.parametrize("change, message", [
     (("--task", "nope"), "unknown task 'nope'"),
-    (("--model", "/nonexistent"), "model folder /nonexistent not found"),
+    (("--model", "/nonexistent"), "--model /nonexistent does not exist"),
     (("--epochs", "0"), "--epochs must be positive"),
 ])
 def test_bad_input_is_one_line(toy_task, tiny_mlm_dir, tmp_path, capsys, change, message):

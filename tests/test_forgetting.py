@@ -28,7 +28,8 @@ from probes.model import mlm
 from diagnostics.embedded import DEFAULT_MODEL, HELDOUT_TEXT
 from probes.model.reset import reset_blocks
 from probe_harness import LoopConfig, run_loop
-from probes.forgetting import SERIES, Forgetting
+from probes.catalogue import FORGETTING_DURING
+from probes.forgetting import Forgetting
 from probes.model.sweep import layer_reset_sweep, mlm_head
 
 BLOCK = 64
@@ -271,7 +272,10 @@ def test_command_in_process_table(folders, capsys):
                             "--corpus", str(folders["corpus"]), "--max-tokens", "300"])
     lines = capsys.readouterr().out.splitlines()
     assert code == 0
-    assert lines[2].split() == ["k", "perplexity", "x", "pre-trained"] and len(lines) == 3 + 5 + 1
+    assert lines[2].split() == ["k", "perplexity", "x", "pre-trained", "emb.", "fine-tuned", "emb.", "reset"]
+    assert lines[8].startswith("pre-trained") and "only the embeddings reset" in lines[8]
+    assert [line.split()[0] for line in lines[10:]] == ["embeddings", "encoder.1", "encoder.2", "encoder.3",
+                                                        "encoder.4"]
 
 
 def bad_inputs(folders, tmp_path) -> dict[str, tuple[list, str]]:
@@ -340,7 +344,7 @@ def test_pretrained_and_step_come_from_the_runs_records(folders, tmp_path):
 
 def test_interrupted_sweep_writes_nothing(folders, tmp_path, monkeypatch, capsys):
     """Ctrl-C during the sweep (after the first batch): exit 130, no records file."""
-    real = forgetting.layer_reset_sweep
+    real = forgetting.forgetting_profile
 
     def interrupted(*args, progress, **kwargs):
         def batches(iterator):
@@ -348,18 +352,18 @@ def test_interrupted_sweep_writes_nothing(folders, tmp_path, monkeypatch, capsys
             raise KeyboardInterrupt
         return real(*args, progress=batches, **kwargs)
 
-    monkeypatch.setattr(forgetting, "layer_reset_sweep", interrupted)
+    monkeypatch.setattr(forgetting, "forgetting_profile", interrupted)
     out = tmp_path / "run.h5"
     code = forgetting.main([str(folders["checkpoint"]), "--pretrained", str(folders["pretrained"]), "--corpus",
                             str(folders["corpus"]), "--batch-size", "2", "--out", str(out)])
     assert code == 130 and not out.exists()
-    assert capsys.readouterr().err.strip() == "interrupted; nothing written"
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "interrupted; nothing written"
 
 
 @pytest.mark.slow
 def test_bad_input_in_a_real_process_is_one_line_without_traceback(folders):
     result = command(folders["no-encoder"], "--pretrained", folders["pretrained"], "--corpus", folders["corpus"])
-    assert result.returncode == 2 and result.stdout == ""
+    assert result.returncode == 1 and result.stdout == ""
     assert result.stderr.strip().splitlines() == [result.stderr.strip()] and "Traceback" not in result.stderr
 
 
@@ -405,7 +409,7 @@ def test_probe_follows_the_curve_without_changing_training(tmp_path, corpus):
     plain = run_loop(LoopConfig(steps=5, lr=1e-2, probe=False), model=dropout_classifier())
     assert probed.losses == plain.losses and torch.equal(probed.rng, plain.rng)
     assert all(torch.equal(probed.weights[name], plain.weights[name]) for name in plain.weights)
-    series = probed.records.series(SERIES, "forgetting")
+    series = probed.records.series(FORGETTING_DURING.name, FORGETTING_DURING.kind)
     assert list(series.steps) == [0, 2, 4] and series.columns == [f"k={k}" for k in range(5)]
     final = dropout_classifier()
     final.load_state_dict(probed.weights)
@@ -427,7 +431,7 @@ def test_probe_k0_only_and_modes_restored(tmp_path, corpus):
             optimizer.step()
             optimizer.zero_grad()
             assert [module.training for module in model.modules()] == modes
-    series = records.open_run(tmp_path / "run.h5").series(SERIES, "forgetting")
+    series = records.open_run(tmp_path / "run.h5").series(FORGETTING_DURING.name, FORGETTING_DURING.kind)
     assert series.columns == ["finetuned", "pretrained"] and list(series.steps) == [0, 1]
     reference = mlm.model_perplexity(pretrained, corpus)
     assert list(series.column("pretrained")) == pytest.approx([reference] * 2, rel=1e-5)

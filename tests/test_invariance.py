@@ -5,7 +5,8 @@
 * Probes on and off give bit-identical training under the Hugging Face ``Trainer`` (losses, final weights, RNG
   state) and in ``diagnostics.finetune.run`` (its records, its saved weights, the RNG state). The models here keep
   dropout on, so a probe that drew a random number would change the trajectory. The plain loop is covered in
-  ``tests/test_probes.py`` (``test_probing_changes_nothing``).
+  ``tests/test_probes.py`` (``test_probing_changes_nothing``), and here for the interpolation probe, which moves
+  every weight and runs the model in between steps.
 * ``layer_reset.reset_blocks`` and ``Subspace.moving`` restore every architecture's parameters bit for bit, in
   place (the same tensors, so an optimiser holding them still works), also after an exception inside the block.
   BERT alone is checked in ``tests/test_forgetting.py`` and ``tests/test_surface.py``; here every architecture.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import transformers
@@ -22,6 +24,7 @@ from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassificatio
 
 import probes
 import tiny
+from probe_harness import LoopConfig, run_loop
 from probes import records
 from diagnostics.finetune import FinetuneConfig, run
 from probes.model.interpolation import Subspace
@@ -59,14 +62,30 @@ def _train_with_trainer(tmp_path: Path, callbacks: list) -> tuple[list[float], d
 
 
 def test_trainer_with_and_without_probes_trains_bit_identically(tmp_path):
+    interpolation = probes.Interpolation([tiny.batch(6, 10, seed=9)], total_steps=5, times=2, last_update=True)
     callback = probes.ProbeCallback(tmp_path / "run.h5", schedule=probes.Schedule(every=1),
                                     probes=[probes.GradientNorms(), probes.ActivationGradients(),
-                                            probes.ParameterNorms()])
+                                            probes.ParameterNorms(), interpolation])
     probed = _train_with_trainer(tmp_path / "probed", [callback])
     plain = _train_with_trainer(tmp_path / "plain", [])
     assert len(probed[0]) == 5 and probed[0] == plain[0]
     assert same_tensors(probed[1], plain[1]) and torch.equal(probed[2], plain[2])
-    assert records.open_run(tmp_path / "run.h5").series("layers").steps.size == 5  # the probes did record
+    run = records.open_run(tmp_path / "run.h5")
+    assert run.series("layers").steps.size == 5  # the probes did record
+    assert run.series("start").steps.tolist() == run.series("last_update").steps.tolist() == [1, 4]
+
+
+def test_interpolation_leaves_a_dropout_run_bit_identical(tmp_path):
+    """The probe moves every weight, evaluates in eval mode and forks the RNG: nothing of that reaches the run."""
+    sample = [tiny.batch(6, 10, seed=9), tiny.batch(5, 7, seed=10)]
+    probe = probes.Interpolation(sample, total_steps=5, times=5, last_update=True)
+    config = LoopConfig(accumulation=2, clip=0.1, probe_list=[probe])
+    probed = run_loop(config, tmp_path / "run.h5", model=with_dropout(AutoModelForSequenceClassification))
+    config.probe = False
+    plain = run_loop(config, model=with_dropout(AutoModelForSequenceClassification))
+    assert probed.losses == plain.losses and torch.equal(probed.rng, plain.rng)
+    assert same_tensors(probed.weights, plain.weights)
+    assert probed.records.series("start").steps.tolist() == [0, 1, 2, 3, 4]
 
 
 @pytest.fixture(scope="module")
@@ -97,9 +116,10 @@ def test_finetune_run_with_and_without_probes_trains_bit_identically(task, dropo
     probed = _finetune(task, dropout_mlm, tmp_path / "probed", True)
     plain = _finetune(task, dropout_mlm, tmp_path / "plain", False)
     assert "gradient_norms" in probed[1].records and "gradient_norms" not in plain[1].records
+    assert probed[1].series("start", "interpolation").steps.tolist() == list(range(8))  # 10 targets, 8 steps
     for name in ("train", "eval"):
         first, second = probed[1].series(name, "scalars"), plain[1].series(name, "scalars")
-        assert first.steps.tolist() == second.steps.tolist() and (first.values == second.values).all(), name
+        assert first.steps.tolist() == second.steps.tolist() and np.array_equal(first.values, second.values, equal_nan=True), name
     assert probed[0].final_dev_metric == plain[0].final_dev_metric and probed[0].steps == plain[0].steps == 8
     for part in ("step0", "final"):
         assert same_tensors(probed[2][part], plain[2][part]), part

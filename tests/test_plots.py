@@ -17,8 +17,8 @@ import pytest
 
 import records_factory as factory
 from probes.records import RunMeta, RunWriter, open_run, write_grid, write_summary
-from plots import (plot_forgetting, plot_generalisation, plot_gradients, plot_line, plot_seeds, plot_surface,
-                   plot_training, sources)
+from plots import (plot_forgetting, plot_generalisation, plot_gradients, plot_interpolation, plot_line, plot_seeds,
+                   plot_surface, plot_training, sources)
 from plots.batch import draw_figures
 from plots.cli import main
 from plots.gradients import select_layers
@@ -111,7 +111,7 @@ def test_forgetting_panels_scales_and_pretrained_line(example):
     figure = plot_forgetting(sorted(example.glob("*.h5")))
     failed, successful, history = figure.axes[:3]
     assert failed.get_yscale() == "log" and successful.get_yscale() == "linear"
-    assert len([l for l in failed.get_lines() if l.get_label().startswith("seed")]) == 2
+    assert len([l for l in failed.get_lines() if l.get_label().startswith("rte default s")]) == 2
     dashed = [l for l in successful.get_lines() if l.get_label() == "pre-trained"]
     assert dashed[0].get_linestyle() == "--" and dashed[0].get_ydata()[0] == pytest.approx(9.4)
     loss = next(l for l in history.get_lines() if l.get_label() == "training loss")
@@ -144,6 +144,26 @@ def test_line_loss_and_accuracy_twin(example):
     assert [t.get_text() for t in figure.axes[0].texts] == ["failed", "successful"]
 
 
+def test_interpolation_heat_maps_on_one_scale_and_curves_at_a_few_steps(example):
+    figure = plot_interpolation([example / "successful.h5", example / "failed.h5"])
+    failed_map, successful_map, failed_curves, successful_curves, bar = figure.axes
+    assert failed_map.get_title(loc="left").startswith("(a) failed run") and bar.get_ylabel().startswith("training")
+    record = open_run(example / "successful.h5").series("start", "interpolation")
+    loss = record.values[:, record.axes["field"] == "loss"]
+    mesh = successful_map.collections[0]
+    np.testing.assert_allclose(mesh.get_array().reshape(loss.shape), loss, rtol=1e-6)
+    other = failed_map.collections[0].norm
+    assert (mesh.norm.vmin, mesh.norm.vmax) == (other.vmin, other.vmax) == (loss.min(), loss.max())  # one scale
+    assert len(successful_map.collections) > 1 and successful_curves.get_yscale() == "log"  # contours; wide range
+    lines = [line for line in successful_curves.get_lines() if line.get_label().startswith("step")]
+    assert [line.get_label() for line in lines] == [f"step {s}" for s in (29, 119, 209, 299)]
+    np.testing.assert_allclose(lines[-1].get_ydata(), loss[-1], rtol=1e-6)
+    flat = [line.get_ydata() for line in failed_curves.get_lines() if line.get_label().startswith("step")]
+    assert np.ptp(flat) < 0.02  # the failed run's plateau
+    with pytest.raises(MissingRecord, match=r"no interpolation/last_update record.*probes.Interpolation"):
+        plot_interpolation(example / "failed.h5", name="last_update")
+
+
 def test_seeds_box_per_recipe_panel_per_task(example):
     figure = plot_seeds(example / "study")
     assert [a.get_title(loc="left") for a in figure.axes] == ["(a) mrpc (10 runs)", "(b) rte (10 runs)"]
@@ -165,7 +185,7 @@ def test_generalisation_log_loss_axis_and_task_choice(example):
 def test_training_loss_and_lr(example):
     figure = plot_training([example / "failed.h5", example / "successful.h5"])
     loss, lr = figure.axes
-    assert [l.get_label() for l in loss.get_lines()] == ["seed 3 (failed)", "seed 4"]
+    assert [l.get_label() for l in loss.get_lines()] == ["rte default s3 (failed)", "rte default s4"]
     assert max(lr.get_lines()[0].get_ydata()) == pytest.approx(2e-5)
 
 
@@ -297,7 +317,7 @@ def test_cli_all_draws_what_records_allow_and_says_what_it_skipped(example, tmp_
     assert sorted(p.name for p in (tmp_path / "study").iterdir()) == ["generalisation.pdf", "seeds.pdf",
                                                                       "training.pdf"]
     skipped = [line for line in study.stdout.splitlines() if line.startswith("skipped")]
-    assert len(skipped) == 4 and any("gradients: " in s and "diagnostics.finetune" in s for s in skipped)
+    assert len(skipped) == 5 and any("gradients: " in s and "diagnostics.finetune" in s for s in skipped)
     again = run_cli("all", example / "study", "-o", tmp_path / "study")
     assert again.returncode == 1 and "already exists" in again.stderr
 
@@ -312,3 +332,34 @@ def test_issue_17_short_run_has_integer_iterations_and_output_folders_are_made(t
     (tmp_path / "notes.txt").write_text("a file")
     with pytest.raises(FigureError, match="notes.txt is a file, not a folder"):
         save(figure, tmp_path / "notes.txt" / "gradients.png", overwrite=False)
+
+
+def test_forgetting_profile_panels_failed_against_successful(example, tmp_path):
+    """Issue 15: weight change, CKA and 'only this layer fine-tuned' per layer, failed runs dashed and labelled."""
+    from plots import plot_forgetting_profile
+
+    figure = plot_forgetting_profile(sorted(example.glob("*.h5")))
+    change, cka, alone = figure.axes[:3]
+    labels = [line.get_label() for line in change.get_lines()]
+    assert sorted(labels[:2]) == ["rte default s3 (failed)", "rte default s5 (failed)"]  # failed runs first
+    assert sorted(labels[2:]) == ["rte default s4", "rte default s6"]
+    assert [t.get_text() for t in change.get_xticklabels()] == ["emb", "1", "2", "3", "4", "5", "6"]
+    assert change.get_lines()[0].get_linestyle() == "--" and cka.get_ylim()[1] <= 1.02
+    assert alone.get_yscale() == "log" and any(l.get_label() == "pre-trained" for l in alone.get_lines())
+    assert main(["profile", str(example), "-o", str(tmp_path / "profile.png")]) == 0
+    assert (tmp_path / "profile.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_labels_tell_runs_of_one_seed_apart(tmp_path):
+    """Issue 15: the same task, recipe and seed at two learning rates are labelled by their learning rate."""
+    from plots.runs import load_runs, run_labels
+
+    paths = []
+    for lr in (1e-4, 2e-4):
+        path = tmp_path / f"lr{lr:g}" / "run.h5"
+        path.parent.mkdir()
+        with RunWriter.create(path, RunMeta(task="hedge", recipe="default", seed=0, config={"lr": lr})) as run:
+            run.start()
+        paths.append(path)
+    assert run_labels(load_runs(paths)) == ["hedge default s0 lr 0.0001", "hedge default s0 lr 0.0002"]
+    assert run_labels(load_runs(paths[:1])) == ["hedge default s0"]

@@ -10,7 +10,7 @@ import torch
 
 import probes
 import tiny
-from probes.records import RunWriter, RunMeta, open_run
+from probes.records import RecordsError, RunWriter, RunMeta, open_run
 from probe_harness import LoopConfig, count_hooks, oracle_layers, oracle_matrix, run_loop
 from probes.schedule import records_step
 
@@ -24,7 +24,7 @@ def test_layer_norms_equal_param_grad_norms(arch, tmp_path):
     per_layer = {c: np.sqrt(sum(components.column(n) ** 2 for n in components.columns if n.startswith(c + "/")))
                  for c in layers.columns}
     np.testing.assert_allclose(np.stack([per_layer[c] for c in layers.columns], 1), layers.values, rtol=1e-5)
-    scalars = result.records.frame("probe")
+    scalars = result.records.frame("train")
     np.testing.assert_allclose(scalars["grad_norm_pre_clip"], result.oracle_total, rtol=1e-5)
     np.testing.assert_allclose(scalars["grad_norm_post_clip"], 0.05, rtol=1e-4)  # every step was clipped
     assert (scalars["nonfinite"] == 0).all() and (scalars["skipped"] == 0).all()
@@ -84,12 +84,12 @@ def test_accumulation_and_bf16_autocast(tmp_path):
     layers = result.records.series("layers")
     np.testing.assert_allclose(layers.values, oracle_matrix(result.oracle, layers.columns), rtol=1e-5)
     step_losses = np.array(result.losses).reshape(-1, 3).sum(1)  # the harness divides each micro loss by 3
-    np.testing.assert_allclose(result.records.series("probe").column("loss"), step_losses, rtol=1e-5)
+    np.testing.assert_allclose(result.records.series("train").column("loss"), step_losses, rtol=1e-5)
 
 
 def test_grad_scaler_norms_unscaled_and_skipped_step_recorded(tmp_path):
     result = run_loop(LoopConfig(scale=2.0 ** 12, nan_at=2), tmp_path / "run.h5")
-    frame = result.records.frame("probe")
+    frame = result.records.frame("train")
     assert list(frame.index) == [0, 1, 2, 3, 4]
     assert list(frame["skipped"]) == [0, 0, 1, 0, 0] and list(frame["nonfinite"]) == [0, 0, 1, 0, 0]
     assert list(frame["loss_scale"]) == [2.0 ** 12] * 3 + [2.0 ** 11] * 2  # the scaler backed off after the skip
@@ -101,7 +101,7 @@ def test_grad_scaler_norms_unscaled_and_skipped_step_recorded(tmp_path):
 @pytest.mark.parametrize("skip", [False, True])
 def test_nan_gradients_are_flagged_and_the_run_goes_on(tmp_path, skip):
     result = run_loop(LoopConfig(nan_at=2, skip_nonfinite=skip), tmp_path / "run.h5")
-    frame = result.records.frame("probe")
+    frame = result.records.frame("train")
     assert list(frame.index) == [0, 1, 2, 3, 4]
     assert list(frame["nonfinite"]) == ([0, 0, 1, 0, 0] if skip else [0, 0, 1, 1, 1])
     assert list(frame["skipped"]) == ([0, 0, 1, 0, 0] if skip else [0] * 5)
@@ -121,9 +121,9 @@ def test_schedule_records_only_scheduled_steps_across_flushes(tmp_path):
             optimizer.step()
             optimizer.zero_grad()
     records = open_run(tmp_path / "run.h5")
-    assert list(records.series("probe").steps) == [102, 105, 108]
+    assert list(records.series("train").steps) == [102, 105, 108]
     assert list(records.series("activations").steps) == [102, 105, 108]
-    assert np.isnan(records.series("probe").column("grad_norm_post_clip")).all()  # that pass was skipped
+    assert np.isnan(records.series("train").column("grad_norm_post_clip")).all()  # that pass was skipped
 
 
 def test_loss_and_lr_from_a_plain_loop(tmp_path):
@@ -145,7 +145,7 @@ def test_loss_and_lr_from_a_plain_loop(tmp_path):
             schedule.step()
             optimizer.zero_grad()
             losses.append(float(loss.detach()))
-    frame = open_run(tmp_path / "run.h5").frame("probe")
+    frame = open_run(tmp_path / "run.h5").frame("train")
     np.testing.assert_allclose(frame["loss"][:3], losses[:3], rtol=1e-6)
     assert np.isnan(frame["loss"][3])
     np.testing.assert_allclose(frame["lr"], [0.1, 0.05, 0.1 / 3, 0.025], rtol=1e-6)
@@ -153,7 +153,6 @@ def test_loss_and_lr_from_a_plain_loop(tmp_path):
 
 def test_parameter_norms_and_update_ratios(tmp_path):
     model = tiny.classifier("electra").train()
-    layer_map = probes.find_layers(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)
     expected_weights, expected_ratios = [], []
     with probes.attach(model, optimizer, tmp_path / "run.h5", schedule=probes.Schedule(every=1),
@@ -165,10 +164,10 @@ def test_parameter_norms_and_update_ratios(tmp_path):
             optimizer.zero_grad()
             for name, param in model.named_parameters():
                 param.grad = param.detach() - before[name]  # the update, to reuse the per-layer oracle
-            updates = oracle_layers(model, layer_map)
+            updates = oracle_layers(model)
             for name, param in model.named_parameters():
                 param.grad = before[name]
-            weights = oracle_layers(model, layer_map)
+            weights = oracle_layers(model)
             model.zero_grad()
             expected_weights.append(weights)
             expected_ratios.append({k: updates[k] / weights[k] for k in weights})
@@ -189,17 +188,17 @@ def test_started_writer_is_refused_and_runner_series_come_first(tmp_path):
     model = tiny.classifier("bert").train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     writer = RunWriter.create(tmp_path / "run.h5", RunMeta(seed=3))
-    writer.add_series("train", ["dev_accuracy"])
+    writer.add_series("dev", ["dev_accuracy"])
     with probes.attach(model, optimizer, writer, schedule=probes.Schedule(every=1)):
         model(**tiny.batch(4, 8)).loss.backward()
         optimizer.step()
-        writer.append("train", 0, [0.5])
+        writer.append("dev", 0, [0.5])
     writer.close()
     records = open_run(tmp_path / "run.h5")
-    assert records.meta["seed"] == 3 and records.names("scalars") == ["probe", "train"]
+    assert records.meta["seed"] == 3 and records.names("scalars") == ["dev", "train"]
     started = RunWriter.create(tmp_path / "other.h5", RunMeta())
     started.start()
-    with pytest.raises(Exception, match="start"):
+    with pytest.raises(RecordsError, match="start"):
         probes.attach(model, optimizer, started)
     started.close()
 
@@ -217,9 +216,62 @@ def test_write_failure_warns_once_and_training_goes_on(tmp_path):
                 optimizer.step()
     assert len([w for w in caught if "could not write" in str(w.message)]) == 1
     writer = RunWriter.create(tmp_path / "strict.h5", RunMeta())
-    with pytest.raises(Exception):
+    with pytest.raises(RecordsError, match="closed"):
         with probes.attach(model, optimizer, writer, schedule=probes.Schedule(every=1), flush_every=1,
                            strict=True):
             writer.close()
             model(**tiny.batch(4, 8)).loss.backward()
             optimizer.step()
+
+
+def test_log_scalars_after_the_step_reaches_a_step_that_filled_the_buffer(tmp_path):
+    """Issue 14: with the flush at the end of the step, values given after ``optimizer.step()`` were dropped on
+    every step that filled the buffer (here every second step)."""
+    model = tiny.classifier("bert").train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with probes.attach(model, optimizer, tmp_path / "run.h5", probes=[], schedule=probes.Schedule(every=1),
+                       flush_every=2) as session:
+        for step in range(5):
+            model(**tiny.batch(4, 8, seed=step)).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            session.log_scalars(loss=100.0 + step, lr=step / 10)
+    train = open_run(tmp_path / "run.h5").series("train")
+    assert train.steps.tolist() == [0, 1, 2, 3, 4]
+    np.testing.assert_array_equal(train.column("loss"), 100.0 + np.arange(5))
+    np.testing.assert_allclose(train.column("lr"), np.arange(5) / 10, rtol=1e-6)
+
+
+@pytest.mark.parametrize("clipping", ["none", "norm", "norm-loose", "value", "scaler-norm"])
+def test_post_clip_total_equals_the_gradients_inside_the_step(tmp_path, clipping):
+    """Issue 18: the post-clip total, known without a second pass when clipping is one global factor, equals the
+    norm of the gradients the optimiser sees (float64 oracle), and falls back to the full pass otherwise."""
+    model = tiny.classifier("bert").train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0) if clipping.startswith("scaler") else None
+    seen = []
+    optimizer.register_step_pre_hook(lambda *_: seen.append(
+        sum(float(p.grad.double().norm()) ** 2 for p in model.parameters() if p.grad is not None) ** 0.5))
+    with probes.attach(model, optimizer, tmp_path / "run.h5", probes=[], schedule=probes.Schedule(every=1),
+                       scaler=scaler):
+        for step in range(3):
+            loss = model(**tiny.batch(4, 8, seed=step)).loss
+            (scaler.scale(loss) if scaler else loss).backward()
+            if scaler:
+                scaler.unscale_(optimizer)
+            if clipping in ("norm", "scaler-norm"):
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 0.05)
+            elif clipping == "norm-loose":
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1e6)
+            elif clipping == "value":
+                torch.nn.utils.clip_grad_value_(model.parameters(), 1e-3)
+            if scaler:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            optimizer.zero_grad()
+    train = open_run(tmp_path / "run.h5").series("train")
+    np.testing.assert_allclose(train.column("grad_norm_post_clip"), seen, rtol=1e-5)
+    if clipping in ("norm", "scaler-norm"):
+        np.testing.assert_allclose(seen, 0.05, rtol=1e-4)  # the clipping really acted

@@ -1,5 +1,8 @@
 """Probes under torchrun (2 processes, gloo, CPU) give the norms of one process on the same global batch, with DDP
-(replicated gradients) and with FSDP2 (``fully_shard``: sharded DTensor gradients combined across ranks).
+(replicated gradients), FSDP2 (``fully_shard``: sharded DTensor gradients) and FSDP1 (``FullyShardedDataParallel``
+with flat or original parameters, FULL_SHARD and SHARD_GRAD_OP: each parameter's part of the local gradient shard),
+and refuse, in one line, the FSDP1 settings they do not measure exactly; the interpolation probe gives the lines of
+one process under DDP and FSDP2 (held sample split over the ranks; under FSDP2 each moves its shard).
 
 Run: ``python3 -m pytest tests/test_probes_ddp.py`` (slow: starts two worker processes per test).
 """
@@ -14,43 +17,135 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
+import probes
+import tiny
 from probes.records import open_run
-from probe_harness import LoopConfig, oracle_matrix, run_loop
+import trainer_worker
+from probe_harness import FSDP1, LoopConfig, distributed_probes, oracle_matrix, run_loop
 
 HARNESS = Path(__file__).with_name("probe_harness.py")
+TRAINER = Path(__file__).with_name("trainer_worker.py")
 
 
-def _torchrun(mode: str, folder: Path) -> None:
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               str(HARNESS), mode, str(folder / "run.h5"), "--oracle", str(folder / "oracle.json")]
+def torchrun(script: Path, *arguments: str, timeout: int = 300) -> str:
+    """Run ``script`` under torchrun with 2 processes of 1 thread; returns the output, which fails the test unless
+    every process exits cleanly."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
+               *arguments]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True)
     try:
-        output, _ = process.communicate(timeout=300)
+        output, _ = process.communicate(timeout=timeout)
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)  # torchrun and both workers
     assert process.returncode == 0, output[-3000:]
-    assert sorted(p.name for p in folder.iterdir()) == ["oracle.json", "run.h5"]  # rank 0 wrote, alone
+    return output
 
 
 @pytest.fixture(scope="module")
 def single(tmp_path_factory):
     """One process on the whole global batch of every step."""
-    return run_loop(LoopConfig(steps=4, length=12, clip=0.1), tmp_path_factory.mktemp("single") / "run.h5").records
+    config = LoopConfig(steps=4, length=12, clip=0.1, probe_list=distributed_probes())
+    return run_loop(config, tmp_path_factory.mktemp("single") / "run.h5").records
+
+
+def assert_matches_one_process(records, single) -> None:
+    names = [name for name in ("layers", "components", "activations", "parameters", "updates")
+             if any(name in kind for kind in single.records.values())]
+    for name in names:  # key-bias gradients are ~1e-13 rounding noise: atol
+        series, expected = records.series(name), single.series(name)
+        assert list(series.columns) == list(expected.columns)
+        np.testing.assert_allclose(series.values, expected.values, rtol=1e-5, atol=1e-9)
+    columns = ["loss", "grad_norm_pre_clip", "grad_norm_post_clip"]
+    np.testing.assert_allclose(records.frame("train")[columns], single.frame("train")[columns], rtol=1e-5)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["ddp", "fsdp2"])
 def test_two_processes_match_one_process(tmp_path, single, mode):
-    _torchrun(mode, tmp_path)
-    records = open_run(tmp_path / "run.h5")
-    for name in ("layers", "components", "activations"):  # key-bias gradients are ~1e-13 rounding noise: atol
-        np.testing.assert_allclose(records.series(name).values, single.series(name).values, rtol=1e-4, atol=1e-9)
-    columns = ["loss", "grad_norm_pre_clip", "grad_norm_post_clip"]
-    np.testing.assert_allclose(records.frame("probe")[columns], single.frame("probe")[columns], rtol=1e-4)
-    oracle = json.loads((tmp_path / "oracle.json").read_text())  # rank 0's own param.grad after the all-reduce
+    torchrun(HARNESS, mode, str(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{mode}.h5"] + ([f"{mode}.json"] if mode == "ddp" else [])
+    records = open_run(tmp_path / f"{mode}.h5")  # rank 0 wrote, alone
+    assert_matches_one_process(records, single)
+    for name in ("start", "last_update"):  # the held sample split over the ranks, the sums all-reduced
+        assert records.series(name).steps.tolist() == single.series(name).steps.tolist() == [1, 3]
+        np.testing.assert_allclose(records.series(name).values, single.series(name).values, rtol=1e-5)
     if mode == "ddp":
+        oracle = json.loads((tmp_path / "ddp.json").read_text())  # rank 0's own param.grad after the all-reduce
         layers = records.series("layers")
         np.testing.assert_allclose(layers.values, oracle_matrix(oracle, layers.columns), rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_fsdp1_flat_and_original_parameters_match_one_process(tmp_path, single):
+    """Issue 16: FSDP1 recorded 67 of 105 tensors (original parameters) or 7 (flat ones), silently. Also
+    ``probes.attach`` after ``accelerator.prepare`` with an FSDP1 plugin, in the same two processes; on a CPU
+    Accelerate (which enables FSDP only on accelerators) wraps the model in DDP."""
+    modes = [*FSDP1, "accelerate-fsdp"]
+    torchrun(HARNESS, ",".join(modes), str(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f"{mode}.h5" for mode in modes] +
+                                                                ["accelerate-fsdp.txt"])
+    for mode in modes:
+        assert_matches_one_process(open_run(tmp_path / f"{mode}.h5"), single)
+    print("accelerate wrapped the model in", (tmp_path / "accelerate-fsdp.txt").read_text())
+
+
+@pytest.fixture(scope="module")
+def single_trainer(tmp_path_factory):
+    """The Trainer in one process on batches of 8: its records and its own logged pre-clip norms."""
+    folder = tmp_path_factory.mktemp("single-trainer")
+    trainer = trainer_worker.train(folder, per_device_batch=8)
+    return open_run(folder / "run.h5"), [entry["grad_norm"] for entry in trainer.state.log_history
+                                         if "grad_norm" in entry]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("options", [[], ["fsdp=full_shard"]], ids=["ddp", "fsdp-args"])
+def test_trainer_under_torchrun_matches_one_process(tmp_path, single_trainer, options):
+    """The Trainer's own distributed path, 2 processes of 4 examples against one of 8. With ``fsdp`` arguments on a
+    CPU, Accelerate (which enables FSDP only on accelerators) trains with DDP: recorded in ``wrapped.txt``. The
+    Trainer's default ``average_tokens_across_devices=True`` multiplies the loss by the number of processes for
+    models that accept loss keywords, a classifier's gradients included: turned off here, so that the gradients
+    themselves equal one process's (probes record gradients as they are either way)."""
+    expected, logged = single_trainer
+    torchrun(TRAINER, str(tmp_path / "two"), "4", "average_tokens_across_devices=False", *options)
+    records = open_run(tmp_path / "two" / "run.h5")
+    assert list(records.series("layers").steps) == [0, 1, 2]
+    assert_matches_one_process(records, expected)
+    np.testing.assert_allclose(records.frame("train")["grad_norm_pre_clip"], logged, rtol=1e-5)
+    print("trained as", (tmp_path / "two" / "wrapped.txt").read_text())
+
+
+@pytest.fixture
+def one_process_group(tmp_path):
+    """A gloo group of one process (FSDP1 then falls back to NO_SHARD), destroyed afterwards."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("setting, message", [
+    ({}, "sharding_strategy=NO_SHARD; use FULL_SHARD or SHARD_GRAD_OP"),
+    ({"cpu_offload": "offload"}, "FSDP1 with CPU offload"),
+    ({"ignored_modules": "pooler"}, "ignored_modules"),
+])
+def test_fsdp1_settings_not_measured_exactly_are_refused_in_one_line(tmp_path, one_process_group, setting, message):
+    from torch.distributed.fsdp import CPUOffload, FullyShardedDataParallel
+
+    model = tiny.classifier("bert", seed=0)
+    options = {"cpu_offload": CPUOffload(offload_params=True)} if "cpu_offload" in setting else {}
+    if "ignored_modules" in setting:
+        options["ignored_modules"] = [model.bert.pooler]
+    wrapped = FullyShardedDataParallel(model, device_id=torch.device("cpu"), **options)
+    optimizer = torch.optim.AdamW(wrapped.parameters(), lr=1e-3)
+    with pytest.raises(ValueError, match=message) as refused:
+        probes.attach(wrapped, optimizer, tmp_path / "run.h5")
+    assert "\n" not in str(refused.value)
+    assert not (tmp_path / "run.h5").exists()

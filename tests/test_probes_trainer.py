@@ -27,7 +27,7 @@ class OracleTrainer(transformers.Trainer):
         clip = self.accelerator.clip_grad_norm_
 
         def noting_clip(parameters, *rest, **options):
-            self.oracle.append(oracle_layers(self.model, probes.find_layers(self.model)))
+            self.oracle.append(oracle_layers(self.model))
             return clip(parameters, *rest, **options)
 
         self.accelerator.clip_grad_norm_ = noting_clip
@@ -67,7 +67,7 @@ def test_trainer_callback_records_pre_clip_norms(tmp_path, accumulation):
     layers = records.series("layers")
     assert list(layers.steps) == list(range(6))
     np.testing.assert_allclose(layers.values, oracle_matrix(trainer.oracle, layers.columns), rtol=1e-5)
-    frame = records.frame("probe")
+    frame = records.frame("train")
     logged = [entry["grad_norm"] for entry in trainer.state.log_history if "grad_norm" in entry]
     np.testing.assert_allclose(frame["grad_norm_pre_clip"], logged, rtol=1e-5)
     np.testing.assert_allclose(frame["grad_norm_post_clip"], 0.05, rtol=1e-4)
@@ -85,7 +85,7 @@ def test_a_probe_can_stop_the_trainer(tmp_path):
     trainer = _trainer(tmp_path, callback, max_steps=10)
     trainer.train()
     assert trainer.state.global_step == 3
-    assert list(open_run(tmp_path / "run.h5").series("probe").steps) == [0, 1, 2]
+    assert list(open_run(tmp_path / "run.h5").series("train").steps) == [0, 1, 2]
 
 
 def test_accelerate_loop_with_accumulation(tmp_path):
@@ -99,7 +99,7 @@ def test_accelerate_loop_with_accumulation(tmp_path):
             with accelerator.accumulate(model):
                 accelerator.backward(model(**tiny.batch(4, 10, seed=micro)).loss)
                 if accelerator.sync_gradients:
-                    oracle.append(oracle_layers(model, probes.find_layers(model)))
+                    oracle.append(oracle_layers(model))
                     accelerator.clip_grad_norm_(model.parameters(), 0.05)
                 optimizer.step()
                 optimizer.zero_grad()

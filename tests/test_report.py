@@ -74,4 +74,4 @@ def test_report_errors_are_one_line(tmp_path, repo_root):
     for argument in (str(tmp_path / "missing"), str(empty)):
         out = subprocess.run([sys.executable, "-m", "diagnostics.report", argument], capture_output=True,
                              text=True, cwd=repo_root)
-        assert out.returncode == 2 and out.stderr.count("\n") == 1 and out.stderr.startswith("error:")
+        assert out.returncode == 1 and out.stderr.count("\n") == 1 and out.stderr.startswith("error:")

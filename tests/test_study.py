@@ -8,7 +8,7 @@ import pytest
 
 from diagnostics.embedded import DEFAULT_MODEL
 from probes.records import open_run
-from diagnostics.study import _seeds, pick_runs
+from diagnostics.study import _seeds, pick_basin_runs, pick_runs
 from diagnostics.finetune import FinetuneResult
 
 
@@ -26,6 +26,17 @@ def test_pick_runs_prefers_the_default_recipe(tmp_path):
     assert [p.name for p in successful] == ["t-default-s0"]
 
 
+def test_barriers_take_the_recipe_with_most_successful_runs(tmp_path):
+    def result(name, failed):
+        return FinetuneResult(tmp_path / name, False, 0.0, "mcc", 0.0, failed, 10, 1.0)
+    results = [result("t-default-s0", False), result("t-default-s1", True), result("t-mosbach-s1", False),
+               result("t-mosbach-s0", False), result("u-mosbach-s2", False)]
+    recipe, runs = pick_basin_runs(results, "t")
+    assert recipe == "mosbach" and [p.name for p in runs] == ["t-mosbach-s0", "t-mosbach-s1"]
+    assert pick_basin_runs(results[:2], "t") == ("default", [tmp_path / "t-default-s0"])
+    assert pick_basin_runs([], "t") == (None, [])
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not (DEFAULT_MODEL / "model.safetensors").exists(), reason="embedded default not built")
 def test_quick_study_end_to_end_and_rerun_skips(tmp_path, repo_root):
@@ -38,7 +49,9 @@ def test_quick_study_end_to_end_and_rerun_skips(tmp_path, repo_root):
     for path in runs:
         run = open_run(path)
         assert "final_dev_metric" in run.summary and run.series("layers", kind="gradient_norms").steps.size > 0
-    assert (out / "report.md").read_text().count("| hedge |") == 2
+    report = (out / "report.md").read_text()
+    assert report.count("| hedge |") == 2 and "| disagreement | CKA |" in report
+    assert "## Loss barriers between successful seeds" in report or "no loss barriers" in first.stderr
     assert {p.name for p in (out / "figures").glob("*.pdf")} >= {"training.pdf", "seeds.pdf", "gradients.pdf"}
     page = (out / "report.html").read_text()  # issue 17: one page with every figure and links to the records
     assert 'id="figure-gradients"' in page and all(f'href="{p.parent.name}/run.h5"' in page for p in runs)

@@ -5,13 +5,16 @@ by the **pre-trained** MLM head (``direction="bottom"`` swaps the roles: pre-tra
 The input stage (embeddings, and ALBERT's or ELECTRA's projection to the hidden size) goes with block 1: it is
 fine-tuned unless every block is reset, so k = L is exactly the pre-trained model.
 
-Instead of L+1 full forward passes, each batch runs the lower model once, keeping its hidden state after every
-depth, and runs only the upper model's blocks from the cached state at depth L-k (about half the block calls for
-large L: 0.5 + 1/(L+1) of the naive cost). The blocks are called with exactly the extra arguments (attention mask
-format included) that the model itself passed to its first block, captured by a forward pre-hook, so every
-architecture and attention implementation of transformers is handled alike. ALBERT's one shared block is simply
-called once per depth: depths above L-k run the pre-trained shared block. The MLM head runs only at the masked
-positions. Nothing is modified; the sweep reads both models under ``torch.inference_mode()``.
+Instead of L+1 full forward passes, each batch runs both models once, keeping their hidden states after every
+depth, and runs only the blocks that differ from both: for the top-k sweep the upper model's blocks from the cached
+state at depth L-k (about half the block calls for large L: 0.5 + 1/(L+1) of the naive cost). Any set of composed
+models is computed the same way (``composed_nll``: the pre-trained weights at chosen depths, the fine-tuned ones
+elsewhere), each distinct mixed prefix of blocks once; the forgetting profile (``probes.model.profile``) uses it.
+The blocks are called with exactly the extra arguments (attention mask format included) that the model itself
+passed to its first block, captured by a forward pre-hook, so every architecture and attention implementation of
+transformers is handled alike. ALBERT's one shared block is simply called once per depth, from whichever model
+the composition takes at that depth. The MLM head runs only at the masked positions. Nothing is modified; the
+sweep reads both models under ``torch.inference_mode()``.
 
 Library code (no command line): ``layer_reset_sweep(finetuned, pretrained_mlm, corpus)``; the command is
 ``python -m diagnostics.forgetting``.
@@ -19,7 +22,7 @@ Library code (no command line): ``layer_reset_sweep(finetuned, pretrained_mlm, c
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Collection, Sequence
 
 import torch
 from torch import nn
@@ -28,6 +31,7 @@ from probes.model.mlm import IGNORE, MaskedCorpus, masked_nll, perplexity
 from probes.model.layers import find_layers
 
 DIRECTIONS = ("top", "bottom")
+EMBEDDINGS = ("with-block-1", "finetuned", "reset")  # what happens to the input stage as blocks are reset
 # The modules of each *ForMaskedLM that turn hidden states into vocabulary logits, applied in this order.
 MLM_HEADS = {
     "bert": ("cls",),
@@ -153,6 +157,19 @@ def layer_reset_sweep(finetuned: nn.Module, pretrained_mlm: nn.Module, corpus: M
     return SweepTotals(direction, list(range(len(totals))), totals.tolist(), corpus.masked_tokens)
 
 
+def reset_depths(k: int, depth: int, direction: str = "top", embeddings: str = "with-block-1") -> set[int]:
+    """The depths (0 = the input stage) set to pre-trained weights when ``k`` blocks are reset from the top or the
+    bottom. ``embeddings``: ``with-block-1`` (reset exactly when block 1 is, so k = L is the pre-trained model),
+    ``finetuned`` (never reset: the papers reset encoder blocks only) or ``reset`` (always)."""
+    if direction not in DIRECTIONS:
+        raise ValueError(f"unknown direction {direction!r}; use one of {', '.join(DIRECTIONS)}")
+    if embeddings not in EMBEDDINGS:
+        raise ValueError(f"unknown embeddings rule {embeddings!r}; use one of {', '.join(EMBEDDINGS)}")
+    blocks = set(range(depth - k + 1, depth + 1) if direction == "top" else range(1, k + 1))
+    reset_input = embeddings == "reset" or (embeddings == "with-block-1" and 1 in blocks)
+    return blocks | ({0} if reset_input else set())
+
+
 @torch.inference_mode()
 def sweep_nll(finetuned: nn.Module, pretrained_mlm: nn.Module, corpus: MaskedCorpus, *, direction: str = "top",
               ks: Sequence[int] | None = None, batch_size: int = 16,
@@ -163,31 +180,66 @@ def sweep_nll(finetuned: nn.Module, pretrained_mlm: nn.Module, corpus: MaskedCor
     """
     if direction not in DIRECTIONS:
         raise ValueError(f"unknown direction {direction!r}; use one of {', '.join(DIRECTIONS)}")
+    depth = find_layers(pretrained_mlm).depth
+    ks = list(range(depth + 1)) if ks is None else list(ks)
+    if any(not 0 <= k <= depth for k in ks):
+        raise ValueError(f"k must lie in 0..{depth}; got {ks}")
+    return composed_nll(finetuned, pretrained_mlm, corpus, [reset_depths(k, depth, direction) for k in ks],
+                        batch_size=batch_size, progress=progress)
+
+
+Observer = Callable[[list[torch.Tensor], list[torch.Tensor], torch.Tensor], None]
+
+
+@torch.inference_mode()
+def composed_nll(finetuned: nn.Module, pretrained_mlm: nn.Module, corpus: MaskedCorpus,
+                 resets: Sequence[Collection[int]], *, batch_size: int = 16,
+                 progress: Callable[[Any], Any] = iter, observe: Observer | None = None) -> torch.Tensor:
+    """Summed masked NLL of composed models, scored by the pre-trained MLM head: model i takes the pre-trained
+    weights at the depths in ``resets[i]`` (0 = the input stage, 1..L the blocks) and the fine-tuned ones elsewhere,
+    as ``reset_blocks`` would patch it. Returns a float64 tensor, one total per composition.
+
+    Each batch runs both models once (only the one needed when every composition starts from the same one); the
+    compositions are walked in lexicographic order of their depth-by-depth sources, a depth-first walk of their
+    prefix tree that keeps one hidden state per depth and computes every distinct mixed prefix once. ``observe``,
+    if given, sees ``(finetuned_states, pretrained_states, attention_mask)`` of each batch (``states[d]``: the hidden
+    state after depth d, 0 = the input stage), with both models run.
+    """
     check_same_shape(finetuned, pretrained_mlm)
     head = mlm_head(pretrained_mlm)
-    lower, upper = (finetuned, pretrained_mlm) if direction == "top" else (pretrained_mlm, finetuned)
-    upper_blocks = find_layers(upper).blocks
-    depth = len(upper_blocks)
-    ks = list(range(depth + 1)) if ks is None else list(ks)
-    splits = [depth - k if direction == "top" else k for k in ks]
-    if any(not 0 <= split <= depth for split in splits):
-        raise ValueError(f"k must lie in 0..{depth}; got {ks}")
+    blocks = {False: find_layers(finetuned).blocks, True: find_layers(pretrained_mlm).blocks}
+    depth = len(blocks[True])
+    plans = [_plan(reset, depth) for reset in resets]
+    order = sorted(range(len(plans)), key=plans.__getitem__)
     device = next(pretrained_mlm.parameters()).device
-    totals = torch.zeros(len(ks), dtype=torch.float64, device=device)
+    totals = torch.zeros(len(plans), dtype=torch.float64, device=device)
     for input_ids, attention_mask, labels in progress(corpus.batches(batch_size)):
         input_ids, attention_mask, labels = input_ids.to(device), attention_mask.to(device), labels.to(device)
         chosen = labels != IGNORE
-        if any(split > 0 for split in splits):
-            lower_states, _ = block_states(lower, input_ids, attention_mask)
-        if any(split < depth for split in splits):
-            upper_states, upper_call = block_states(upper, input_ids, attention_mask)
-        for index, split in enumerate(splits):  # blocks 1..split from the lower model, split+1..L from the upper
-            if split == 0:
-                hidden = upper_states[depth]
-            else:
-                hidden = lower_states[split]
-                for block in upper_blocks[split:]:
-                    hidden = upper_call(block, hidden)
-            nll, _ = masked_nll(head(hidden[chosen]), labels)
+        states, call = {}, None
+        for source, model in ((False, finetuned), (True, pretrained_mlm)):
+            if observe is not None or any(plan[0] == source for plan in plans):
+                states[source], call = block_states(model, input_ids, attention_mask)
+        if observe is not None:
+            observe(states[False], states[True], attention_mask)
+        path: list[torch.Tensor] = []  # path[d]: hidden state after depth d of the current composition
+        previous: tuple[bool, ...] = ()
+        for index in order:
+            plan = plans[index]
+            shared = next((d for d, (a, b) in enumerate(zip(previous, plan)) if a != b), len(previous))
+            del path[shared:]
+            for d in range(shared, depth + 1):
+                pure = all(source == plan[d] for source in plan[:d + 1])
+                path.append(states[plan[d]][d] if pure else call(blocks[plan[d]][d - 1], path[-1]))
+            previous = plan
+            nll, _ = masked_nll(head(path[-1][chosen]), labels)
             totals[index] += nll.double()
     return totals
+
+
+def _plan(reset: Collection[int], depth: int) -> tuple[bool, ...]:
+    """Depth by depth, 0..L: whether the composition takes the pre-trained weights there."""
+    outside = sorted(d for d in reset if not 0 <= d <= depth)
+    if outside:
+        raise ValueError(f"depth {outside[0]} is outside 0..{depth}; reset depths of this model's blocks")
+    return tuple(d in reset for d in range(depth + 1))

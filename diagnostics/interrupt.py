@@ -1,0 +1,82 @@
+"""Ctrl-C and SIGTERM stop a command the same way: cleanly, within seconds, with its records closed and readable.
+
+Python turns SIGINT (Ctrl-C) into ``KeyboardInterrupt``, so ``with`` blocks close the records writers and each
+command's ``main`` says what it kept. SIGTERM (``kill``, a job scheduler's time limit, ``docker stop``) would end the
+process at once, leaving files open; inside :func:`stop_on_signals` it raises the same ``KeyboardInterrupt``
+instead. :func:`deferred` holds both signals during a write that must land whole (a record is there or not, never
+half). The exit status is 128 + the signal number, as a shell reports it (130 for SIGINT, 143 for SIGTERM).
+"""
+from __future__ import annotations
+
+import contextlib
+import signal
+from typing import Iterator
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Stopped(KeyboardInterrupt):
+    """A stop asked for by a signal; ``signal`` is its number, ``kept`` what was written whole before it (or "")."""
+
+    def __init__(self, number: int, kept: str = "") -> None:
+        super().__init__(signal.Signals(number).name)
+        self.signal = number
+        self.kept = kept
+
+
+def _raise(number: int, frame) -> None:
+    """The first signal stops the command; later ones are ignored so that closing the records is not cut short
+    (SIGKILL still ends it at once, and leaves readable records too)."""
+    for other in SIGNALS:
+        signal.signal(other, signal.SIG_IGN)
+    raise Stopped(number)
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """SIGINT and SIGTERM raise :class:`Stopped` (a ``KeyboardInterrupt``) inside; previous handlers come back after.
+    Outside the main thread (where handlers cannot be set) it does nothing."""
+    try:
+        previous = {number: signal.signal(number, _raise) for number in SIGNALS}
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+@contextlib.contextmanager
+def deferred(kept: str = "") -> Iterator[None]:
+    """Signals arriving inside are held until the block has finished, then raise :class:`Stopped` saying ``kept``
+    (what the block wrote): a record is written whole or not at all."""
+    held: list[int] = []
+    try:
+        previous = {number: signal.signal(number, lambda n, frame: held.append(n)) for number in SIGNALS}
+    except ValueError:
+        yield
+        return
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+    if held:
+        raise Stopped(held[0], kept)
+
+
+def ignore_ctrl_c() -> None:
+    """For worker processes: Ctrl-C goes to the parent, which stops its workers with SIGTERM (idle ones quietly)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def describe(stop: KeyboardInterrupt) -> str:
+    """``SIGTERM`` or ``SIGINT`` (a plain KeyboardInterrupt is Ctrl-C)."""
+    return signal.Signals(getattr(stop, "signal", signal.SIGINT)).name
+
+
+def exit_status(stop: KeyboardInterrupt) -> int:
+    """128 + the signal's number: what a shell reports for a process that a signal stopped."""
+    return 128 + int(getattr(stop, "signal", signal.SIGINT))
