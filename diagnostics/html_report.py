@@ -24,7 +24,7 @@ from diagnostics.report import Report, _pct
 from plots.batch import figure_options
 from plots.registry import FIGURES
 from plots.runs import load_runs
-from plots.sources import MissingRecord
+from plots.sources import MissingRecord, early_warning_decision
 from plots.style import paper_style
 from probes.records import RunRecords, iter_runs, open_run
 
@@ -70,14 +70,11 @@ def run_rows(paths: list[str | os.PathLike]) -> list[RunRow]:
 
 
 def _early_warning(run: RunRecords) -> str:
-    """What the probe decided during the run (``scalars/early_warning``), if it ran."""
-    if "early_warning" not in run.names("scalars"):
+    """What the probe decided during the run, if it ran."""
+    decision = early_warning_decision(run)
+    if decision is None:
         return "not recorded"
-    series = run.series("early_warning", "scalars")
-    if not series.steps.size:
-        return "not decided"
-    flagged = series.column("flagged")[-1] > 0
-    return f"{'flagged' if flagged else 'clear'} at step {int(series.steps[-1])} (score {series.column('score')[-1]:.2f})"
+    return f"{'flagged' if decision.flagged else 'clear'} at step {decision.step} (score {decision.score:.2f})"
 
 
 def figure_svgs(paths: list[str | os.PathLike]) -> tuple[dict[str, str], dict[str, str]]:

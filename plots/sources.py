@@ -34,6 +34,7 @@ EVAL = _where(catalogue.EVAL)
 LAYER_NORMS = _where(catalogue.LAYER_NORMS)
 COMPONENT_NORMS = _where(catalogue.COMPONENT_NORMS)
 ACTIVATION_NORMS = _where(catalogue.ACTIVATION_NORMS)
+EARLY_WARNING = _where(catalogue.EARLY_WARNING)
 FORGETTING_KIND = catalogue.FORGETTING.kind
 PROFILE_KIND = catalogue.FORGETTING_PROFILE.kind
 SURFACES_KIND = catalogue.SURFACE_PLANE.kind
@@ -362,3 +363,24 @@ def interpolation(run: RunRecords, name: str | None = None) -> InterpolationGrid
     field, a = series.axes["field"], series.axes["a"].astype("f8")
     loss, accuracy = (series.values[:, field == which].astype("f8") for which in ("loss", "accuracy"))
     return InterpolationGrid(series.steps, a[field == "loss"], loss, accuracy, str(series.attrs.get("line", "")))
+
+
+@dataclass(frozen=True)
+class EarlyWarningDecision:
+    """What the early-warning probe decided during the run, at ``step``."""
+
+    step: int
+    score: float
+    flagged: bool
+
+
+def early_warning_decision(run: RunRecords) -> EarlyWarningDecision | None:
+    """The probe's decision (``scalars/early_warning``); None when it did not run or has not decided yet."""
+    kind, name = EARLY_WARNING
+    if name not in run.names(kind):
+        return None
+    series = run.series(name, kind)
+    if not series.steps.size:
+        return None
+    return EarlyWarningDecision(int(series.steps[-1]), float(series.column("score")[-1]),
+                                bool(series.column("flagged")[-1] > 0))

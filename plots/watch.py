@@ -27,6 +27,7 @@ import matplotlib.pyplot as plt
 
 from probes.records import RecordsError, RunRecords, open_run
 
+from plots import sources
 from plots.gradients import plot_gradients
 from plots.sources import MissingRecord
 from plots.style import FigureError, check_output, save
@@ -65,20 +66,18 @@ def is_being_written(path: Path) -> bool:
 
 
 def verdict(run: RunRecords) -> str:
-    """The early warning's decision, or what is known without it."""
-    if "early_warning" in run.names("scalars"):
-        series = run.series("early_warning", "scalars")
-        if series.steps.size:
-            score, flagged = series.column("score")[-1], series.column("flagged")[-1]
-            said = "flagged: gradients collapsing" if flagged > 0 else "not flagged"
-            return f"early warning at step {int(series.steps[-1])}: {said} (score {score:.2f})"
-        return "early warning: not decided yet"
-    return ""
+    """The early warning's decision, once made."""
+    decision = sources.early_warning_decision(run)
+    if decision is None:
+        return ""
+    said = "flagged: gradients collapsing" if decision.flagged else "not flagged"
+    return f"early warning at step {decision.step}: {said} (score {decision.score:.2f})"
 
 
 def draw(config: WatchConfig, run: RunRecords, finished: bool) -> int:
     """Redraw the figure from ``run``; returns the last recorded step (-1 when nothing is recorded yet)."""
-    layers = run.series("layers", "gradient_norms")
+    kind, name = sources.LAYER_NORMS
+    layers = run.series(name, kind)
     if not layers.steps.size:
         return -1
     figure = plot_gradients([run], layers=config.layers)

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
+from probes import catalogue
 from probes.records import RunWriter
 
 # series name -> (name under probes/, the columns reported or None for all)
 REPORTED: dict[str, tuple[str, Sequence[str] | None]] = {
-    "layers": ("grad_norm", None),
-    "early_warning": ("early_warning", ("score", "flagged")),
+    catalogue.LAYER_NORMS.name: ("grad_norm", None),
+    catalogue.EARLY_WARNING.name: ("early_warning", ("score", "flagged")),
 }
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import struct
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -57,6 +58,20 @@ def test_log_history_carries_the_summary_at_logging_steps(tmp_path):
     logged = {key: {e["step"]: e[key] for e in history if key in e}
               for key in history[0] if key.startswith("probes/")}
     _check_mirrors_records(logged, tmp_path / "run.h5", {e["step"]: e["grad_norm"] for e in history})
+
+
+def test_early_warning_decision_is_logged_once(tmp_path):
+    trainer = _trainer(tmp_path, [])
+    chosen = [probes.GradientNorms(), probes.EarlyWarning(4)]
+    probes.ProbeCallback(tmp_path / "run.h5", schedule=probes.Schedule(every=1), probes=chosen).add_to(trainer)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the warning itself, if the tiny run collapses
+        trainer.train()
+    decision = open_run(tmp_path / "run.h5").series("early_warning")
+    logged = [entry for entry in trainer.state.log_history if "probes/early_warning/score" in entry]
+    assert [entry["step"] for entry in logged] == [6]  # decided at step 4 (0-based), first logged at step 6
+    assert logged[0]["probes/early_warning/score"] == pytest.approx(float(decision.column("score")[0]), rel=1e-6)
+    assert logged[0]["probes/early_warning/flagged"] == float(decision.column("flagged")[0])
 
 
 def test_report_off_leaves_the_logs_alone(tmp_path):

@@ -85,13 +85,12 @@ def test_watch_redraws_a_live_run_until_it_ends_or_ctrl_c(tmp_path):
     assert records.series("early_warning").steps.tolist() == [8]
 
 
-def test_watch_refuses_an_existing_output_and_a_bad_interval(tmp_path):
+def test_watch_refuses_an_existing_output_and_a_bad_interval(tmp_path, capsys):
+    from plots.cli import main
+
     (tmp_path / "old.png").write_bytes(b"old")
-    done = subprocess.run([sys.executable, "-m", "plots", "watch", str(tmp_path / "run.h5"), "-o",
-                           str(tmp_path / "old.png")], cwd=REPO, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 1 and "already exists" in done.stderr and done.stderr.count("\n") == 1
-    assert (tmp_path / "old.png").read_bytes() == b"old"
-    done = subprocess.run([sys.executable, "-m", "plots", "watch", str(tmp_path / "run.h5"), "-o",
-                           str(tmp_path / "new.png"), "--every", "0"], cwd=REPO, capture_output=True, text=True,
-                          timeout=60)
-    assert done.returncode == 1 and "--every" in done.stderr and not (tmp_path / "new.png").exists()
+    assert main(["watch", str(tmp_path / "run.h5"), "-o", str(tmp_path / "old.png")]) == 1
+    error = capsys.readouterr().err
+    assert "already exists" in error and error.count("\n") == 1 and (tmp_path / "old.png").read_bytes() == b"old"
+    assert main(["watch", str(tmp_path / "run.h5"), "-o", str(tmp_path / "new.png"), "--every", "0"]) == 1
+    assert "--every" in capsys.readouterr().err and not (tmp_path / "new.png").exists()
