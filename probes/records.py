@@ -15,6 +15,7 @@ record refuses an existing name. Only h5py and numpy are imported, so ``plots`` 
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -113,6 +114,7 @@ class RunWriter:
         self._pending: dict[str, list[tuple[int, np.ndarray]]] = {}
         self._series: dict[str, h5py.Group] = {}
         self._grids: dict[str, h5py.Group] = {}
+        self._open: dict[str, tuple[h5py.Dataset, h5py.Dataset]] = {}
         self._rows_since_flush = 0
         self._last_flush = time.monotonic()
         self._started = False
@@ -246,9 +248,10 @@ class RunWriter:
         """Fill one point of grid ``name`` and flush it to disk at once (each point is worth keeping)."""
         self._require_started()
         group = self._grids[name]
-        for field_name, value in values.items():
-            group[field_name][index] = value
-            group[field_name].flush()
+        with self._failing_disk_guarded():
+            for field_name, value in values.items():
+                group[field_name][index] = value
+                group[field_name].flush()
 
     def set_summary(self, values: Mapping[str, Any]) -> None:
         """Write or extend the run's summary (final metric, failed flag...); only before :meth:`start`."""
@@ -263,25 +266,52 @@ class RunWriter:
         """Write the buffered rows. When the disk or the file-size limit has no room for them, nothing is written
         and a RecordsError is raised: HDF5 cannot recover from a failed write, so the file must never see one."""
         _check_room(self.path, self._bytes_needed())
+        with self._failing_disk_guarded():
+            self._write_pending()
+        self._rows_since_flush = 0
+        self._last_flush = time.monotonic()
+
+    def _write_pending(self) -> None:
         for name, rows in self._pending.items():
             if not rows:
                 continue
-            group = self._series[name]
+            # Datasets stay open between flushes: closing one writes its chunk cache from h5py's deallocator,
+            # where a failure could not be caught.
+            step_set, value_set = self._open.setdefault(name, (self._series[name]["step"], self._series[name]["values"]))
             steps = np.array([step for step, _ in rows], dtype="i8")
             values = np.stack([row for _, row in rows])
-            if values.shape[1] != group["values"].shape[1]:
-                raise RecordsError(f"series {name!r} has {group['values'].shape[1]} columns, got rows of {values.shape[1]}")
-            start = group["step"].shape[0]
-            group["step"].resize((start + len(steps),))
-            group["values"].resize((start + len(steps), values.shape[1]))
-            group["step"][start:] = steps
-            group["values"][start:] = values
-            group["step"].flush()
-            group["values"].flush()
+            if values.shape[1] != value_set.shape[1]:
+                raise RecordsError(f"series {name!r} has {value_set.shape[1]} columns, got rows of {values.shape[1]}")
+            start = step_set.shape[0]  # the values first, then the steps that make them visible to SWMR readers
+            value_set.resize((start + len(steps), values.shape[1]))
+            value_set[start:] = values
+            value_set.flush()
+            step_set.resize((start + len(steps),))
+            step_set[start:] = steps
+            step_set.flush()
             rows.clear()
         self._file.flush()
-        self._rows_since_flush = 0
-        self._last_flush = time.monotonic()
+
+    @contextlib.contextmanager
+    def _failing_disk_guarded(self):
+        """A write that fails under HDF5 (the disk filled after the room check, an I/O error) leaves a file HDF5
+        cannot close: it retries the write at every attempt and can crash the process at exit. The file's descriptor
+        is then pointed at /dev/null so that closing completes; the disk keeps what was written before."""
+        try:
+            yield
+        except RecordsError:
+            raise
+        except Exception as error:
+            path, self._open = self.path, {}
+            try:
+                null = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(null, self._file.id.get_vfd_handle())
+                os.close(null)
+                self._file.close()
+            except Exception:  # closing is best effort here; the error below is what the caller needs
+                pass
+            raise RecordsError(f"writing records to {path} failed ({_first_line(error)}); the steps flushed "
+                               "before stay in it: free some space or write to another disk") from None
 
     def close(self) -> None:
         """Flush and close; rows that found no room are dropped (and the RecordsError raised) after closing."""
@@ -446,9 +476,9 @@ def _read_series(group: h5py.Group) -> Series:
     steps = _array(group, "step", "iu", ndim=1)
     columns = [c.decode() if isinstance(c, bytes) else c for c in _array(group, "columns", "OSU", ndim=1)]
     values = _dataset(group, "values")
-    if values.ndim != 2 or values.dtype.kind != "f" or values.shape[1] != len(columns) or len(values) < len(steps):
-        raise RecordsError(f"{group.name}/values has shape {values.shape} ({values.dtype}) for {len(steps)} steps "
-                           f"of {len(columns)} columns")
+    if values.ndim != 2 or values.dtype.kind != "f" or values.shape[1] != len(columns):
+        raise RecordsError(f"{group.name}/values has shape {values.shape} ({values.dtype}) for {len(columns)} columns")
+    steps = steps[: len(values)]  # rows are written before their steps; a failed write can leave more steps
     values = values[: len(steps)]
     axes = {}
     for name in group:
