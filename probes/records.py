@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import json
 import os
 import platform
@@ -99,6 +100,21 @@ class Grid:
 # ----------------------------------------------------------------------------------------------- writing
 
 
+def _refusing_damage(method):
+    """h5py's errors from a damaged file (a corrupted B-tree, heap or object header met while declaring records) become
+    one-line RecordsErrors."""
+    @functools.wraps(method)
+    def guarded(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except RecordsError:
+            raise
+        except (OSError, KeyError, RuntimeError, ValueError, TypeError) as error:
+            raise RecordsError(f"{self.path} is damaged ({_first_line(error)}); it cannot be written: rerun the "
+                               "command that made it or write to another file") from None
+    return guarded
+
+
 class RunWriter:
     """Writes records into one file: declare series and grids, :meth:`start`, then append and fill.
 
@@ -164,6 +180,7 @@ class RunWriter:
         """:meth:`open` if ``path`` exists, else :meth:`create` with ``meta``."""
         return cls.open(path, **schedule) if Path(path).exists() else cls.create(path, meta, **schedule)
 
+    @_refusing_damage
     def add_series(self, name: str, columns: Sequence[str], *, kind: str = "scalars",
                    axes: Mapping[str, Sequence] | None = None, attrs: Mapping[str, Any] | None = None) -> None:
         """Declare a series ``kind/name`` with ``columns`` (and per-column ``axes``); must precede :meth:`start`.
@@ -189,6 +206,7 @@ class RunWriter:
         self._series[name] = group
         self._pending[name] = []
 
+    @_refusing_damage
     def add_grid(self, name: str, axes: Mapping[str, Sequence[float]], fields: Sequence[str], *, kind: str,
                  attrs: Mapping[str, Any] | None = None) -> Grid | None:
         """Declare a grid ``kind/name``; returns the grid already there if it is the same one (to resume).
@@ -224,6 +242,7 @@ class RunWriter:
     def started(self) -> bool:
         return self._started
 
+    @_refusing_damage
     def start(self) -> None:
         """Switch to SWMR: from here readers may open the file while it grows; no new records can be declared.
         Starting a started writer does nothing (a runner and the probes it attaches may both call it)."""
@@ -253,6 +272,7 @@ class RunWriter:
                 group[field_name][index] = value
                 group[field_name].flush()
 
+    @_refusing_damage
     def set_summary(self, values: Mapping[str, Any]) -> None:
         """Write or extend the run's summary (final metric, failed flag...); only before :meth:`start`."""
         if self._started:
