@@ -32,8 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mutants", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--timeout", type=float, default=60.0, help="seconds a reader may take on one mutant")
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds a reader may take on one mutant")
     parser.add_argument("--readers", default=",".join(records_fuzz.READERS), help="comma-separated subset")
+    parser.add_argument("--every", type=int, default=1, help="feed only every N-th mutant (of the same seeded set)")
     parser.add_argument("--keep", type=Path, help="copy every failing mutant into this folder")
     args = parser.parse_args(argv)
     readers = args.readers.split(",")
@@ -42,12 +43,12 @@ def main(argv: list[str] | None = None) -> int:
         folder = Path(tmp)
         started = time.monotonic()
         sources = records_fuzz.seed_files(folder / "sources")
-        mutants = records_fuzz.make_mutants(sources, folder / "mutants", args.mutants, args.seed)
+        mutants = records_fuzz.make_mutants(sources, folder / "mutants", args.mutants, args.seed)[::args.every]
         print(f"{len(mutants)} mutants of {len(sources)} sources ({', '.join(sources)}), seed {args.seed}, "
               f"made in {time.monotonic() - started:.0f} s; readers: {', '.join(readers)}", flush=True)
         worker = records_fuzz.Worker(args.timeout)
         table: dict[tuple[str, str], collections.Counter] = collections.defaultdict(collections.Counter)
-        failures, slowest, warned = [], 0.0, collections.Counter()
+        failures, slowest, warned, reported = [], 0.0, collections.Counter(), 0
         try:
             for number, mutant in enumerate(mutants):
                 for reader in readers:
@@ -62,8 +63,15 @@ def main(argv: list[str] | None = None) -> int:
                             args.keep.mkdir(parents=True, exist_ok=True)
                             (args.keep / mutant.path.name).write_bytes(mutant.path.read_bytes())
                 if (number + 1) % 50 == 0:
-                    print(f"  {number + 1} mutants, {len(failures)} failures, "
-                          f"{time.monotonic() - started:.0f} s", flush=True)
+                    so_far = collections.Counter()
+                    for counts in table.values():
+                        so_far.update(counts)
+                    print(f"  {number + 1} mutants, {time.monotonic() - started:.0f} s: "
+                          + ", ".join(f"{so_far[o]} {o}" for o in ("ok", "error", *FAULTS)), flush=True)
+                    for mutant_, reader_, outcome_, tail_ in failures[reported:]:
+                        print(f"  FAIL {outcome_} {reader_} {mutant_.path.name}: {mutant_.description}: "
+                              f"{tail_[-1] if tail_ else ''}", flush=True)
+                    reported = len(failures)
         finally:
             worker.close()
         elapsed = time.monotonic() - started

@@ -15,7 +15,9 @@ record refuses an existing name. Only h5py and numpy are imported, so ``plots`` 
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import functools
 import json
 import os
 import platform
@@ -98,6 +100,21 @@ class Grid:
 # ----------------------------------------------------------------------------------------------- writing
 
 
+def _refusing_damage(method):
+    """h5py's errors from a damaged file (a corrupted B-tree, heap or object header met while declaring records) become
+    one-line RecordsErrors."""
+    @functools.wraps(method)
+    def guarded(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except RecordsError:
+            raise
+        except (OSError, KeyError, RuntimeError, ValueError, TypeError) as error:
+            raise RecordsError(f"{self.path} is damaged ({_first_line(error)}); it cannot be written: rerun the "
+                               "command that made it or write to another file") from None
+    return guarded
+
+
 class RunWriter:
     """Writes records into one file: declare series and grids, :meth:`start`, then append and fill.
 
@@ -110,6 +127,7 @@ class RunWriter:
         self._file, self._path = file, Path(file.filename)
         self._series: dict[str, h5py.Group] = {}
         self._grids: dict[str, h5py.Group] = {}
+        self._open: dict[str, tuple[h5py.Dataset, h5py.Dataset]] = {}
         self._started = False
 
     @property
@@ -154,6 +172,7 @@ class RunWriter:
         """:meth:`open` if ``path`` exists, else :meth:`create` with ``meta``."""
         return cls.open(path) if Path(path).exists() else cls.create(path, meta)
 
+    @_refusing_damage
     def add_series(self, name: str, columns: Sequence[str], *, kind: str = "scalars",
                    axes: Mapping[str, Sequence] | None = None, attrs: Mapping[str, Any] | None = None) -> None:
         """Declare a series ``kind/name`` with ``columns`` (and per-column ``axes``); must precede :meth:`start`.
@@ -178,6 +197,7 @@ class RunWriter:
                                  dtype=_STR if values.dtype.kind == "U" else values.dtype)
         self._series[name] = group
 
+    @_refusing_damage
     def add_grid(self, name: str, axes: Mapping[str, Sequence[float]], fields: Sequence[str], *, kind: str,
                  attrs: Mapping[str, Any] | None = None) -> Grid | None:
         """Declare a grid ``kind/name``; returns the grid already there if it is the same one (to resume).
@@ -213,6 +233,7 @@ class RunWriter:
     def started(self) -> bool:
         return self._started
 
+    @_refusing_damage
     def start(self) -> None:
         """Switch to SWMR: from here readers may open the file while it grows; no new records can be declared.
         Starting a started writer does nothing (a runner and the probes it attaches may both call it)."""
@@ -237,13 +258,17 @@ class RunWriter:
         if not len(steps):
             return
         _check_room(self.path, self._bytes_needed(group["values"], len(steps)))
-        start = group["step"].shape[0]
-        group["step"].resize((start + len(steps),))
-        group["values"].resize((start + len(steps), block.shape[1]))
-        group["step"][start:] = np.asarray(steps, dtype="i8")
-        group["values"][start:] = block
-        group["step"].flush()
-        group["values"].flush()
+        # Datasets stay open between writes: closing one writes its chunk cache from h5py's deallocator, where a
+        # failure could not be caught.
+        step_set, value_set = self._open.setdefault(name, (group["step"], group["values"]))
+        with self._failing_disk_guarded():
+            start = step_set.shape[0]  # the values first, then the steps that make them visible to SWMR readers
+            value_set.resize((start + len(steps), width))
+            value_set[start:] = block
+            value_set.flush()
+            step_set.resize((start + len(steps),))
+            step_set[start:] = np.asarray(steps, dtype="i8")
+            step_set.flush()
 
     def append(self, name: str, step: int, values: Sequence[float] | np.ndarray) -> None:
         """Append one row of series ``name`` at ``step`` (see :meth:`extend`)."""
@@ -263,10 +288,12 @@ class RunWriter:
         """Fill one point of grid ``name`` and flush it to disk at once (each point is worth keeping)."""
         self._require_started()
         group = self._grids[name]
-        for field_name, value in values.items():
-            group[field_name][index] = value
-            group[field_name].flush()
+        with self._failing_disk_guarded():
+            for field_name, value in values.items():
+                group[field_name][index] = value
+                group[field_name].flush()
 
+    @_refusing_damage
     def set_summary(self, values: Mapping[str, Any]) -> None:
         """Write or extend the run's summary (final metric, failed flag...); only before :meth:`start`."""
         if self._started:
@@ -278,7 +305,29 @@ class RunWriter:
 
     def flush(self) -> None:
         """Make everything written so far durable in the file (its metadata included)."""
-        self._file.flush()
+        with self._failing_disk_guarded():
+            self._file.flush()
+
+    @contextlib.contextmanager
+    def _failing_disk_guarded(self):
+        """A write that fails under HDF5 (the disk filled after the room check, an I/O error) leaves a file HDF5
+        cannot close: it retries the write at every attempt and can crash the process at exit. The file's descriptor
+        is then pointed at /dev/null so that closing completes; the disk keeps what was written before."""
+        try:
+            yield
+        except RecordsError:
+            raise
+        except Exception as error:
+            path, self._open = self.path, {}
+            try:
+                null = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(null, self._file.id.get_vfd_handle())
+                os.close(null)
+                self._file.close()
+            except Exception:  # closing is best effort here; the error below is what the caller needs
+                pass
+            raise RecordsError(f"writing records to {path} failed ({_first_line(error)}); the steps flushed "
+                               "before stay in it: free some space or write to another disk") from None
 
     def close(self) -> None:
         if self._file.id.valid:
@@ -433,9 +482,9 @@ def _read_series(group: h5py.Group) -> Series:
     steps = _array(group, "step", "iu", ndim=1)
     columns = [c.decode() if isinstance(c, bytes) else c for c in _array(group, "columns", "OSU", ndim=1)]
     values = _dataset(group, "values")
-    if values.ndim != 2 or values.dtype.kind != "f" or values.shape[1] != len(columns) or len(values) < len(steps):
-        raise RecordsError(f"{group.name}/values has shape {values.shape} ({values.dtype}) for {len(steps)} steps "
-                           f"of {len(columns)} columns")
+    if values.ndim != 2 or values.dtype.kind != "f" or values.shape[1] != len(columns):
+        raise RecordsError(f"{group.name}/values has shape {values.shape} ({values.dtype}) for {len(columns)} columns")
+    steps = steps[: len(values)]  # rows are written before their steps; a failed write can leave more steps
     values = values[: len(steps)]
     axes = {}
     for name in group:

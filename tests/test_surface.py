@@ -275,14 +275,14 @@ def test_two_gloo_ranks_give_the_same_grid_as_one(anchors, task_dir, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "Ctrl-C"])
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGINT, signal.SIGTERM], ids=["SIGKILL", "Ctrl-C", "SIGTERM"])
 def test_a_stopped_run_resumes_and_matches_an_uninterrupted_one(anchors, task_dir, tmp_path, stop):
     out, grid_points, examples = tmp_path / "stopped.h5", 9, 200
     command = [sys.executable, "-m", "diagnostics.surface", "--plane", *map(str, anchors), "--task", str(task_dir),
                "--grid", str(grid_points), "--max-examples", str(examples), "--out", str(out)]
     with open(tmp_path / "stderr", "w") as stderr:
         process = subprocess.Popen(command, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=stderr)
-    missing, deadline = grid_points ** 2, time.monotonic() + 120
+    missing, deadline = grid_points ** 2, time.monotonic() + 300  # loading is slow on busy cores
     try:
         while missing > grid_points ** 2 - 3 and time.monotonic() < deadline and process.poll() is None:
             time.sleep(0.05)
@@ -294,10 +294,10 @@ def test_a_stopped_run_resumes_and_matches_an_uninterrupted_one(anchors, task_di
     finally:
         process.send_signal(stop)
         process.wait(timeout=60)
-    if stop == signal.SIGINT:
-        assert process.returncode == 130
+    if stop != signal.SIGKILL:
+        assert process.returncode == 128 + stop
         last = (tmp_path / "stderr").read_text().replace("\r", "\n").strip().splitlines()[-1]
-        assert last.startswith("interrupted")
+        assert last.startswith(f"interrupted by {signal.Signals(stop).name}; every finished point is saved")
     left = records.open_run(out).grid("plane").missing
     assert 0 < left < grid_points ** 2, f"stopped with {left} points missing; the run must be stopped part-way"
 
