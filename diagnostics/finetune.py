@@ -239,6 +239,8 @@ def held_sample(task: Task, tokenizer, model: nn.Module, max_length: int) -> lis
     """The interpolation probe's sample: the first training examples, length-sorted batches as the surface uses."""
     from diagnostics.surface import prepare_batches
 
+    if not task.train:  # nothing to hold; the run itself refuses a task without training steps
+        return []
     batches = prepare_batches(task.train[:INTERPOLATION_EXAMPLES], tokenizer, model, max_length=max_length,
                               batch_size=32, device=torch.device("cpu"))
     return [{**inputs, "labels": labels} for inputs, labels in batches]
