@@ -23,7 +23,9 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def example(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("records")
-    factory.example_runs(folder)
+    factory.finetune_run(folder / "failed.h5", failed=True, seed=3, steps=60)
+    factory.finetune_run(folder / "successful.h5", failed=False, seed=4, steps=60)
+    factory.surface_records(folder / "surface.h5")
     return folder
 
 
@@ -48,7 +50,7 @@ def test_csv_is_a_tidy_copy_of_every_series_and_grid(example, tmp_path):
     np.testing.assert_array_equal(failed.index, steps)
     np.testing.assert_array_equal(failed[columns].to_numpy(np.float32), values)  # every bit of the float32s
     curve = pd.read_csv(tmp_path / "tables" / "new" / "forgetting.top.csv")
-    assert list(curve.columns) == ["run", "k", "field", "value"] and set(curve.run) == {"failed", "successful", "failed-2", "successful-2"}
+    assert list(curve.columns) == ["run", "k", "field", "value"] and set(curve.run) == {"failed", "successful"}
     with h5py.File(example / "failed.h5", "r") as file:
         np.testing.assert_allclose(curve[curve.run == "failed"].value, file["forgetting/top/perplexity"][()])
 
