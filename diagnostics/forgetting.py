@@ -66,7 +66,7 @@ class ForgettingConfig:
     name: str | None = None
     json: bool = False
     device: str = "auto"
-    precision: str = "auto"
+    precision: str = "fp32"  # the command's --precision defaults to auto: bf16 where native
 
 
 @dataclass

@@ -80,7 +80,7 @@ class SurfaceConfig:
     name: str | None = None
     labels: list[str] | None = None
     device: str = "auto"
-    precision: str = "auto"
+    precision: str = "fp32"  # the command's --precision defaults to auto: bf16 where native
     seed: int = 0
 
     @property

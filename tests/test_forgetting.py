@@ -237,7 +237,7 @@ def folders(tmp_path_factory) -> dict[str, Path]:
 
 
 def command(*args: str | Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "diagnostics.forgetting", *map(str, args)],
+    return subprocess.run([sys.executable, "-m", "diagnostics.forgetting", *map(str, args), "--precision", "fp32"],
                           capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
 

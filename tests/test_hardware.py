@@ -131,14 +131,16 @@ def test_dev_evaluation_sorted_by_length_equals_one_example_at_a_time(toy_task, 
     task = load_task(toy_task)
     model, tokenizer = load_model(tiny_mlm_dir, 2, seed=0)
     model.eval()
-    metric, loss, _ = evaluate(model, tokenizer, task, 32)
+    metric, loss, predicted = evaluate(model, tokenizer, task, 32)
     with torch.inference_mode():
         outputs = [model(**{k: v for k, v in tokenizer(e.text, e.text_pair, return_tensors="pt").items()},
                          labels=torch.tensor([e.label])) for e in task.dev]
     predictions = [int(o.logits.argmax(-1)) for o in outputs]
+    assert predicted == predictions  # in the task's order, although the batches were sorted by length
     assert metric == sum(p == e.label for p, e in zip(predictions, task.dev)) / len(task.dev)
     assert loss == pytest.approx(sum(float(o.loss) for o in outputs) / len(outputs), rel=1e-5)
-    assert len(token_lengths(task.dev, tokenizer, 8)) == len(task.dev) and max(token_lengths(task.dev, tokenizer, 8)) == 8
+    truncated = token_lengths(task.dev, tokenizer, 8)
+    assert len(truncated) == len(task.dev) and max(truncated) == 8
 
 
 def test_fp32_and_bf16_runs_agree_within_bf16_tolerance(toy_task, tiny_mlm_dir, tmp_path):

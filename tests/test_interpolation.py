@@ -91,7 +91,7 @@ def test_finetune_records_the_line_that_the_surface_command_measures(task_dir, t
     series = open_run(run_dir / "run.h5").series("start", "interpolation")
     assert series.steps.tolist() == sorted(evaluation_targets(8, 10)) and series.attrs["examples"] == 32
     surface = [sys.executable, "-m", "diagnostics.surface", "--line", str(run_dir / "step0"), str(run_dir / "final"),
-               "--task", str(task_dir), "--max-examples", "64", "--max-length", "16", *LINE]
+               "--task", str(task_dir), "--max-examples", "64", "--max-length", "16", "--precision", "fp32", *LINE]
     done = subprocess.run(surface, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     line = json.loads(done.stdout.splitlines()[-1])

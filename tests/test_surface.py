@@ -232,7 +232,8 @@ def test_cli_end_to_end_json_and_records(anchors, task_dir, tmp_path, capsys):
     out = tmp_path / "surface.h5"
     digests = [_digest(c) for c in anchors]
     command = [sys.executable, "-m", "diagnostics.surface", "--plane", *map(str, anchors), "--task", str(task_dir),
-               "--grid", "3", "--max-examples", str(EXAMPLES), "--out", str(out), "--name", "fig7", "--json",
+               "--precision", "fp32", "--grid", "3", "--max-examples", str(EXAMPLES), "--out", str(out),
+               "--name", "fig7", "--json",
                "--labels", "pre-trained", "failed", "successful"]
     done = subprocess.run(command, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
@@ -256,7 +257,8 @@ def test_cli_end_to_end_json_and_records(anchors, task_dir, tmp_path, capsys):
 def test_two_gloo_ranks_give_the_same_grid_as_one(anchors, task_dir, tmp_path):
     out = tmp_path / "two.h5"
     command = ["torchrun", "--standalone", "--nproc_per_node", "2", "-m", "diagnostics.surface", "--plane",
-               *map(str, anchors), "--task", str(task_dir), "--grid", "3", "--max-examples", str(EXAMPLES),
+               *map(str, anchors), "--task", str(task_dir), "--precision", "fp32", "--grid", "3", "--max-examples",
+               str(EXAMPLES),
                "--out", str(out), "--json", "--device", "cpu"]
     process = subprocess.Popen(command, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True, start_new_session=True)
@@ -279,7 +281,8 @@ def test_two_gloo_ranks_give_the_same_grid_as_one(anchors, task_dir, tmp_path):
 def test_a_stopped_run_resumes_and_matches_an_uninterrupted_one(anchors, task_dir, tmp_path, stop):
     out, grid_points, examples = tmp_path / "stopped.h5", 9, 200
     command = [sys.executable, "-m", "diagnostics.surface", "--plane", *map(str, anchors), "--task", str(task_dir),
-               "--grid", str(grid_points), "--max-examples", str(examples), "--out", str(out)]
+               "--precision", "fp32", "--grid", str(grid_points), "--max-examples", str(examples), "--out",
+               str(out)]
     with open(tmp_path / "stderr", "w") as stderr:
         process = subprocess.Popen(command, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=stderr)
     missing, deadline = grid_points ** 2, time.monotonic() + 300  # loading is slow on busy cores
@@ -342,7 +345,8 @@ def _refused(capsys, argv: list[str], *needles: str) -> str:
 
 
 @pytest.mark.parametrize("odd, needle", [("roberta", "same architecture"), ("vocab", "same architecture and size"),
-                                         ("deeper", "same architecture"), ("mlm", "not a *ForSequenceClassification model"),
+                                         ("deeper", "same architecture"),
+                                         ("mlm", "not a *ForSequenceClassification model"),
                                          ("empty", "no config.json"), ("missing", "does not exist"),
                                          ("retokenised", "another vocabulary")])
 def test_bad_checkpoints_are_refused(capsys, anchors, task_dir, odd_checkpoints, odd, needle):
