@@ -39,19 +39,29 @@ class Run:
 
 
 def run_labels(runs: Sequence[Run]) -> list[str]:
-    """One legend label per run: :attr:`Run.label`, with the learning rate added where two runs of one figure
-    would read alike, then the folder where they still do (runs of one seed at two learning rates, say)."""
+    """One legend label per run: :attr:`Run.label`, with the settings in which they differ added where two runs of
+    one figure would read alike (``hedge default s0 lr 0.0001``), then their folders where they still do."""
     labels = [run.label for run in runs]
-    for extra in (_lr_text, lambda run: run.records.path.parent.name):
-        counts = Counter(labels)
-        labels = [f"{label} {extra(run)}".rstrip() if counts[label] > 1 else label
-                  for label, run in zip(labels, runs)]
+    for group in _alike(labels):
+        settings = [sources.settings(runs[i].records) for i in group]
+        differing = sorted({key for one in settings for key in one
+                            if any(other.get(key) != one.get(key) for other in settings)})
+        for i, one in zip(group, settings):
+            labels[i] = " ".join([labels[i]] + [f"{_short(key)} {one.get(key)}" for key in differing])
+    for group in _alike(labels):
+        for i in group:
+            labels[i] = f"{labels[i]} ({'/'.join(runs[i].records.path.parts[-3:-1])})"
     return labels
 
 
-def _lr_text(run: Run) -> str:
-    lr = sources.learning_rate_setting(run.records)
-    return "" if lr is None else f"lr {lr:g}"
+def _alike(labels: list[str]) -> list[list[int]]:
+    """Indices of labels that occur more than once, grouped by label."""
+    counts = Counter(labels)
+    return [[i for i, label in enumerate(labels) if label == repeated] for repeated, n in counts.items() if n > 1]
+
+
+def _short(key: str) -> str:
+    return key.replace("layerwise_lr_decay", "lr decay").replace("_", " ")
 
 
 def load_runs(records: RecordsLike | Iterable[RecordsLike], failed: Iterable[RecordsLike] = (),

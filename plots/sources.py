@@ -206,12 +206,15 @@ def seed(run: RunRecords) -> int | None:
     return None if value is None or int(value) < 0 else int(value)
 
 
-def learning_rate_setting(run: RunRecords) -> float | None:
-    """The peak learning rate the run was configured with (``lr``, else the recipe it resolved), if recorded."""
+def settings(run: RunRecords) -> dict[str, Any]:
+    """The run's training settings: the recipe it resolved, with the values set in its config on top (numbers,
+    strings and booleans only; paths and bookkeeping left out)."""
     config = dict(run.meta.get("config") or {})
     recipe = config.get("resolved_recipe") if isinstance(config.get("resolved_recipe"), dict) else {}
-    value = config.get("lr") or recipe.get("lr")
-    return None if value is None else float(value)
+    merged = {**recipe, **{k: v for k, v in config.items() if v is not None}}
+    ignored = {"out", "model", "threads", "seed", "task", "recipe", "name", "description", "resolved_recipe"}
+    return {key: value for key, value in merged.items()
+            if key not in ignored and isinstance(value, (int, float, str, bool))}
 
 
 def warmup_end(run: RunRecords) -> float | None:

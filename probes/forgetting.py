@@ -19,7 +19,7 @@ moved to the training device); its perplexity is computed once when only k = 0 i
 after it with the pre-trained model's, ``probes.model.similarity``). Its cost: one pass over the parameters and
 three d x d products per depth and batch on top of the curve, which runs both models anyway (with ``curve=False``
 it adds the pre-trained model's forward pass). The per-layer perplexities of ``python -m diagnostics.forgetting``
-(each layer alone, embeddings reset) are not taken during training: they cost about 2.5 times the curve.
+(each layer alone, embeddings reset) are not taken during training: they cost about 3 times the curve.
 """
 from __future__ import annotations
 

@@ -351,15 +351,19 @@ def test_forgetting_profile_panels_failed_against_successful(example, tmp_path):
 
 
 def test_labels_tell_runs_of_one_seed_apart(tmp_path):
-    """Issue 15: the same task, recipe and seed at two learning rates are labelled by their learning rate."""
+    """Issue 15: the same task, recipe and seed with other settings are labelled by the settings that differ."""
     from plots.runs import load_runs, run_labels
 
     paths = []
-    for lr in (1e-4, 2e-4):
-        path = tmp_path / f"lr{lr:g}" / "run.h5"
-        path.parent.mkdir()
-        with RunWriter.create(path, RunMeta(task="hedge", recipe="default", seed=0, config={"lr": lr})) as run:
+    for folder, lr, decay in (("a", 1e-4, 1.0), ("b", 2e-4, 1.0), ("c", 2e-4, 0.5), ("d", 2e-4, 0.5)):
+        path = tmp_path / folder / "hedge-default-s0" / "run.h5"
+        path.parent.mkdir(parents=True)
+        config = {"lr": lr, "out": str(tmp_path / folder), "resolved_recipe": {"lr": lr, "layerwise_lr_decay": decay}}
+        with RunWriter.create(path, RunMeta(task="hedge", recipe="default", seed=0, config=config)) as run:
             run.start()
         paths.append(path)
-    assert run_labels(load_runs(paths)) == ["hedge default s0 lr 0.0001", "hedge default s0 lr 0.0002"]
+    assert run_labels(load_runs(paths)) == [
+        "hedge default s0 lr decay 1.0 lr 0.0001", "hedge default s0 lr decay 1.0 lr 0.0002",
+        "hedge default s0 lr decay 0.5 lr 0.0002 (c/hedge-default-s0)",
+        "hedge default s0 lr decay 0.5 lr 0.0002 (d/hedge-default-s0)"]
     assert run_labels(load_runs(paths[:1])) == ["hedge default s0"]
