@@ -14,7 +14,8 @@ What it does, in order, everything into OUT:
 3. computes the loss plane through the failed run's step-0 checkpoint, its final model and a successful run's
    final model, and the line from the failed to the successful model, into ``surfaces.h5`` (resumable);
 4. computes the loss barrier between every pair of successful runs of the recipe with the most of them (up to
-   five runs, five points a line), into ``surfaces.h5`` (resumable): one basin or several;
+   five runs, five points a line; all its runs when fewer than two succeeded), into ``surfaces.h5``
+   (resumable): one basin or several;
 5. writes ``report.md`` (failed runs, spread, disagreement and CKA between seeds, Levene's test, the barrier
    matrix, the early warning's precision and recall, where the records came from), draws every figure into
    ``OUT/figures/`` and writes ``report.html`` (one self-contained page: the tables, each run's verdict, every
@@ -201,23 +202,28 @@ def measure_surfaces(config: StudyConfig, failed: Path, successful: Path, task: 
 
 
 def pick_basin_runs(results: list[FinetuneResult], task: str) -> tuple[str | None, list[Path]]:
-    """The recipe of ``task`` with the most successful runs (the first in name order on a tie) and those runs."""
-    by_recipe: dict[str, list[Path]] = {}
+    """The successful runs of the recipe of ``task`` with the most of them (the first in name order on a tie); when
+    no recipe has two, every run of that recipe (failed ones too: the smoke run still draws a matrix)."""
+    by_recipe: dict[str, list[FinetuneResult]] = {}
     for result in sorted(results, key=lambda r: r.run_dir.name):
-        if result.run_dir.name.startswith(f"{task}-") and not result.failed:
-            by_recipe.setdefault(result.run_dir.name[len(task) + 1:].rsplit("-s", 1)[0], []).append(result.run_dir)
-    return max(by_recipe.items(), key=lambda item: len(item[1]), default=(None, []))
+        if result.run_dir.name.startswith(f"{task}-"):
+            by_recipe.setdefault(result.run_dir.name[len(task) + 1:].rsplit("-s", 1)[0], []).append(result)
+    if not by_recipe:
+        return None, []
+    recipe, runs = max(by_recipe.items(), key=lambda item: (sum(not r.failed for r in item[1]), len(item[1])))
+    successful = [r.run_dir for r in runs if not r.failed]
+    return recipe, successful if len(successful) >= 2 else [r.run_dir for r in runs]
 
 
 def measure_barriers(config: StudyConfig, results: list[FinetuneResult], task: str):
-    """The loss barrier between every pair of up to ``barrier_runs`` successful runs of the recipe of ``task``
-    with the most successful runs, into ``surfaces.h5`` (resumed if interrupted); None if no recipe has two."""
+    """The loss barrier between every pair of up to ``barrier_runs`` runs picked by :func:`pick_basin_runs`, into
+    ``surfaces.h5`` (resumed if interrupted); None if there are not two runs."""
     from diagnostics.barriers import BarriersConfig
     from diagnostics.barriers import run as barriers_run
 
     recipe, run_dirs = pick_basin_runs(results, task)
     if len(run_dirs) < 2:
-        print(f"fewer than two successful runs of any recipe on {task}: no loss barriers", file=sys.stderr)
+        print(f"fewer than two runs of any recipe on {task}: no loss barriers", file=sys.stderr)
         return None
     return barriers_run(BarriersConfig(runs=[str(d) for d in run_dirs[:config.barrier_runs]], task=task,
                                        grid=config.barrier_grid, max_examples=config.surface_examples,
@@ -234,7 +240,7 @@ def write_report(config: StudyConfig, results: list[FinetuneResult], barriers=No
     precision = "fp32" if config.precision == "fp32" else \
         f"{config.precision} autocast (faster where native; outcomes may differ from the fp32 study)"
     path = config.out / "report.md"
-    basins = f"## Loss barriers between successful seeds\n\n```\n{barriers.table()}\n```\n\n" if barriers else ""
+    basins = f"## Loss barriers between seeds\n\n```\n{barriers.table()}\n```\n\n" if barriers else ""
     path.write_text("# Stability study\n\n"
                     f"{len(results)} runs: tasks {', '.join(config.tasks)}; recipes {', '.join(config.recipes)}; "
                     f"seeds {', '.join(map(str, config.seeds))}; {size}, max length {config.max_length}, "

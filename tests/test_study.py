@@ -33,7 +33,8 @@ def test_barriers_take_the_recipe_with_most_successful_runs(tmp_path):
                result("t-mosbach-s0", False), result("u-mosbach-s2", False)]
     recipe, runs = pick_basin_runs(results, "t")
     assert recipe == "mosbach" and [p.name for p in runs] == ["t-mosbach-s0", "t-mosbach-s1"]
-    assert pick_basin_runs(results[:2], "t") == ("default", [tmp_path / "t-default-s0"])
+    recipe, runs = pick_basin_runs(results[:2], "t")  # one success only: every run of that recipe
+    assert recipe == "default" and [p.name for p in runs] == ["t-default-s0", "t-default-s1"]
     assert pick_basin_runs([], "t") == (None, [])
 
 
@@ -51,7 +52,7 @@ def test_quick_study_end_to_end_and_rerun_skips(tmp_path, repo_root):
         assert "final_dev_metric" in run.summary and run.series("layers", kind="gradient_norms").steps.size > 0
     report = (out / "report.md").read_text()
     assert report.count("| hedge |") == 2 and "| disagreement | CKA |" in report
-    assert "## Loss barriers between successful seeds" in report or "no loss barriers" in first.stderr
+    assert "## Loss barriers between seeds" in report and (out / "figures" / "barriers.pdf").is_file()
     assert {p.name for p in (out / "figures").glob("*.pdf")} >= {"training.pdf", "seeds.pdf", "gradients.pdf"}
     page = (out / "report.html").read_text()  # issue 17: one page with every figure and links to the records
     assert 'id="figure-gradients"' in page and all(f'href="{p.parent.name}/run.h5"' in page for p in runs)
