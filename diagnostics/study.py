@@ -22,7 +22,7 @@ What it does, in order, everything into OUT:
 ``report.md`` and the figures are derived from the records and are redrawn on every run; records are never
 overwritten. Every run of a study computes in one precision, fp32 unless ``--precision bf16`` (faster where bf16 is
 native, and labelled so in the report), on the GPU when torch sees one (``--device``), so the report does not
-depend on the machine's bf16 support. The default size (the first 500 training examples, 5 dev evaluations per
+depend on the machine's bf16 support. The default size (the first 500 training examples, 3 dev evaluations per
 run) keeps the study under 15 minutes on 2 cores of an AVX2-only CPU; README.md gives the evidence. Ctrl-C stops cleanly: finished runs and points stay, an interrupted run's folder is set aside as
 ``<run>.interrupted-N`` (kept, never deleted) and redone next time.
 """
@@ -50,7 +50,7 @@ from diagnostics.report import run as report_run
 
 QUICK = dict(seeds=[0, 1], recipes=["default", "mosbach"], train_examples=48, dev_examples=48, epochs=1,
              grid=3, surface_examples=16, forgetting_tokens=2048, forgetting_runs=1, barrier_runs=2, barrier_grid=3)
-FULL = dict(train_examples=None, evals=10)  # every training example, as many dev evaluations as a single run
+FULL = dict(train_examples=None, evals=10, surface_examples=128)  # every training example, as a single run does
 
 
 @dataclass
@@ -66,11 +66,11 @@ class StudyConfig:
     epochs: int | None = None
     train_examples: int | None = 500
     dev_examples: int | None = None
-    evals: int = 5
+    evals: int = 3  # also the interpolation probe's evaluations; neither changes a run's outcome
     device: str = "auto"
     precision: str = "fp32"
     grid: int = 7
-    surface_examples: int = 128
+    surface_examples: int = 64
     forgetting_tokens: int = 8192
     forgetting_runs: int = 3
     barrier_runs: int = 5
