@@ -225,10 +225,10 @@ def measure_barriers(config: StudyConfig, results: list[FinetuneResult], task: s
                                        name=f"barriers-{recipe}"))
 
 
-def write_report(config: StudyConfig, results: list[FinetuneResult], barriers=None) -> Path:
+def write_report(config: StudyConfig, results: list[FinetuneResult], barriers=None, report=None) -> Path:
     """``report.md``: what was run, in which precision, the multi-seed table, the loss barriers between successful
-    seeds and the early warning's held-out precision and recall."""
-    report = report_run(ReportConfig(runs=[str(r.run_dir / "run.h5") for r in results], early=True))
+    seeds and the early warning's held-out precision and recall (``report``: that analysis if already made)."""
+    report = report or report_run(ReportConfig(runs=[str(r.run_dir / "run.h5") for r in results], early=True))
     size = "every training example" if config.train_examples is None else \
         f"the first {config.train_examples} training examples"
     precision = "fp32" if config.precision == "fp32" else \
@@ -268,10 +268,10 @@ def run(config: StudyConfig) -> StudyResult:
         print(f"no {'failed' if not failed else 'successful'} run on {config.tasks[0]}: no loss surface drawn "
               "(add seeds, or a recipe that fails more often)", file=sys.stderr)
     barriers = measure_barriers(config, results, config.tasks[0])
-    report = write_report(config, results, barriers)
+    analysis = report_run(ReportConfig(runs=[str(r.run_dir / "run.h5") for r in results], early=True))
+    report = write_report(config, results, barriers, analysis)
     figures, drawn = draw(config)
-    write_html(report_run(ReportConfig(runs=[str(r.run_dir / "run.h5") for r in results], early=True)),
-               [r.run_dir / "run.h5" for r in results], config.out / "report.html", figure_records=[config.out],
+    write_html(analysis, [r.run_dir / "run.h5" for r in results], config.out / "report.html", figure_records=[config.out],
                intro=f"{len(results)} runs of python -m diagnostics.study {' '.join(sys.argv[1:])}")
     return StudyResult(results, report, figures, drawn.skipped, time.monotonic() - started)
 
