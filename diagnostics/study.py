@@ -23,7 +23,7 @@ What it does, in order, everything into OUT:
 ``report.md`` and the figures are derived from the records and are redrawn on every run; records are never
 overwritten. Every run of a study computes in one precision, fp32 unless ``--precision bf16`` (faster where bf16 is
 native, and labelled so in the report), on the GPU when torch sees one (``--device``), so the report does not
-depend on the machine's bf16 support. The default size (the first 500 training examples, 5 dev evaluations per
+depend on the machine's bf16 support. The default size (the first 500 training examples, 3 dev evaluations per
 run) keeps the study under 15 minutes on 2 cores of an AVX2-only CPU; README.md gives the evidence. Ctrl-C stops cleanly: finished runs and points stay, an interrupted run's folder is set aside as
 ``<run>.interrupted-N`` (kept, never deleted) and redone next time.
 """
@@ -51,7 +51,7 @@ from diagnostics.report import run as report_run
 
 QUICK = dict(seeds=[0, 1], recipes=["default", "mosbach"], train_examples=48, dev_examples=48, epochs=1,
              grid=3, surface_examples=16, forgetting_tokens=2048, forgetting_runs=1, barrier_runs=2, barrier_grid=3)
-FULL = dict(train_examples=None, evals=10)  # every training example, as many dev evaluations as a single run
+FULL = dict(train_examples=None, evals=10, surface_examples=128)  # every training example, as a single run does
 
 
 @dataclass
@@ -67,11 +67,11 @@ class StudyConfig:
     epochs: int | None = None
     train_examples: int | None = 500
     dev_examples: int | None = None
-    evals: int = 5
+    evals: int = 3  # also the interpolation probe's evaluations; neither changes a run's outcome
     device: str = "auto"
     precision: str = "fp32"
     grid: int = 7
-    surface_examples: int = 128
+    surface_examples: int = 64
     forgetting_tokens: int = 8192
     forgetting_runs: int = 3
     barrier_runs: int = 5
@@ -231,10 +231,11 @@ def measure_barriers(config: StudyConfig, results: list[FinetuneResult], task: s
                                        name=f"barriers-{recipe}"))
 
 
-def write_report(config: StudyConfig, results: list[FinetuneResult], barriers=None) -> Path:
+def write_report(config: StudyConfig, results: list[FinetuneResult], barriers=None, report=None) -> Path:
     """``report.md``: what was run, in which precision, the multi-seed table, the loss barriers between successful
-    seeds, the early warning's held-out precision and recall, and where the measured runs forgot."""
-    report = report_run(ReportConfig(runs=[str(r.run_dir / "run.h5") for r in results], early=True))
+    seeds, the early warning's held-out precision and recall (``report``: that analysis if already made), and
+    where the measured runs forgot."""
+    report = report or report_run(ReportConfig(runs=[str(r.run_dir / "run.h5") for r in results], early=True))
     size = "every training example" if config.train_examples is None else \
         f"the first {config.train_examples} training examples"
     precision = "fp32" if config.precision == "fp32" else \
@@ -307,10 +308,10 @@ def run(config: StudyConfig) -> StudyResult:
         print(f"no {'failed' if not failed else 'successful'} run on {config.tasks[0]}: no loss surface drawn "
               "(add seeds, or a recipe that fails more often)", file=sys.stderr)
     barriers = measure_barriers(config, results, config.tasks[0])
-    report = write_report(config, results, barriers)
+    analysis = report_run(ReportConfig(runs=[str(r.run_dir / "run.h5") for r in results], early=True))
+    report = write_report(config, results, barriers, analysis)
     figures, drawn = draw(config)
-    write_html(report_run(ReportConfig(runs=[str(r.run_dir / "run.h5") for r in results], early=True)),
-               [r.run_dir / "run.h5" for r in results], config.out / "report.html", figure_records=[config.out],
+    write_html(analysis, [r.run_dir / "run.h5" for r in results], config.out / "report.html", figure_records=[config.out],
                intro=f"{len(results)} runs of python -m diagnostics.study {' '.join(sys.argv[1:])}")
     return StudyResult(results, report, figures, drawn.skipped, time.monotonic() - started)
 
