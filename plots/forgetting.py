@@ -38,7 +38,8 @@ def plot_forgetting(records: RecordsLike | Sequence[RecordsLike], ax: Axes | Seq
         panel_title(axis, index, "failed runs" if verdict else "successful runs")
     if history:
         _draw_history(axes[-1], *history)
-        panel_title(axes[-1], len(axes) - 1, f"training of {len(history[0])} failed runs")
+        count = len(history[0])
+        panel_title(axes[-1], len(axes) - 1, f"training of {count} failed run{'s' if count != 1 else ''}")
     return figure
 
 
@@ -56,25 +57,25 @@ def _draw_curves(axis: Axes, members: list[tuple[str, sources.ForgettingCurve]],
     axis.legend(fontsize="small")
 
 
-def _failed_history(runs: list[Run], wanted: bool | None) -> tuple[list[Curve], list[Curve]] | None:
+def _failed_history(runs: list[Run], wanted: bool | None) -> tuple[list[Curve], list[Curve], str] | None:
     """Training loss and dev accuracy of the failed runs that have both (runs of the tasks in the other panels),
     or None when the panel is not drawn."""
     if wanted is False:
         return None
     failed = [run for run in runs if run.failed]
     try:
-        pairs = fetch_each(failed, lambda r: (sources.train_loss(r), sources.dev_metric(r)[0]),
+        pairs = fetch_each(failed, lambda r: (sources.train_loss(r), sources.dev_metric(r)),
                            "failed runs' training panel")
     except MissingRecord:
         if wanted:
             raise
         return None
-    return [loss for _, (loss, _) in pairs], [metric for _, (_, metric) in pairs]
+    return [loss for _, (loss, _) in pairs], [metric for _, (_, (metric, _)) in pairs], pairs[0][1][1][1]
 
 
-def _draw_history(axis: Axes, losses: list[Curve], metrics: list[Curve]) -> None:
+def _draw_history(axis: Axes, losses: list[Curve], metrics: list[Curve], metric: str) -> None:
     """Both on one axis, as in the paper: a loss stuck at ln 2 next to an accuracy stuck at the majority class."""
-    for curves, colour, label in ((losses, PALETTE[0], "training loss"), (metrics, PALETTE[2], "dev accuracy")):
+    for curves, colour, label in ((losses, PALETTE[0], "training loss"), (metrics, PALETTE[2], f"dev {metric}")):
         steps, mean, std = mean_band(curves)
         axis.plot(steps, mean, color=colour, label=label)
         axis.fill_between(steps, mean - std, mean + std, color=colour, alpha=0.25, linewidth=0)

@@ -66,7 +66,7 @@ def plot_gradients(records: RecordsLike | Sequence[RecordsLike], ax: Axes | Sequ
     what = "activation-gradient norm" if activations else "gradient norm"
     axes[0].set_ylabel(what + (f"\n({', '.join(details)})" if details else ""))
     if len(axes) > 1:
-        figure.legend(list(handles.values()), list(handles), loc="outside right upper")
+        figure.legend(list(handles.values()), list(handles), loc="outside right center")  # below long titles
     else:  # one column wide: the legend goes under the panel
         figure.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=2, fontsize="small")
     return figure
