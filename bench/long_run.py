@@ -34,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as folder:
-        result = long_run.train(Path(folder) / "run.h5", args.steps, args.sample_every, args.poll_seconds)
+        result = long_run.train(Path(folder) / "run.h5", args.steps, args.sample_every, args.poll_seconds,
+                                echo=True)
     samples = result["samples"]
     print(f"{args.steps} steps in {result['seconds']:.0f} s ({1e3 * result['seconds'] / args.steps:.1f} ms a step), "
           f"every step recorded, flush every 50; torch {torch.__version__}, "

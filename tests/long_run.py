@@ -41,7 +41,7 @@ def rss_mb() -> float:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
 
 
-def train(path: Path, steps: int, sample_every: int, poll_seconds: float) -> dict:
+def train(path: Path, steps: int, sample_every: int, poll_seconds: float, echo: bool = False) -> dict:
     """Run the probed loop with a polling reader beside it; what both measured."""
     import torch
 
@@ -83,6 +83,8 @@ def train(path: Path, steps: int, sample_every: int, poll_seconds: float) -> dic
                 samples.append(Sample(step + 1, rss_mb(), tracemalloc.get_traced_memory()[0] / 2 ** 20,
                                       path.stat().st_size / 2 ** 20, 1e3 * float(np.median(recent)),
                                       len(flush_times)))
+                if echo:
+                    print(json.dumps(asdict(samples[-1])), flush=True)
     seconds = time.perf_counter() - started
     writer.close()
     tracemalloc.stop()
