@@ -1,9 +1,10 @@
 """Interpolation during training: loss on the line theta_0 + a (theta_t - theta_0) at each evaluated step t.
 
 One column per run, a failed and a successful one side by side: on top a heat map of the loss over (a, training
-step) with contours, on one colour scale for both runs (logarithmic when it spans a decade); below, the loss
-against a at a few steps, each run on its own y axis (log when it spans a decade). a = 0 is the start (the weights when the probe was attached), a = 1 the weights at that
-step. A failed run sits on a plateau (ln 2 for two balanced classes); a successful one descends from the start.
+step) with contours, on one colour scale for both runs (logarithmic when it spans a decade); below, the loss against
+a at a few steps, each run on its own y axis (log when it spans a decade). a = 0 is the start (the weights when the
+probe was attached), a = 1 the weights at that step. A failed run sits on a plateau (ln 2 for two balanced classes);
+a successful one descends from the start.
 ``name="last_update"`` draws the line through each step's update instead. From the command line:
 ``python -m plots interpolation FAILED.h5 SUCCESSFUL.h5 -o interpolation.pdf``.
 """
