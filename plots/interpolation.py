@@ -1,9 +1,10 @@
 """Interpolation during training: loss on the line theta_0 + a (theta_t - theta_0) at each evaluated step t.
 
 One column per run, a failed and a successful one side by side: on top a heat map of the loss over (a, training
-step) with contours, on one colour scale for both runs (logarithmic when it spans a decade); below, the loss
-against a at a few steps. a = 0 is the start (the weights when the probe was attached), a = 1 the weights at that
-step. A failed run sits on a plateau (ln 2 for two balanced classes); a successful one descends from the start.
+step) with contours, on one colour scale for both runs (logarithmic when it spans a decade); below, the loss against
+a at a few steps, each run on its own y axis (log when it spans a decade). a = 0 is the start (the weights when the
+probe was attached), a = 1 the weights at that step. A failed run sits on a plateau (ln 2 for two balanced classes);
+a successful one descends from the start.
 ``name="last_update"`` draws the line through each step's update instead. From the command line:
 ``python -m plots interpolation FAILED.h5 SUCCESSFUL.h5 -o interpolation.pdf``.
 """
@@ -41,8 +42,6 @@ def plot_interpolation(records: RecordsLike | Sequence[RecordsLike], ax: Sequenc
     if ax is None:  # two rows: heat maps, then curves
         figure = plt.figure(figsize=(PAGE if columns > 1 else COLUMN, 4.8))
         rows = figure.subplots(2, columns, sharex=True, squeeze=False, height_ratios=(3, 2))
-        for axis in rows[1][1:]:
-            axis.sharey(rows[1][0])
         axes = [*rows[0], *rows[1]]
     else:
         figure, axes = panels(ax, 2 * columns, (PAGE, 4.8))
@@ -55,8 +54,8 @@ def plot_interpolation(records: RecordsLike | Sequence[RecordsLike], ax: Sequenc
         _curves(curves[index], grid)
         verdict = {True: "failed run", False: "successful run", None: "run"}[run.failed]
         panel_title(heat[index], index, f"{verdict} ({run.label})")
-    log_scale_if_wide(curves[0], losses)
-    curves[-1].legend(fontsize="small")
+        log_scale_if_wide(curves[index], grid.loss)
+        curves[index].legend(fontsize="small")
     bar = figure.colorbar(mesh, ax=heat, shrink=0.9)
     bar.set_label("training loss on the held sample")
     heat[0].set_ylabel("training step")
