@@ -54,7 +54,8 @@ def _draw_curves(axis: Axes, members: list[tuple[str, sources.ForgettingCurve]],
     axis.set_xlabel(f"{members[0][1].direction} layers reset")
     axis.set_ylabel("MLM perplexity")
     axis.xaxis.get_major_locator().set_params(integer=True)
-    axis.legend(fontsize="small")
+    # under the panel: run labels (task, recipe, seed, settings) are too long to sit among the curves
+    axis.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.3))
 
 
 def _failed_history(runs: list[Run], wanted: bool | None) -> tuple[list[Curve], list[Curve], str] | None:
@@ -84,7 +85,7 @@ def _draw_history(axis: Axes, losses: list[Curve], metrics: list[Curve], metric:
     axis.set_ylim(min(low, 0.4), max(high, 0.8))
     axis.set_xlabel("iteration")
     axis.set_ylabel("mean +/- std over runs")
-    axis.legend(fontsize="small")
+    axis.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.3))
 
 
 def mean_band(curves: list[Curve]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -212,7 +212,8 @@ def settings(run: RunRecords) -> dict[str, Any]:
     config = dict(run.meta.get("config") or {})
     recipe = config.get("resolved_recipe") if isinstance(config.get("resolved_recipe"), dict) else {}
     merged = {**recipe, **{k: v for k, v in config.items() if v is not None}}
-    ignored = {"out", "model", "threads", "seed", "task", "recipe", "name", "description", "resolved_recipe"}
+    ignored = {"out", "model", "threads", "seed", "task", "recipe", "name", "description", "resolved_recipe", "evals",
+               "no_probes"}
     return {key: value for key, value in merged.items()
             if key not in ignored and isinstance(value, (int, float, str, bool))}
 
