@@ -191,7 +191,7 @@ def test_study_stops_its_workers_keeps_readable_records_and_a_rerun_redoes_the_r
     assert process.returncode == 143, (tmp_path / "stderr").read_text()[-3000:]
     line = _last_line((tmp_path / "stderr").read_text())
     assert line.startswith("interrupted by SIGTERM: 0 finished runs") and "interrupted-N" in line, line
-    assert seconds < GRACE, seconds
+    assert seconds < 4 * GRACE, seconds  # each worker ends its current step of the real model first (59 s at load 15)
     time.sleep(1)
     assert not [pid for pid in workers if _alive(pid)], "worker processes outlived the study"
     for path in out.glob("*/run.h5"):
