@@ -1,6 +1,6 @@
 """The miniature stability study: many seeds of the papers' recipes on the embedded default, diagnosed end to end.
 
-    python -m diagnostics.study --out runs/study            # the default study (under 15 minutes on 2 cores)
+    python -m diagnostics.study --out runs/study            # the default study (about 15 minutes on 2 cores)
     python -m diagnostics.study --out runs/full --full      # full size: all 1,000 examples, 10 dev evaluations
     python -m diagnostics.study --out runs/quick --quick    # a one-minute smoke run
     python -m diagnostics.study --out runs/study --seeds 0-9 --recipes default,mosbach,zhang --tasks hedge
