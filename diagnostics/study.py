@@ -1,6 +1,6 @@
 """The miniature stability study: many seeds of the papers' recipes on the embedded default, diagnosed end to end.
 
-    python -m diagnostics.study --out runs/study            # the default study (under 15 minutes on 2 cores)
+    python -m diagnostics.study --out runs/study            # the default study (about 15 minutes on 2 cores)
     python -m diagnostics.study --out runs/full --full      # full size: all 1,000 examples, 10 dev evaluations
     python -m diagnostics.study --out runs/quick --quick    # a one-minute smoke run
     python -m diagnostics.study --out runs/study --seeds 0-9 --recipes default,mosbach,zhang --tasks hedge
@@ -24,7 +24,7 @@ What it does, in order, everything into OUT:
 overwritten. Every run of a study computes in one precision, fp32 unless ``--precision bf16`` (faster where bf16 is
 native, and labelled so in the report), on the GPU when torch sees one (``--device``), so the report does not
 depend on the machine's bf16 support. The default size (the first 500 training examples, 3 dev evaluations per
-run) keeps the study under 15 minutes on 2 cores of an AVX2-only CPU; README.md gives the evidence. Ctrl-C stops cleanly: finished runs and points stay, an interrupted run's folder is set aside as
+run) aims at 15 minutes on 2 cores of an AVX2-only CPU; README.md gives the evidence. Ctrl-C stops cleanly: finished runs and points stay, an interrupted run's folder is set aside as
 ``<run>.interrupted-N`` (kept, never deleted) and redone next time.
 """
 from __future__ import annotations
