@@ -9,12 +9,12 @@ What it does, in order, everything into OUT:
 
 1. fine-tunes every (task, recipe, seed) with the probes attached (``python -m diagnostics.finetune`` does one),
    two runs at a time on one thread each; a finished run is skipped, so re-running the same command resumes;
-2. measures forgetting (MLM perplexity under top-k layer resetting) on up to three failed and three successful
-   runs of the first task, into each run's ``run.h5``;
+2. measures forgetting (MLM perplexity under top-k layer resetting) on a failed and a successful
+   run of the first task (``forgetting_runs`` of each), into each run's ``run.h5``;
 3. computes the loss plane through the failed run's step-0 checkpoint, its final model and a successful run's
    final model, and the line from the failed to the successful model, into ``surfaces.h5`` (resumable);
 4. computes the loss barrier between every pair of successful runs of the recipe with the most of them (up to
-   five runs, five points a line; all its runs when fewer than two succeeded), into ``surfaces.h5``
+   three runs, five points a line; all its runs when fewer than two succeeded), into ``surfaces.h5``
    (resumable): one basin or several;
 5. writes ``report.md`` (failed runs, spread, disagreement and CKA between seeds, Levene's test, the barrier
    matrix, the early warning's precision and recall, where the records came from), draws every figure into
@@ -73,8 +73,8 @@ class StudyConfig:
     grid: int = 7
     surface_examples: int = 64
     forgetting_tokens: int = 8192
-    forgetting_runs: int = 3
-    barrier_runs: int = 5
+    forgetting_runs: int = 1  # failed and successful runs each: the forgetting figure needs one of both
+    barrier_runs: int = 3
     barrier_grid: int = 5
 
     def finetune_configs(self) -> list[FinetuneConfig]:
