@@ -41,7 +41,7 @@ __all__ = ["FILE_TYPE", "KINDS", "SCHEMA_VERSION", "Grid", "RecordsError", "RunM
 SCHEMA_VERSION = 1
 FILE_TYPE = "instability-diagnostics.run"
 KINDS = ("scalars", "gradient_norms", "activation_gradients", "parameter_norms", "update_ratios",
-         "forgetting", "surfaces")
+         "optimizer_state", "forgetting", "surfaces")
 _STR = h5py.string_dtype()
 _METADATA_ROOM = 256 * 1024  # bytes kept free beyond the data of a flush, for HDF5's own bookkeeping
 _VERSIONED_PACKAGES = ("instability-diagnostics", "torch", "transformers", "numpy", "h5py")
