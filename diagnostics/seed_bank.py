@@ -37,7 +37,7 @@ class BankConfig:
     tasks: list[str] = field(default_factory=lambda: ["hedge", "polarity"])
     lrs: list[float] = field(default_factory=lambda: [2e-4, 3e-4])
     seeds: int = 20
-    corrected_seeds: int = 5
+    corrected_seeds: int = 4
     workers: int = 1
     epochs: int = 3
     max_length: int = 32
@@ -46,17 +46,19 @@ class BankConfig:
     evals: int = 2
 
     def runs(self) -> list[FinetuneConfig]:
-        """Every run of the bank, seed 0 of every cell first."""
+        """Every run of the bank in the order they are built: seed by seed over the default cells, the
+        bias-corrected seeds spread evenly among them, so a bank stopped early is still balanced."""
+        stride = self.seeds / max(1, self.corrected_seeds)
+        keyed = [(seed, "default") for seed in range(self.seeds)]
+        keyed += [((seed + 0.5) * stride, "mosbach") for seed in range(self.corrected_seeds)]
         chosen = []
-        for seed in range(self.seeds):
-            for lr in self.lrs:
-                for task in self.tasks:
-                    recipes = ["default"] + (["mosbach"] if seed < self.corrected_seeds else [])
-                    chosen += [FinetuneConfig(
-                        task=task, recipe=recipe, seed=seed, out=Path(self.out) / f"lr{lr:g}", lr=lr,
-                        epochs=self.epochs, max_length=self.max_length, train_examples=self.train_examples,
-                        dev_examples=self.dev_examples, evals=self.evals, threads=1, bf16=False)
-                        for recipe in recipes]
+        for key, recipe in sorted(keyed):
+            seed = int(key / stride) if recipe == "mosbach" else int(key)
+            chosen += [FinetuneConfig(
+                task=task, recipe=recipe, seed=seed, out=Path(self.out) / f"lr{lr:g}", lr=lr, epochs=self.epochs,
+                max_length=self.max_length, train_examples=self.train_examples, dev_examples=self.dev_examples,
+                evals=self.evals, threads=1, bf16=False)
+                for lr in self.lrs for task in self.tasks]
         return chosen
 
 
@@ -102,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tasks", default="hedge,polarity", help="comma-separated task names")
     parser.add_argument("--lrs", default="2e-4,3e-4", help="comma-separated learning rates")
     parser.add_argument("--seeds", type=int, default=20, help="seeds per cell of the default recipe")
-    parser.add_argument("--corrected-seeds", type=int, default=5, help="seeds per cell of the bias-corrected one")
+    parser.add_argument("--corrected-seeds", type=int, default=4, help="seeds per cell of the bias-corrected one")
     parser.add_argument("--workers", type=int, default=1, help="runs at a time (one thread each)")
     parser.add_argument("--features", type=Path, help="write the per-run features to this CSV instead of building")
     return parser
