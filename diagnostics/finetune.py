@@ -212,15 +212,17 @@ def total_steps(task: Task, recipe: Recipe) -> int:
 def standard_probes(total: int) -> Probes:
     """What every run of this runner records: per-layer and per-matrix gradient norms and per-depth activation
     gradients at every step, the early-failure signals (prediction collapse, loss plateau, head-to-encoder ratio,
-    Adam's second moment), and the early warning over the first 15% of steps (runs of 27 steps or more)."""
+    Adam's second moment), and the early warning (the seed bank's predictor) over the first 15% of steps (runs of 30
+    steps or more)."""
     import probes
+    from probes import early_signals
 
     def attach(model: nn.Module, optimizer: torch.optim.Optimizer, writer: records.RunWriter):
         chosen = [probes.GradientNorms(), probes.ActivationGradients(), probes.PredictionCollapse(),
                   probes.LossPlateau(), probes.HeadEncoderRatio(), probes.AdamSecondMoment()]
-        window_end = round(EARLY_WARNING_FRACTION * total)
+        window_end = early_signals.window_end(total, EARLY_WARNING_FRACTION)
         if window_end >= 4:
-            chosen.append(probes.EarlyWarning(window_end))
+            chosen.append(probes.EarlyWarning(window_end, total_steps=total))
         return probes.attach(model, optimizer, writer, probes=chosen, schedule=probes.Schedule(every=1))
 
     return attach

@@ -7,23 +7,42 @@ its value at the start of the window: strongly negative means collapsed. A run i
 below a threshold fitted on seeds whose outcome is known (``python -m diagnostics.report --early`` fits and
 measures it; README "Early warning" gives the precision and recall on held-out seeds).
 
-As a probe, :class:`EarlyWarning` keeps the encoder norm of each recorded step of the window on the device, reads
-it back once (one synchronisation in the whole run) at the first recorded step past the window, warns, writes the
+As a probe, :class:`EarlyWarning` keeps the recorded rows of the window on the device (every probe's columns of
+each recorded step), reads them back once (one synchronisation in the whole run) at the first recorded step past
+the window, and decides with the early-failure predictor (:class:`probes.predictor.Predictor`, by default the one
+fitted on the seed bank, ``probes/early_warning_model.json``) over the features of :mod:`probes.early_signals`:
+the same numbers ``python -m diagnostics.report --early`` and ``diagnose`` compute from the records. Without a
+predictor (``predictor=None``, or no model file) it falls back to the collapse score alone. It warns, writes the
 decision as series ``scalars/early_warning`` and, with ``stop=True``, asks the run to stop
 (``session.stop_requested``, honoured by the Hugging Face Trainer through :class:`probes.ProbeCallback`).
 """
 from __future__ import annotations
 
+import json
 import math
 import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from probes.base import Probe
+from probes.early_signals import encoder_norm, window_features
+from probes.predictor import Predictor
 
 DEFAULT_THRESHOLD = -1.0
-COLUMNS = ("score", "flagged", "threshold", "window_end")
+COLUMNS = ("score", "probability", "flagged", "threshold", "window_end")
+MODEL_FILE = Path(__file__).with_name("early_warning_model.json")
+DEFAULT = "default"
+
+
+def default_predictor(fraction: float) -> Predictor | None:
+    """The seed bank's predictor fitted at the fraction closest to ``fraction`` (None without a model file)."""
+    if not MODEL_FILE.is_file():
+        return None
+    models = json.loads(MODEL_FILE.read_text())["models"]
+    closest = min(models, key=lambda key: abs(float(key) - fraction))
+    return Predictor.from_json(json.dumps(models[closest]))
 
 
 def collapse_score(steps: np.ndarray, encoder_norms: np.ndarray, window_end: int) -> float:
@@ -42,54 +61,64 @@ def collapse_score(steps: np.ndarray, encoder_norms: np.ndarray, window_end: int
     return float(np.log10(np.median(late) / np.median(early)))
 
 
-def encoder_norm(layer_names: list[str], layer_norms: np.ndarray) -> np.ndarray:
-    """Total L2 norm of the encoder blocks per row, from per-layer norms ``(N, layers)`` (as records store them)."""
-    columns = [i for i, name in enumerate(layer_names) if name.startswith("encoder.")]
-    return np.sqrt(np.square(np.asarray(layer_norms, dtype="f8")[:, columns]).sum(axis=1))
-
-
 class EarlyWarning(Probe):
-    """Decide at step ``window_end`` whether the run's encoder gradients collapsed; warn, record, maybe stop."""
+    """Decide at step ``window_end`` whether the run is going to fail; warn, record, maybe stop.
 
-    def __init__(self, window_end: int, threshold: float = DEFAULT_THRESHOLD, stop: bool = False) -> None:
+    ``predictor``: a fitted :class:`Predictor`, ``"default"`` (the seed bank's, at ``window_end / total_steps``)
+    or None (the collapse score against ``threshold``). Put it after the signal probes: it reads their columns.
+    """
+
+    def __init__(self, window_end: int, threshold: float = DEFAULT_THRESHOLD, stop: bool = False,
+                 predictor: Predictor | str | None = DEFAULT, total_steps: int | None = None) -> None:
         if window_end < 4:
             raise ValueError(f"EarlyWarning(window_end={window_end}): the window needs at least 4 steps")
-        self.window_end, self.threshold, self.stop = window_end, threshold, stop
-        self.decision: tuple[int, float, bool] | None = None
+        self.window_end, self.threshold, self.stop, self.total_steps = window_end, threshold, stop, total_steps
+        fraction = (window_end + 1) / total_steps if total_steps else 0.15
+        self.predictor = default_predictor(fraction) if predictor == DEFAULT else predictor
+        self.decision: tuple[int, float, float, bool] | None = None
+        self.features: dict[str, float] = {}
         self._written = False
 
     def bind(self, session) -> None:
-        names = session.table.layers
-        self._encoder = torch.tensor([i for i, layer in enumerate(session.table.layer_index)
-                                      if names[layer].startswith("encoder.")], dtype=torch.long,
-                                     device=session.device)
-        self._history = torch.full((self.window_end + 1,), math.nan, device=session.device)
+        self._rows: list[torch.Tensor] = []
+        self._steps: list[int] = []
 
     def declare(self, writer) -> None:
-        writer.add_series("early_warning", COLUMNS, kind="scalars",
-                          attrs={"rule": "flagged when collapse_score < threshold (probes/early_warning.py)"})
-
-    def on_backward(self, session, row: torch.Tensor, first: bool) -> None:
-        if session.step <= self.window_end:
-            norms = session.grad_norms.index_select(0, self._encoder)
-            self._history[session.step] = norms.square().sum().sqrt()
+        rule = ("flagged when the predictor's P(fail) >= 0.5 (probes/predictor.py)" if self.predictor else
+                "flagged when collapse_score < threshold (probes/early_warning.py)")
+        attrs = {"rule": rule, "window_end": self.window_end}
+        if self.total_steps:
+            attrs["total_steps"] = self.total_steps
+        writer.add_series("early_warning", COLUMNS, kind="scalars", attrs=attrs)
 
     def after_step(self, session, row: torch.Tensor) -> None:
+        if session.step <= self.window_end:
+            self._rows.append(session.rows.open_row().clone())
+            self._steps.append(session.step)
         if self.decision is not None or session.step < self.window_end:
             return
-        values = self._history.cpu().numpy()
-        score = collapse_score(np.arange(values.size), values, self.window_end)
-        flagged = bool(score < self.threshold)
-        self.decision = (session.step, score, flagged)
+        steps, host = np.array(self._steps), torch.stack(self._rows).cpu().numpy()
+        signals = {}
+        for probe in session.probes:
+            if hasattr(probe, "signals"):
+                signals.update(probe.signals(steps, host[:, probe.columns]))
+        self.features = window_features(signals, self.window_end)
+        score = self.features["collapse"]
+        probability = self.predictor.probability_of(self.features) if self.predictor else math.nan
+        flagged = bool(probability >= 0.5) if self.predictor else bool(score < self.threshold)
+        self.decision = (session.step, score, probability, flagged)
+        self._rows.clear()
         if flagged:
-            warnings.warn(f"early warning at step {session.step}: encoder gradient norms fell 10^{score:.1f}-fold "
-                          "over the first steps, the vanishing-gradient pattern of failed runs; consider "
+            evidence = (f"P(fail) = {probability:.2f} from the early signals, " if self.predictor else "") + \
+                       f"encoder gradient norms changed 10^{score:.1f}-fold over the window"
+            warnings.warn(f"early warning at step {session.step}: {evidence}, the pattern of failed runs; consider "
                           "bias-corrected Adam, a lower learning rate or re-initialising the top layers",
                           RuntimeWarning, stacklevel=2)
             session.stop_requested = session.stop_requested or self.stop
 
     def write(self, writer, steps: list[int], block: np.ndarray) -> None:
         if self.decision is not None and not self._written:
-            step, score, flagged = self.decision
-            writer.append("early_warning", step, [score, float(flagged), self.threshold, self.window_end])
+            step, score, probability, flagged = self.decision
+            threshold = 0.5 if self.predictor else self.threshold
+            writer.append("early_warning", step, [score, probability, float(flagged), threshold, self.window_end])
             self._written = True

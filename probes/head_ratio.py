@@ -35,6 +35,10 @@ class HeadEncoderRatio(Probe):
         squares = session.grad_norms.float().square()
         row.copy_((self._in_head @ squares).sqrt() / (self._in_block @ squares).sqrt())
 
+    def signals(self, steps: np.ndarray, block: np.ndarray) -> dict:
+        """The median ratio over depths per step, for the early warning (:mod:`probes.early_signals`)."""
+        return {"head_ratio": (steps, np.nanmedian(block, axis=1))}
+
     def write(self, writer, steps: list[int], block: np.ndarray) -> None:
         for step, values in zip(steps, block):
             writer.append("head_ratio", step, values)

@@ -72,6 +72,10 @@ class LossPlateau(Probe):
         row[0] = loss / self.ln_c
         row[1] = least_squares_slope(self._steps, self._losses)
 
+    def signals(self, steps: np.ndarray, block: np.ndarray) -> dict:
+        """Loss over ln C and its slope in ln C per step, for the early warning (:mod:`probes.early_signals`)."""
+        return {"loss_ratio": (steps, block[:, 0]), "slope": (steps, block[:, 1] / self.ln_c)}
+
     def reduce(self, session, block: torch.Tensor) -> None:
         distributed.mean_(block, session.world)
 

@@ -9,6 +9,8 @@ or no grad) are not counted. Sums stay on the device until the flush; under DDP 
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -36,6 +38,7 @@ class PredictionCollapse(Probe):
     def bind(self, session) -> None:
         self._counts = self._sums = None
         self._examples = 0
+        self.ln_c = math.log(max(2, getattr(getattr(session.model, "config", None), "num_labels", 2) or 2))
 
     def declare(self, writer) -> None:
         writer.add_series(SERIES, COLUMNS, kind="scalars", attrs={
@@ -74,6 +77,11 @@ class PredictionCollapse(Probe):
             row[1:] = self._sums / self._examples
         self._counts = self._sums = None
         self._examples = 0
+
+    def signals(self, steps: np.ndarray, block: np.ndarray) -> dict:
+        """Majority share, entropy over ln C and margin per step, for the early warning."""
+        return {"majority_share": (steps, block[:, 0]), "entropy_ratio": (steps, block[:, 1] / self.ln_c),
+                "margin": (steps, block[:, 2])}
 
     def reduce(self, session, block: torch.Tensor) -> None:
         distributed.mean_(block, session.world)
