@@ -182,6 +182,12 @@ class RunWriter:
         self._series[name] = group
         self._pending[name] = []
 
+    def set_attribute(self, key: str, value: Any) -> None:
+        """Add one metadata attribute to the file's root (the optimiser audit, say); only before :meth:`start`."""
+        if self._started:
+            raise RecordsError(f"attribute {key!r} must be set before start(); set it when the file is made")
+        self._file.attrs[key] = _encode(value)
+
     def add_grid(self, name: str, axes: Mapping[str, Sequence[float]], fields: Sequence[str], *, kind: str,
                  attrs: Mapping[str, Any] | None = None) -> Grid | None:
         """Declare a grid ``kind/name``; returns the grid already there if it is the same one (to resume).

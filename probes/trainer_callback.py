@@ -36,7 +36,9 @@ class ProbeCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
         if self.session is not None:
             self.session.close()
-        self.session = attach(model, optimizer, self.output, start_step=state.global_step, **self.options)
+        warmup = args.get_warmup_steps(state.max_steps) if state.max_steps > 0 else None
+        self.session = attach(model, optimizer, self.output, start_step=state.global_step, warmup_steps=warmup,
+                              total_steps=state.max_steps or None, **self.options)
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.session is not None and self.session.stop_requested:
