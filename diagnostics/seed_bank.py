@@ -3,6 +3,8 @@ early-failure predictor (README "Verdicts").
 
     python -m diagnostics.seed_bank --out runs/bank --workers 1              # build or continue the bank
     python -m diagnostics.seed_bank --out runs/bank --features data/seed_bank/features.csv
+    python -m diagnostics.seed_bank --benchmark data/seed_bank/features.csv  # held-out precision/recall/AUC
+    python -m diagnostics.seed_bank --fit data/seed_bank/features.csv        # the predictor the probe ships
 
 The grid: every task x learning rate x recipe, ``--seeds`` seeds for the ``default`` recipe (AdamW without bias
 correction) and ``--corrected-seeds`` for the bias-corrected ``mosbach`` recipe, run at the default's number of
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -23,10 +26,15 @@ from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from diagnostics.finetune import FinetuneConfig, FinetuneError, finished_run
 from diagnostics.study import _finetune_one, set_aside_unfinished
+from probes.early_benchmark import FRACTIONS
+from probes.early_signals import FEATURES
+from probes.early_warning import MODEL_FILE
+from probes.predictor import Predictor
 
 
 @dataclass
@@ -92,21 +100,53 @@ def provenance(config: BankConfig) -> dict:
     import torch
 
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-    return {"commit": commit, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    cpu = next((line.split(":", 1)[1].strip() for line in lscpu.splitlines() if line.startswith("Model name")), "")
+    return {"commit": commit, "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu": cpu,
+            "cores": os.cpu_count(),
             "torch": torch.__version__, "config": {k: str(v) if isinstance(v, Path) else v
                                                    for k, v in asdict(config).items()},
             "argv": sys.argv}
 
 
+def from_table(path: Path, fit: bool) -> int:
+    """Print the benchmark of a features CSV, or fit and save the shipped predictor from it."""
+    from diagnostics.early_features import read_table
+    from diagnostics.early_warning_report import from_rows
+
+    if not path.is_file():
+        raise FinetuneError(f"{path} not found; write it with --out RUNS --features {path}")
+    rows = read_table(path)
+    if not fit:
+        print(from_rows(rows).markdown(), end="")
+        return 0
+    models = {}
+    for fraction in FRACTIONS:
+        at = [row for row in rows if row["fraction"] == fraction]
+        x = np.array([[row[name] for name in FEATURES] for row in at], dtype="f8")
+        failed = np.array([row["failed"] for row in at], dtype=bool)
+        models[f"{fraction:g}"] = asdict(Predictor.fit(x, failed, FEATURES, fraction=fraction))
+    source = {"table": str(path), "runs": len({row["run"] for row in rows}),
+              "failed": len({row["run"] for row in rows if row["failed"]})}
+    MODEL_FILE.write_text(json.dumps({"fitted_on": source, "models": models}, indent=1) + "\n")
+    print(f"{MODEL_FILE}: {len(models)} models fitted on {source['runs']} runs ({source['failed']} failed)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m diagnostics.seed_bank", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True, help="runs go to OUT/lr<LR>/<task>-<recipe>-s<seed>/")
+    parser.add_argument("--out", type=Path, help="runs go to OUT/lr<LR>/<task>-<recipe>-s<seed>/")
     parser.add_argument("--tasks", default="hedge,polarity", help="comma-separated task names")
     parser.add_argument("--lrs", default="2e-4,3e-4", help="comma-separated learning rates")
     parser.add_argument("--seeds", type=int, default=20, help="seeds per cell of the default recipe")
     parser.add_argument("--corrected-seeds", type=int, default=4, help="seeds per cell of the bias-corrected one")
     parser.add_argument("--workers", type=int, default=1, help="runs at a time (one thread each)")
     parser.add_argument("--features", type=Path, help="write the per-run features to this CSV instead of building")
+    parser.add_argument("--benchmark", type=Path, metavar="CSV",
+                        help="print the held-out benchmark of a features CSV (what report --early prints for runs)")
+    parser.add_argument("--fit", type=Path, metavar="CSV",
+                        help="fit the predictor on every run of a features CSV, one model per fraction, into "
+                             "probes/early_warning_model.json (what EarlyWarning and diagnose use)")
     return parser
 
 
@@ -117,12 +157,17 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         print(f"error: --lrs {args.lrs!r} must be comma-separated numbers, e.g. 2e-4,3e-4", file=sys.stderr)
         return 1
+    if args.out is None and not (args.benchmark or args.fit):
+        print("error: pass --out RUNS (or --benchmark/--fit CSV)", file=sys.stderr)
+        return 1
     config = BankConfig(out=args.out, tasks=args.tasks.split(","), lrs=lrs, seeds=args.seeds,
                         corrected_seeds=args.corrected_seeds, workers=args.workers)
     if config.workers < 1 or config.seeds < 1 or config.corrected_seeds < 0:
         print("error: --workers and --seeds must be >= 1, --corrected-seeds >= 0", file=sys.stderr)
         return 1
     try:
+        if args.benchmark or args.fit:
+            return from_table(args.benchmark or args.fit, fit=bool(args.fit))
         if args.features:
             from diagnostics.early_features import write_table
 

@@ -7,6 +7,7 @@ taking records files, folders or :class:`probes.records.RunRecords`::
     from plots import plot_gradients
     plot_gradients(["runs/rte-default-s1/run.h5", "runs/rte-default-s2/run.h5"], layers="all")
 """
+from plots.early import plot_early
 from plots.forgetting import plot_forgetting
 from plots.generalisation import plot_generalisation
 from plots.gradients import plot_gradients
@@ -15,5 +16,5 @@ from plots.seeds import plot_seeds
 from plots.surface import plot_surface
 from plots.training import plot_training
 
-__all__ = ["plot_forgetting", "plot_generalisation", "plot_gradients", "plot_line", "plot_seeds", "plot_surface",
+__all__ = ["plot_early", "plot_forgetting", "plot_generalisation", "plot_gradients", "plot_line", "plot_seeds", "plot_surface",
            "plot_training"]

@@ -6,6 +6,7 @@ from typing import Callable
 
 from matplotlib.figure import Figure
 
+from plots.early import plot_early
 from plots.forgetting import plot_forgetting
 from plots.generalisation import plot_generalisation
 from plots.gradients import plot_gradients
@@ -29,4 +30,5 @@ FIGURES = {
     "seeds": FigureKind(plot_seeds, "final dev metric over seeds per recipe and task, majority baseline"),
     "generalisation": FigureKind(plot_generalisation, "dev accuracy over training, and against final loss"),
     "training": FigureKind(plot_training, "training loss and learning rate per run"),
+    "early": FigureKind(plot_early, "early-failure predictor: held-out precision/recall/AUC vs training seen"),
 }

@@ -14,13 +14,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 from scipy.stats import rankdata
 
 from probes.early_signals import FEATURES, features_at
 from probes.predictor import Predictor
-from probes.records import iter_runs, open_run
+from probes.records import RunRecords, iter_runs, open_run
 
 FRACTIONS = (0.05, 0.10, 0.15, 0.20, 0.30)
 FOLDS = 5
@@ -44,14 +45,13 @@ def outcome(run) -> dict:
 
 def table(paths: list[str | Path], fractions: tuple[float, ...] = FRACTIONS) -> list[dict]:
     """One row per finished run under ``paths`` and fraction: outcome columns, ``fraction``, the features."""
-    rows = []
-    for path in iter_runs(paths):
-        run = open_run(path)
-        if "final_dev_metric" not in run.summary:
-            continue
-        for fraction in fractions:
-            rows.append({**outcome(run), "fraction": fraction, **features_at(run, fraction)})
-    return rows
+    return rows_of((open_run(path) for path in iter_runs(paths)), fractions)
+
+
+def rows_of(runs: Iterable[RunRecords], fractions: tuple[float, ...] = FRACTIONS) -> list[dict]:
+    """The rows of :func:`table` for records already read (unfinished runs are left out)."""
+    return [{**outcome(run), "fraction": fraction, **features_at(run, fraction)}
+            for run in runs if "final_dev_metric" in run.summary for fraction in fractions]
 
 
 @dataclass(frozen=True)
