@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from probes.early_signals import features_at, total_steps, window_end
-from probes.early_warning import default_predictor
+from probes.predictor import default_predictor
 from probes.records import RecordsError, RunRecords, Series, open_run
 
 FIRST_FRACTION, LAST_FRACTION = 0.05, 0.30  # the predictor's range of training seen

@@ -33,8 +33,7 @@ from diagnostics.finetune import FinetuneConfig, FinetuneError, finished_run
 from diagnostics.study import _finetune_one, set_aside_unfinished
 from probes.early_benchmark import FRACTIONS
 from probes.early_signals import FEATURES
-from probes.early_warning import MODEL_FILE
-from probes.predictor import Predictor
+from probes.predictor import MODEL_FILE, Predictor
 
 
 @dataclass

@@ -18,31 +18,18 @@ decision as series ``scalars/early_warning`` and, with ``stop=True``, asks the r
 """
 from __future__ import annotations
 
-import json
 import math
 import warnings
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from probes.base import Probe
 from probes.early_signals import encoder_norm, window_features
-from probes.predictor import Predictor
+from probes.predictor import DEFAULT, Predictor, default_predictor
 
 DEFAULT_THRESHOLD = -1.0
 COLUMNS = ("score", "probability", "flagged", "threshold", "window_end")
-MODEL_FILE = Path(__file__).with_name("early_warning_model.json")
-DEFAULT = "default"
-
-
-def default_predictor(fraction: float) -> Predictor | None:
-    """The seed bank's predictor fitted at the fraction closest to ``fraction`` (None without a model file)."""
-    if not MODEL_FILE.is_file():
-        return None
-    models = json.loads(MODEL_FILE.read_text())["models"]
-    closest = min(models, key=lambda key: abs(float(key) - fraction))
-    return Predictor.from_json(json.dumps(models[closest]))
 
 
 def collapse_score(steps: np.ndarray, encoder_norms: np.ndarray, window_end: int) -> float:

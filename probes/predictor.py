@@ -14,8 +14,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
+
+MODEL_FILE = Path(__file__).with_name("early_warning_model.json")
+DEFAULT = "default"
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,15 @@ class Predictor:
     def from_json(cls, text: str) -> "Predictor":
         values = json.loads(text)
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
+def default_predictor(fraction: float) -> Predictor | None:
+    """The seed bank's predictor fitted at the fraction closest to ``fraction`` (None without a model file)."""
+    if not MODEL_FILE.is_file():
+        return None
+    models = json.loads(MODEL_FILE.read_text())["models"]
+    closest = min(models, key=lambda key: abs(float(key) - fraction))
+    return Predictor.from_json(json.dumps(models[closest]))
 
 
 def _standardise(x: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> np.ndarray:
