@@ -100,6 +100,12 @@ def run_signals(run: RunRecords) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     if "head_ratio" in names.get("gradient_norms", ()):
         ratio = run.series("head_ratio", kind="gradient_norms")
         signals["head_ratio"] = (ratio.steps, np.nanmedian(ratio.values, axis=1))
+    elif "layers" in names.get("gradient_norms", ()) and "head" in layers.columns:  # records made before the probe
+        values = np.asarray(layers.values, dtype="f8")
+        encoder = [i for i, name in enumerate(layers.columns) if name.startswith("encoder.")]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            per_depth = values[:, [layers.columns.index("head")]] / values[:, encoder]
+        signals["head_ratio"] = (layers.steps, np.nanmedian(per_depth, axis=1))
     if "plateau" in names.get("scalars", ()):
         plateau = run.series("plateau", kind="scalars")
         ln_c = float(plateau.attrs.get("ln_c", math.log(2)))

@@ -3,6 +3,8 @@ the grouped-by-seed scoring that never lets a fit see the runs it scores."""
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -88,3 +90,24 @@ def test_score_counts_and_compute_saved():
     assert default.precision == 1.0 and default.recall == 1.0 and default.auc == 1.0
     assert default.saved == pytest.approx(5 * 0.8 * 100 / 1000)
     assert everything.saved == pytest.approx(5 * 0.8 * 100 / 2000)
+
+
+@pytest.mark.slow
+def test_report_early_and_plots_early_end_to_end(tmp_path, repo_root):
+    """Records of runs whose failures collapse (tests/records_factory.py): the report prints the held-out table
+    and the figure is drawn, each in its own process."""
+    import records_factory
+
+    for seed in range(1, 11):
+        out = tmp_path / "runs" / f"rte-default-s{seed}"
+        out.mkdir(parents=True)
+        records_factory.finetune_run(out / "run.h5", failed=seed % 2 == 1, seed=seed, steps=100, forgetting=False)
+    report = subprocess.run([sys.executable, "-m", "diagnostics.report", str(tmp_path / "runs"), "--early"],
+                            capture_output=True, text=True, cwd=repo_root, timeout=300)
+    assert report.returncode == 0, report.stderr
+    row = next(line for line in report.stdout.splitlines() if line.startswith("| default | 20% |"))
+    assert row.split("|")[3:7] == [" 10 ", " 5 ", " 1.00 ", " 1.00 "]
+    figure = subprocess.run([sys.executable, "-m", "plots", "early", str(tmp_path / "runs"), "-o",
+                             str(tmp_path / "early.png")], capture_output=True, text=True, cwd=repo_root, timeout=300)
+    assert figure.returncode == 0, figure.stderr
+    assert (tmp_path / "early.png").stat().st_size > 10_000
