@@ -6,9 +6,9 @@ early-failure predictor (README "Verdicts").
     python -m diagnostics.seed_bank --benchmark data/seed_bank/features.csv  # held-out precision/recall/AUC
     python -m diagnostics.seed_bank --fit data/seed_bank/features.csv        # the predictor the probe ships
 
-The grid: every task x learning rate x recipe, ``--seeds`` seeds for the ``default`` recipe (AdamW without bias
-correction) and ``--corrected-seeds`` for the bias-corrected ``mosbach`` recipe, run at the default's number of
-epochs so both see the same steps. Runs are small (``--train-examples``, ``--max-length``, ``--evals``) so ~100 fit
+The grid: every task x learning rate (``--lrs``) with ``--seeds`` seeds for the ``default`` recipe (AdamW without
+bias correction), and every task x ``--corrected-lrs`` with ``--corrected-seeds`` seeds for the bias-corrected
+``mosbach`` recipe, run at the default's number of epochs so both see the same steps. Runs are small (``--train-examples``, ``--max-length``, ``--evals``) so ~100 fit
 in two hours of one core. Runs go to ``OUT/lr<LR>/<task>-<recipe>-s<seed>/`` in seed order (seed 0 of every cell
 first), so a bank stopped early is still balanced. Re-running the same command skips finished runs and redoes an
 interrupted one (its folder is kept as ``<run>.interrupted-N``); Ctrl-C stops cleanly. ``--features`` writes the
@@ -42,9 +42,10 @@ class BankConfig:
 
     out: Path
     tasks: list[str] = field(default_factory=lambda: ["hedge", "polarity"])
-    lrs: list[float] = field(default_factory=lambda: [2e-4, 3e-4])
+    lrs: list[float] = field(default_factory=lambda: [1e-4, 2e-4, 3e-4])
+    corrected_lrs: list[float] = field(default_factory=lambda: [2e-4])
     seeds: int = 20
-    corrected_seeds: int = 4
+    corrected_seeds: int = 10
     workers: int = 1
     epochs: int = 3
     max_length: int = 32
@@ -53,19 +54,17 @@ class BankConfig:
     evals: int = 2
 
     def runs(self) -> list[FinetuneConfig]:
-        """Every run of the bank in the order they are built: seed by seed over the default cells, the
-        bias-corrected seeds spread evenly among them, so a bank stopped early is still balanced."""
-        stride = self.seeds / max(1, self.corrected_seeds)
+        """Every run of the bank in the order they are built: seed by seed, the default cells of a seed followed
+        by its bias-corrected ones, so a bank stopped early is still balanced."""
         keyed = [(seed, "default") for seed in range(self.seeds)]
-        keyed += [((seed + 0.5) * stride, "mosbach") for seed in range(self.corrected_seeds)]
+        keyed += [(seed, "mosbach") for seed in range(self.corrected_seeds)]
         chosen = []
-        for key, recipe in sorted(keyed):
-            seed = int(key / stride) if recipe == "mosbach" else int(key)
+        for seed, recipe in sorted(keyed):
             chosen += [FinetuneConfig(
                 task=task, recipe=recipe, seed=seed, out=Path(self.out) / f"lr{lr:g}", lr=lr, epochs=self.epochs,
                 max_length=self.max_length, train_examples=self.train_examples, dev_examples=self.dev_examples,
                 evals=self.evals, threads=1, bf16=False)
-                for lr in self.lrs for task in self.tasks]
+                for lr in (self.lrs if recipe == "default" else self.corrected_lrs) for task in self.tasks]
         return chosen
 
 
@@ -136,9 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m diagnostics.seed_bank", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, help="runs go to OUT/lr<LR>/<task>-<recipe>-s<seed>/")
     parser.add_argument("--tasks", default="hedge,polarity", help="comma-separated task names")
-    parser.add_argument("--lrs", default="2e-4,3e-4", help="comma-separated learning rates")
+    parser.add_argument("--lrs", default="1e-4,2e-4,3e-4", help="learning rates of the default recipe")
+    parser.add_argument("--corrected-lrs", default="2e-4", help="learning rates of the bias-corrected recipe")
     parser.add_argument("--seeds", type=int, default=20, help="seeds per cell of the default recipe")
-    parser.add_argument("--corrected-seeds", type=int, default=4, help="seeds per cell of the bias-corrected one")
+    parser.add_argument("--corrected-seeds", type=int, default=10, help="seeds per cell of the bias-corrected one")
     parser.add_argument("--workers", type=int, default=1, help="runs at a time (one thread each)")
     parser.add_argument("--features", type=Path, help="write the per-run features to this CSV instead of building")
     parser.add_argument("--benchmark", type=Path, metavar="CSV",
@@ -153,13 +153,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         lrs = [float(value) for value in args.lrs.split(",")]
+        corrected_lrs = [float(value) for value in args.corrected_lrs.split(",")]
     except ValueError:
-        print(f"error: --lrs {args.lrs!r} must be comma-separated numbers, e.g. 2e-4,3e-4", file=sys.stderr)
+        print("error: --lrs and --corrected-lrs must be comma-separated numbers, e.g. 2e-4,3e-4", file=sys.stderr)
         return 1
     if args.out is None and not (args.benchmark or args.fit):
         print("error: pass --out RUNS (or --benchmark/--fit CSV)", file=sys.stderr)
         return 1
-    config = BankConfig(out=args.out, tasks=args.tasks.split(","), lrs=lrs, seeds=args.seeds,
+    config = BankConfig(out=args.out, tasks=args.tasks.split(","), lrs=lrs, corrected_lrs=corrected_lrs, seeds=args.seeds,
                         corrected_seeds=args.corrected_seeds, workers=args.workers)
     if config.workers < 1 or config.seeds < 1 or config.corrected_seeds < 0:
         print("error: --workers and --seeds must be >= 1, --corrected-seeds >= 0", file=sys.stderr)
