@@ -54,7 +54,7 @@ class Diagnosis:
         lines.append("evidence:" if self.evidence else "evidence: none of the failure signatures")
         lines += [f"  - {item['finding']}" for item in self.evidence]
         lines.append("advice:")
-        lines += [f"  {i}. {item['action']} ({item['why']})" for i, item in enumerate(self.advice, start=1)]
+        lines += [f"  {i}. {item['action']}: {item['why']}" for i, item in enumerate(self.advice, start=1)]
         return "\n".join(lines) + "\n"
 
     def as_json(self) -> dict:
@@ -93,7 +93,7 @@ def seen_steps(run: RunRecords) -> int:
 
 def vanishing_gradients(run: RunRecords) -> dict | None:
     """Encoder blocks whose gradient norm fell below VANISHED of its value over the first 10% of the steps seen,
-    and the step from which the encoder's total norm stayed under a tenth of its early value."""
+    and the first step at which the encoder's total norm fell under a tenth of its early value."""
     layers = _series(run, "layers", "gradient_norms")
     if layers is None or layers.steps.size < 8:
         return None
@@ -108,7 +108,7 @@ def vanishing_gradients(run: RunRecords) -> dict | None:
         return None
     total = np.sqrt(np.square(values[:, encoder]).sum(axis=1))
     low = total < np.nanmedian(total[early]) / 10
-    since = int(steps[np.flatnonzero(~low)[-1] + 1]) if (~low).any() and low[-1] else int(steps[0])
+    since = int(steps[np.argmax(low)]) if low.any() else int(steps[late][0])
     head = layers.columns.index("head") if "head" in layers.columns else None
     head_note = (f"; the head's stayed at {ratio[head]:.2g}x" if head is not None and math.isfinite(ratio[head])
                  else "")
@@ -198,9 +198,15 @@ def forgetting(run: RunRecords) -> dict | None:
 def advise(evidence: list[dict], outcome: str, predicted: float | None) -> list[dict]:
     """Advice ranked by the evidence, after the papers."""
     signals = {item["signal"] for item in evidence}
-    failing = outcome == "failed" or (predicted is not None and predicted >= 0.5) or \
-        bool(signals & {"vanishing_gradients", "loss_plateau", "prediction_collapse"})
+    # Every run starts on the ln C plateau predicting one class: early on, only the predictor and vanishing
+    # gradients say a run is failing.
+    symptoms = {"vanishing_gradients"} if outcome == "too early" else \
+        {"vanishing_gradients", "loss_plateau", "prediction_collapse"}
+    failing = outcome == "failed" or (predicted is not None and predicted >= 0.5) or bool(signals & symptoms)
     advice = []
+    if outcome == "too early" and not failing:
+        advice.append({"action": "too early to tell: look again later (the predictor decides from 5% of the steps "
+                                 "on, best from 20-30%)", "why": "every run starts on the ln C plateau"})
     if "no_bias_correction" in signals and failing:
         advice.append({"action": "use bias-corrected Adam (torch.optim.AdamW; --correct-bias true or --recipe "
                                  "mosbach)", "why": "no bias correction is the main cause of failed runs "
@@ -216,7 +222,7 @@ def advise(evidence: list[dict], outcome: str, predicted: float | None) -> list[
     if "forgetting" in signals and not failing:
         advice.append({"action": "re-initialise or re-train the top blocks if forgetting matters to you",
                        "why": "the forgetting is localised in the top layers"})
-    if not failing:
+    if not failing and outcome != "too early":
         advice.append({"action": "nothing to fix in the optimisation; compare seeds and select on dev",
                        "why": "what remains between successful seeds is generalisation variance"})
     return advice
