@@ -23,8 +23,8 @@ class HeadEncoderRatio(Probe):
         self.blocks = [name for name in table.layers if name.startswith("encoder.")]
         self.width = len(self.blocks)
         index = torch.as_tensor(table.layer_index, device=session.device)
-        self._in_block = torch.stack([index == table.layers.index(name) for name in self.blocks]).float()
-        self._in_head = (index == table.layers.index("head")).float()
+        self._in_block = torch.stack([index == table.layers.index(name) for name in self.blocks]).double()
+        self._in_head = (index == table.layers.index("head")).double()
 
     def declare(self, writer) -> None:
         writer.add_series("head_ratio", self.blocks, kind="gradient_norms", attrs={
@@ -32,7 +32,7 @@ class HeadEncoderRatio(Probe):
             "read_at": "end of the step's last backward"})
 
     def on_backward(self, session, row: torch.Tensor, first: bool) -> None:
-        squares = session.grad_norms.float().square()
+        squares = session.grad_norms.double().square()  # float32 squares of norms below 1e-19 would underflow
         row.copy_((self._in_head @ squares).sqrt() / (self._in_block @ squares).sqrt())
 
     def signals(self, steps: np.ndarray, block: np.ndarray) -> dict:

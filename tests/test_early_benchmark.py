@@ -111,3 +111,16 @@ def test_report_early_and_plots_early_end_to_end(tmp_path, repo_root):
                              str(tmp_path / "early.png")], capture_output=True, text=True, cwd=repo_root, timeout=300)
     assert figure.returncode == 0, figure.stderr
     assert (tmp_path / "early.png").stat().st_size > 10_000
+
+
+def test_the_shipped_model_covers_every_fraction_and_feature():
+    """probes/early_warning_model.json (fitted on the committed seed bank by `seed_bank --fit`)."""
+    from probes.early_benchmark import FRACTIONS
+    from probes.predictor import MODEL_FILE, default_predictor
+
+    if not MODEL_FILE.is_file():
+        pytest.skip("no fitted model shipped yet")
+    for fraction in FRACTIONS:
+        model = default_predictor(fraction)
+        assert model.fraction == pytest.approx(fraction) and model.features == FEATURES
+        assert 0.0 <= model.probability_of({}) <= 1.0
