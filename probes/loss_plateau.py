@@ -55,12 +55,7 @@ class LossPlateau(Probe):
             "slope": "least-squares slope of the training loss per step over the last `window` recorded steps"})
 
     def on_step(self, session, row: torch.Tensor) -> None:
-        self._record(session, row)
-
-    def on_skip(self, session, row: torch.Tensor) -> None:
-        self._record(session, row)
-
-    def _record(self, session, row: torch.Tensor) -> None:
+        """Record the step's loss (also for a skipped step) and the slope over the window."""
         loss = session.step_loss()
         if loss is None:
             return
@@ -71,6 +66,8 @@ class LossPlateau(Probe):
         self._seen += 1
         row[0] = loss / self.ln_c
         row[1] = least_squares_slope(self._steps, self._losses)
+
+    on_skip = on_step
 
     def signals(self, steps: np.ndarray, block: np.ndarray) -> dict:
         """Loss over ln C and its slope in ln C per step, for the early warning (:mod:`probes.early_signals`)."""

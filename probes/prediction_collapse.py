@@ -66,17 +66,14 @@ class PredictionCollapse(Probe):
         return hook
 
     def on_step(self, session, row: torch.Tensor) -> None:
-        self._finish(row)
-
-    def on_skip(self, session, row: torch.Tensor) -> None:
-        self._finish(row)
-
-    def _finish(self, row: torch.Tensor) -> None:
+        """Write the step's shares and means (also for a skipped step) and start counting the next one."""
         if self._examples:
             row[0] = self._counts.max() / self._examples
             row[1:] = self._sums / self._examples
         self._counts = self._sums = None
         self._examples = 0
+
+    on_skip = on_step
 
     def signals(self, steps: np.ndarray, block: np.ndarray) -> dict:
         """Majority share, entropy over ln C and margin per step, for the early warning."""
