@@ -13,6 +13,7 @@ model fitted on the whole committed seed bank ships as ``probes/early_warning_mo
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -41,9 +42,10 @@ class Predictor:
             fraction: float = float("nan")) -> "Predictor":
         """Fit on rows ``x`` (runs x features) with outcomes ``failed`` (bool)."""
         x, y = np.asarray(x, dtype="f8"), np.asarray(failed, dtype="f8")
-        mean = np.nanmean(x, axis=0) if len(x) else np.zeros(x.shape[1])
+        with warnings.catch_warnings():  # a feature no run has (its probe did not run) is all NaN: mean 0, scale 1
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean, scale = np.nanmean(x, axis=0), np.nanstd(x, axis=0)
         mean = np.where(np.isfinite(mean), mean, 0.0)
-        scale = np.nanstd(x, axis=0) if len(x) else np.ones(x.shape[1])
         scale = np.where(np.isfinite(scale) & (scale > 0), scale, 1.0)
         z = np.c_[np.ones(len(x)), _standardise(x, mean, scale)]
         weights = np.zeros(z.shape[1])
