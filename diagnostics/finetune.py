@@ -217,17 +217,20 @@ def standard_probes(total: int, enabled: bool = True, sample: list[dict] | None 
                     autocast: torch.dtype | None = None, times: int = 10) -> Probes:
     """What every run of this runner records at every step: loss, learning rate and total gradient norms
     (:class:`~probes.RunScalars`, always); unless ``enabled`` is False, per-layer and per-matrix gradient norms,
-    per-depth activation gradients, the early warning over the first 15% of steps (runs of 27 steps or more) and,
-    given a held ``sample``, loss and accuracy on the line from the start to the current weights ``times`` times per
-    run (64 examples at 7 points: the forward passes of 28 training batches of 16 each time, so the runner ties
-    ``times`` to its dev evaluations, ``--evals``)."""
+    per-depth activation gradients, the early-failure signals (prediction collapse, loss plateau, head-to-encoder
+    ratio, Adam's second moment), the early warning (the seed bank's predictor) over the first 15% of steps (runs of
+    30 steps or more) and, given a held ``sample``, loss and accuracy on the line from the start to the current
+    weights ``times`` times per run (64 examples at 7 points: the forward passes of 28 training batches of 16 each
+    time, so the runner ties ``times`` to its dev evaluations, ``--evals``)."""
     import probes
+    from probes import early_signals
 
     def attach(model: nn.Module, optimizer: torch.optim.Optimizer, writer: records.RunWriter):
-        chosen = [probes.GradientNorms(), probes.ActivationGradients()] if enabled else []
-        window_end = round(EARLY_WARNING_FRACTION * total)
+        chosen = [probes.GradientNorms(), probes.ActivationGradients(), probes.PredictionCollapse(),
+                  probes.LossPlateau(), probes.HeadEncoderRatio(), probes.AdamSecondMoment()] if enabled else []
+        window_end = early_signals.window_end(total, EARLY_WARNING_FRACTION)
         if enabled and window_end >= 4:
-            chosen.append(probes.EarlyWarning(window_end))
+            chosen.append(probes.EarlyWarning(window_end, total_steps=total))
         if sample:
             chosen.append(probes.Interpolation(sample, total_steps=total, autocast=autocast, times=times))
         return probes.attach(model, optimizer, writer, probes=chosen, schedule=probes.Schedule(every=1))

@@ -3,7 +3,7 @@
     python -m diagnostics.report runs/study                 # every run.h5 below the folder
     python -m diagnostics.report runs/study --json          # the rows as JSON, for scripts
     python -m diagnostics.report runs/study --out report.md # also write the Markdown table
-    python -m diagnostics.report runs/study --early         # the early warning: scores, precision, recall
+    python -m diagnostics.report runs/study --early         # the early-failure predictor on held-out seeds
     python -m diagnostics.report runs/study --html report.html  # one self-contained page with every figure
 
 A run failed when its final dev metric is at or below the majority-class baseline. Levene's test compares the
@@ -35,7 +35,7 @@ class ReportConfig:
     json: bool = False
     out: str | None = None
     early: bool = False
-    window: float = early_warning_report.FRACTION
+    window: float | None = None
     html: str | None = None
     overwrite: bool = False
 
@@ -107,7 +107,8 @@ def run(config: ReportConfig) -> Report:
         raise ValueError(f"no finished runs under {', '.join(config.runs)}; "
                          "pass run.h5 files or folders written by python -m diagnostics.finetune")
     rows = group_rows(outcomes)
-    early = early_warning_report.evaluate([Path(o.path) for o in outcomes], config.window) if config.early else None
+    fractions = (config.window,) if config.window else early_warning_report.FRACTIONS
+    early = early_warning_report.evaluate([Path(o.path) for o in outcomes], fractions) if config.early else None
     return Report(rows, levene_by_task(rows), unfinished, early, instability.by_group(outcomes))
 
 
@@ -117,10 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="print the rows as one JSON list")
     parser.add_argument("--out", help="also write the Markdown report to this file (refused if it exists)")
     parser.add_argument("--early", action="store_true",
-                        help="add the early warning: each run's collapse score, the fitted threshold, and precision "
-                             "and recall on held-out seeds")
-    parser.add_argument("--window", type=float, default=early_warning_report.FRACTION,
-                        help="share of each run's steps the early warning looks at (default %(default)s)")
+                        help="add the early-failure predictor's precision, recall and ROC AUC on held-out seeds "
+                             "against the share of training seen, and the compute it saves")
+    parser.add_argument("--window", type=float,
+                        help="only this share of each run's steps (default: 5, 10, 15, 20 and 30%%)")
     parser.add_argument("--html", metavar="OUT", help="also write one self-contained HTML page: the table, each "
                         "run's verdict, every figure inline, links to the records (diagnostics.html_report)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out or --html file")
@@ -135,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         for path in config.runs:
             if not Path(path).exists():
                 raise ValueError(f"{path} does not exist; pass run.h5 files or folders of runs")
-        if not 0 < config.window <= 1:
+        if config.window is not None and not 0 < config.window <= 1:
             raise ValueError(f"--window {config.window} must lie in (0, 1]: the share of the steps to look at")
         if config.html and Path(config.html).exists() and not config.overwrite:
             raise ValueError(f"{config.html} already exists; pass --overwrite to replace it, or another --html path")

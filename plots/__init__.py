@@ -8,6 +8,7 @@ taking records files, folders or :class:`probes.records.RunRecords`::
     plot_gradients(["runs/rte-default-s1/run.h5", "runs/rte-default-s2/run.h5"], layers="all")
 """
 from plots.barriers import plot_barriers
+from plots.early import plot_early
 from plots.forgetting import plot_forgetting
 from plots.generalisation import plot_generalisation
 from plots.gradients import plot_gradients
@@ -18,5 +19,5 @@ from plots.seeds import plot_seeds
 from plots.surface import plot_surface
 from plots.training import plot_training
 
-__all__ = ["plot_barriers", "plot_forgetting", "plot_forgetting_profile", "plot_generalisation", "plot_gradients",
-           "plot_interpolation", "plot_line", "plot_seeds", "plot_surface", "plot_training"]
+__all__ = ["plot_barriers", "plot_early", "plot_forgetting", "plot_forgetting_profile", "plot_generalisation",
+           "plot_gradients", "plot_interpolation", "plot_line", "plot_seeds", "plot_surface", "plot_training"]

@@ -7,6 +7,7 @@ from typing import Callable
 from matplotlib.figure import Figure
 
 from plots.barriers import plot_barriers
+from plots.early import plot_early
 from plots.forgetting import plot_forgetting
 from plots.generalisation import plot_generalisation
 from plots.gradients import plot_gradients
@@ -37,4 +38,5 @@ FIGURES = {
     "generalisation": FigureKind(plot_generalisation, "dev accuracy over training, and against final loss"),
     "training": FigureKind(plot_training, "training loss and learning rate per run"),
     "barriers": FigureKind(plot_barriers, "loss barrier between every pair of runs, clustered; failed runs marked"),
+    "early": FigureKind(plot_early, "early-failure predictor: held-out precision/recall/AUC vs training seen"),
 }

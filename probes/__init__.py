@@ -4,21 +4,26 @@ know about a model (:mod:`probes.model`). ``diagnostics`` and ``plots`` build on
 Public API: :func:`attach` (a plain PyTorch loop, Accelerate, torchrun DDP), :class:`ProbeCallback` (the Hugging
 Face ``Trainer``), :class:`Schedule`, the probes (:class:`GradientNorms`, :class:`ActivationGradients`,
 :class:`ParameterNorms`, :class:`RunScalars`, :class:`EarlyWarning`, :class:`Forgetting`, :class:`Interpolation`,
-all over :class:`Probe`) and :func:`find_layers`. Names are imported when first used, so ``import probes.records``
-(h5py and numpy only, what ``plots`` reads) loads neither torch nor transformers.
+the early-failure signals (:class:`PredictionCollapse`, :class:`LossPlateau`, :class:`HeadEncoderRatio`,
+:class:`AdamSecondMoment`), all over :class:`Probe`) and :func:`find_layers`. Names are imported when first used,
+so ``import probes.records`` (h5py and numpy only, what ``plots`` reads) loads neither torch nor transformers.
 """
 from importlib import import_module
 
 _PUBLIC = {
     "ActivationGradients": "probes.activation_gradients",
+    "AdamSecondMoment": "probes.adam_state",
     "EarlyWarning": "probes.early_warning",
     "Forgetting": "probes.forgetting",
     "GradientNorms": "probes.gradient_norms",
+    "HeadEncoderRatio": "probes.head_ratio",
     "HookRecord": "probes.base",
     "Interpolation": "probes.interpolation",
     "LayerDiscoveryError": "probes.model.layers",
     "LayerMap": "probes.model.layers",
+    "LossPlateau": "probes.loss_plateau",
     "ParameterNorms": "probes.parameter_norms",
+    "PredictionCollapse": "probes.prediction_collapse",
     "Probe": "probes.base",
     "ProbeCallback": "probes.trainer_callback",
     "ProbeSession": "probes.session",

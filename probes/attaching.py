@@ -9,6 +9,7 @@ it made). Example: ``with probes.attach(model, optimizer, "runs/run.h5") as sess
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any, Sequence
 
 import torch
@@ -20,6 +21,7 @@ from probes.activation_gradients import ActivationGradients
 from probes.base import Probe
 from probes.gradient_norms import GradientNorms
 from probes.model.layers import find_layers
+from probes.optimizer_audit import audit_optimizer
 from probes.schedule import Schedule
 from probes.session import ProbeSession
 
@@ -27,7 +29,8 @@ from probes.session import ProbeSession
 def attach(model: nn.Module, optimizer: torch.optim.Optimizer, writer: RunWriter | str | os.PathLike | None, *,
            schedule: Schedule | None = None, probes: Sequence[Probe] | None = None, blocks: str | None = None,
            scaler: Any = None, start_step: int = 0, flush_every: int = 50, strict: bool = False,
-           post_clip: bool = True, meta: RunMeta | None = None) -> ProbeSession:
+           post_clip: bool = True, meta: RunMeta | None = None, warmup_steps: int | None = None,
+           total_steps: int | None = None) -> ProbeSession:
     """Attach probes (default: gradient norms and activation gradients) to a run; returns the open session.
 
     ``writer``: a :class:`RunWriter` not yet started (the probes declare their series, then the session starts it
@@ -35,6 +38,9 @@ def attach(model: nn.Module, optimizer: torch.optim.Optimizer, writer: RunWriter
     ranks other than 0 it is ignored. ``blocks`` names the encoder ModuleList of a model not found automatically;
     ``scaler`` is the GradScaler of an AMP loop (found by itself on an Accelerate optimiser). ``post_clip=False``
     skips the post-clipping total (a second pass over the gradients, ~2% of a BERT-base step on a CPU).
+    The optimiser is audited first (:mod:`probes.optimizer_audit`; ``warmup_steps``/``total_steps`` tell it the
+    schedule when no torch LR scheduler does): each problem is a warning at once, and the audit is stored as the
+    records' ``optimizer_audit`` attribute.
     """
     distributed.refuse_unsupported(model, optimizer)
     inner = distributed.unwrap_model(model)
@@ -46,7 +52,14 @@ def attach(model: nn.Module, optimizer: torch.optim.Optimizer, writer: RunWriter
         writer = None
     elif owns_writer:
         writer = RunWriter.create(writer, meta or RunMeta(model=type(inner).__name__))
-    session = ProbeSession(inner, distributed.unwrap_optimizer(optimizer), writer, chosen, schedule or Schedule(),
-                           layers, scaler=distributed.scaler_of(optimizer, scaler), start_step=start_step,
+    unwrapped = distributed.unwrap_optimizer(optimizer)
+    audit = audit_optimizer(unwrapped, warmup_steps, total_steps)
+    if rank == 0:
+        for problem in audit["warnings"]:
+            warnings.warn(f"optimiser audit: {problem}", UserWarning, stacklevel=2)
+        if writer is not None and not writer.started:
+            writer.set_attribute("optimizer_audit", audit)
+    session = ProbeSession(inner, unwrapped, writer, chosen, schedule or Schedule(), layers,
+                           scaler=distributed.scaler_of(optimizer, scaler), start_step=start_step,
                            flush_every=flush_every, strict=strict, post_clip=post_clip, owns_writer=owns_writer)
     return session.open()  # a failure to open removes the file the session was given to own

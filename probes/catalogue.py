@@ -42,7 +42,7 @@ EVAL = SeriesSpec(
     "after that many updates: the task's dev metric (column named after it: accuracy, f1 or mcc) and the dev loss "
     "(diagnostics.finetune)")
 EARLY_WARNING = SeriesSpec(
-    "scalars", "early_warning", ("score", "flagged", "threshold", "window_end"),
+    "scalars", "early_warning", ("score", "probability", "flagged", "threshold", "window_end"),
     "the early warning's decision, one row at the step it decided (probes.EarlyWarning)")
 LAYER_NORMS = SeriesSpec(
     "gradient_norms", "layers", (),
@@ -61,6 +61,17 @@ INTERPOLATION_START = SeriesSpec(
     "a few times per run (probes.Interpolation); axes a, field")
 INTERPOLATION_LAST_UPDATE = SeriesSpec(
     "interpolation", "last_update", (), "the same along the step's own update, theta_t + a (theta_t - theta_t-1)")
+PREDICTION_COLLAPSE = SeriesSpec(
+    "scalars", "predictions", ("majority_share", "entropy", "margin"),
+    "the classifier's training predictions per recorded step: share of the most predicted class, mean entropy, mean "
+    "top-1 minus top-2 logit (probes.PredictionCollapse)")
+LOSS_PLATEAU = SeriesSpec(
+    "scalars", "plateau", ("loss_over_ln_c", "slope"),
+    "the training loss over ln C (the plateau of failed runs) and its recent slope (probes.LossPlateau)")
+HEAD_RATIO = SeriesSpec(
+    "gradient_norms", "head_ratio", (), "||grad head|| / ||grad encoder block|| per depth (probes.HeadEncoderRatio)")
+SECOND_MOMENT = SeriesSpec(
+    "optimizer_state", "second_moment", (), "L2 norm of Adam's exp_avg_sq per layer (probes.AdamSecondMoment)")
 DEV_PREDICTIONS = SeriesSpec(
     "predictions", "dev", (), "the predicted label of every dev example (columns 0..n-1) at each evaluation "
     "(diagnostics.finetune)")
@@ -87,6 +98,7 @@ DEV_CLS = GridSpec("predictions", "dev_cls", ("example", "unit"), ("cls",),
 LEGACY_PROBE_SCALARS = SeriesSpec("scalars", "probe", TRAIN.columns, "0.1 files: what TRAIN holds now")
 
 SERIES = (TRAIN, EVAL, EARLY_WARNING, LAYER_NORMS, COMPONENT_NORMS, ACTIVATION_NORMS, PARAMETER_NORMS,
-          UPDATE_RATIOS, FORGETTING_DURING, FORGETTING_PROFILE_DURING, INTERPOLATION_START, INTERPOLATION_LAST_UPDATE, DEV_PREDICTIONS)
+          UPDATE_RATIOS, FORGETTING_DURING, FORGETTING_PROFILE_DURING, INTERPOLATION_START, INTERPOLATION_LAST_UPDATE, DEV_PREDICTIONS,
+          PREDICTION_COLLAPSE, LOSS_PLATEAU, HEAD_RATIO, SECOND_MOMENT)
 GRIDS = (FORGETTING, FORGETTING_PROFILE, SURFACE_PLANE, SURFACE_LINE, SURFACE_RANDOM, DEV_CLS)
 KINDS = tuple(dict.fromkeys(spec.kind for spec in SERIES + GRIDS))

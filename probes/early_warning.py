@@ -7,11 +7,14 @@ its value at the start of the window: strongly negative means collapsed. A run i
 below a threshold fitted on seeds whose outcome is known (``python -m diagnostics.report --early`` fits and
 measures it; README "Early warning" gives the precision and recall on held-out seeds).
 
-As a probe, :class:`EarlyWarning` records the encoder's gradient norm in its buffer column on each recorded step
-of the window (combined across ranks at the flush, so sharded models agree), asks for a flush once the window is
-over and decides in ``on_flush``, where every rank sees the same numbers: it warns, writes the decision as series
-``scalars/early_warning`` and, with ``stop=True``, asks the run to stop (``session.stop_requested``, honoured by
-the Hugging Face Trainer through :class:`probes.ProbeCallback`).
+As a probe, :class:`EarlyWarning` asks for a flush once the window is over and decides in ``on_flush``, where
+every rank sees the same numbers: the rows of the window, every probe's columns combined across ranks
+(``session.flushed``). It decides with the early-failure predictor (:class:`probes.predictor.Predictor`, by
+default the one fitted on the seed bank, ``probes/early_warning_model.json``) over the features of
+:mod:`probes.early_signals`: the same numbers ``python -m diagnostics.report --early`` and ``diagnose`` compute
+from the records. Without a predictor (``predictor=None``, or no model file) it falls back to the collapse score
+alone. It warns, writes the decision as series ``scalars/early_warning`` and, with ``stop=True``, asks the run to
+stop (``session.stop_requested``, honoured by the Hugging Face Trainer through :class:`probes.ProbeCallback`).
 """
 from __future__ import annotations
 
@@ -21,8 +24,10 @@ import warnings
 import numpy as np
 import torch
 
-from probes import catalogue, distributed
+from probes import catalogue
 from probes.base import Declared, Probe
+from probes.early_signals import window_features
+from probes.predictor import DEFAULT, Predictor, default_predictor
 
 DEFAULT_THRESHOLD = -1.0
 COLUMNS = catalogue.EARLY_WARNING.columns
@@ -44,69 +49,71 @@ def collapse_score(steps: np.ndarray, encoder_norms: np.ndarray, window_end: int
     return float(np.log10(np.median(late) / np.median(early)))
 
 
-def encoder_norm(layer_names: list[str], layer_norms: np.ndarray) -> np.ndarray:
-    """Total L2 norm of the encoder blocks per row, from per-layer norms ``(N, layers)`` (as records store them)."""
-    columns = [i for i, name in enumerate(layer_names) if name.startswith("encoder.")]
-    return np.sqrt(np.square(np.asarray(layer_norms, dtype="f8")[:, columns]).sum(axis=1))
-
-
 class EarlyWarning(Probe):
-    """Decide once ``window_end`` steps are recorded whether the run's encoder gradients collapsed; warn, record,
-    maybe stop."""
+    """Decide at step ``window_end`` whether the run is going to fail; warn, record, maybe stop.
 
-    width = 1
+    ``predictor``: a fitted :class:`Predictor`, ``"default"`` (the seed bank's, at ``window_end / total_steps``)
+    or None (the collapse score against ``threshold``). It reads the columns of the probes that have ``signals``.
+    """
 
-    def __init__(self, window_end: int, threshold: float = DEFAULT_THRESHOLD, stop: bool = False) -> None:
+    def __init__(self, window_end: int, threshold: float = DEFAULT_THRESHOLD, stop: bool = False,
+                 predictor: Predictor | str | None = DEFAULT, total_steps: int | None = None) -> None:
         if window_end < 4:
             raise ValueError(f"EarlyWarning(window_end={window_end}): the window needs at least 4 steps")
-        self.window_end, self.threshold, self.stop = window_end, threshold, stop
-        self.decision: tuple[int, float, bool] | None = None
-        self._steps: list[int] = []
-        self._norms: list[float] = []
+        self.window_end, self.threshold, self.stop, self.total_steps = window_end, threshold, stop, total_steps
+        fraction = (window_end + 1) / total_steps if total_steps else 0.15
+        self.predictor = default_predictor(fraction) if predictor == DEFAULT else predictor
+        self.decision: tuple[int, float, float, bool] | None = None
+        self.features: dict[str, float] = {}
         self._written = False
 
     def bind(self, session) -> None:
-        names = session.table.layers
-        self._encoder = torch.tensor([i for i, layer in enumerate(session.table.layer_index)
-                                      if names[layer].startswith("encoder.")], dtype=torch.long,
-                                     device=session.device)
+        self._steps: list[int] = []
+        self._rows: list[np.ndarray] = []
 
     def series(self) -> list[Declared]:
-        return [Declared(catalogue.EARLY_WARNING, COLUMNS,
-                         attrs={"rule": "flagged when collapse_score < threshold (probes/early_warning.py)"})]
-
-    def on_backward(self, session, row: torch.Tensor, first: bool) -> None:
-        if session.step <= self.window_end:
-            row[0] = session.grad_norms.index_select(0, self._encoder).square().sum().sqrt()
+        rule = ("flagged when the predictor's P(fail) >= 0.5 (probes/predictor.py)" if self.predictor else
+                "flagged when collapse_score < threshold (probes/early_warning.py)")
+        attrs = {"rule": rule, "window_end": self.window_end}
+        if self.total_steps:
+            attrs["total_steps"] = self.total_steps
+        return [Declared(catalogue.EARLY_WARNING, COLUMNS, attrs=attrs)]
 
     def after_step(self, session, row: torch.Tensor) -> None:
         if self.decision is None and session.step >= self.window_end:
             session.flush_requested = True
 
-    def reduce(self, session, block: torch.Tensor) -> None:
-        if session.sharded:
-            distributed.sum_norms_(block, session.world)
-
     def on_flush(self, session, steps: list[int], block: np.ndarray) -> None:
         if self.decision is not None:
             return
-        self._steps += steps
-        self._norms += block[:, 0].tolist()
-        if steps[-1] < self.window_end:
+        all_steps, host = session.flushed
+        inside = [i for i, step in enumerate(all_steps) if step <= self.window_end]
+        self._steps += [all_steps[i] for i in inside]
+        self._rows.append(host[inside])
+        if all_steps[-1] < self.window_end:
             return
-        score = collapse_score(np.array(self._steps), np.array(self._norms), self.window_end)
-        flagged = bool(score < self.threshold)
-        self.decision = (steps[-1], score, flagged)
+        steps_seen, rows = np.array(self._steps), np.concatenate(self._rows)
+        signals = {}
+        for probe in session.probes:
+            if hasattr(probe, "signals"):
+                signals.update(probe.signals(steps_seen, rows[:, probe.columns]))
+        self.features = window_features(signals, self.window_end)
+        score = self.features["collapse"]
+        probability = self.predictor.probability_of(self.features) if self.predictor else math.nan
+        flagged = bool(probability >= 0.5) if self.predictor else bool(score < self.threshold)
+        self.decision = (all_steps[-1], score, probability, flagged)
+        self._rows.clear()
         if flagged:
-            warnings.warn(f"early warning at step {steps[-1]}: encoder gradient norms fell 10^{score:.1f}-fold "
-                          "over the first steps, the vanishing-gradient pattern of failed runs; consider "
+            evidence = (f"P(fail) = {probability:.2f} from the early signals, " if self.predictor else "") + \
+                       f"encoder gradient norms changed 10^{score:.1f}-fold over the window"
+            warnings.warn(f"early warning at step {all_steps[-1]}: {evidence}, the pattern of failed runs; consider "
                           "bias-corrected Adam, a lower learning rate or re-initialising the top layers",
                           RuntimeWarning, stacklevel=2)
             session.stop_requested = session.stop_requested or self.stop
 
     def write(self, writer, steps: list[int], block: np.ndarray) -> None:
         if self.decision is not None and not self._written:
-            step, score, flagged = self.decision
-            writer.append(catalogue.EARLY_WARNING.name, step,
-                          [score, float(flagged), self.threshold, self.window_end])
+            step, score, probability, flagged = self.decision
+            threshold = 0.5 if self.predictor else self.threshold
+            writer.append(catalogue.EARLY_WARNING.name, step, [score, probability, float(flagged), threshold, self.window_end])
             self._written = True

@@ -197,6 +197,12 @@ class RunWriter:
                                  dtype=_STR if values.dtype.kind == "U" else values.dtype)
         self._series[name] = group
 
+    def set_attribute(self, key: str, value: Any) -> None:
+        """Add one metadata attribute to the file's root (the optimiser audit, say); only before :meth:`start`."""
+        if self._started:
+            raise RecordsError(f"attribute {key!r} must be set before start(); set it when the file is made")
+        self._file.attrs[key] = _encode(value)
+
     @_refusing_damage
     def add_grid(self, name: str, axes: Mapping[str, Sequence[float]], fields: Sequence[str], *, kind: str,
                  attrs: Mapping[str, Any] | None = None) -> Grid | None:

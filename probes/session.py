@@ -25,7 +25,7 @@ from probes.base import HookRecord, Probe
 from probes.model.layers import LayerMap
 from probes.norms import tensor_norms, total_norm
 from probes.rows import DeviceRows
-from probes.run_scalars import RunScalars
+from probes.run_scalars import LOSS, RunScalars
 from probes.schedule import Schedule
 from probes.step_events import StepEvents
 from probes.table import ParameterTable, parameter_table
@@ -116,6 +116,11 @@ class ProbeSession:
         if self.active:
             self.scalars.log(self, loss=loss, lr=lr)
 
+    def step_loss(self) -> torch.Tensor:
+        """The loss :class:`RunScalars` recorded for the step in progress (it runs first: from ``on_step`` or
+        ``on_skip`` on, a 0-d tensor on the device, NaN when none was seen)."""
+        return self.rows.open_row()[self.scalars.columns][LOSS]
+
     def flush(self, collective: bool = True) -> None:
         """Copy the recorded rows to the host (one synchronisation) and append them to the records."""
         self.flush_requested = False
@@ -127,6 +132,7 @@ class ProbeSession:
             probe.reduce(self, part)
             block[:, probe.columns] = part
         host = block.cpu().numpy()
+        self.flushed = (steps, host)  # every probe's combined columns, for probes that decide from others' signals
         for probe in self.probes:
             probe.on_flush(self, steps, host[:, probe.columns])
         if self.writer is None:

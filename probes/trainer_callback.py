@@ -63,7 +63,9 @@ class ProbeCallback(TrainerCallback):
             warnings.warn(f"ProbeCallback runs after the Trainer's loggers ({', '.join(args.report_to)}), which will "
                           "not show the probes' summary; add it with ProbeCallback(...).add_to(trainer) instead of "
                           "callbacks=[...]", RuntimeWarning, stacklevel=2)
-        self.session = attach(model, optimizer, self.output, start_step=state.global_step, **self.options)
+        warmup = args.get_warmup_steps(state.max_steps) if args is not None and state.max_steps > 0 else None
+        self.session = attach(model, optimizer, self.output, start_step=state.global_step, warmup_steps=warmup,
+                              total_steps=state.max_steps or None, **self.options)
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.session is not None and self.session.stop_requested:

@@ -45,6 +45,7 @@ class LoopConfig:
     probe: bool = True
     schedule: probes.Schedule = field(default_factory=lambda: probes.Schedule(every=1, dense=0))
     probe_list: list | None = None
+    optimizer: type | None = None
 
 
 @dataclass
@@ -56,6 +57,8 @@ class LoopResult:
     rng: torch.Tensor
     hooks_inside: int
     records: RunRecords | None
+    logits: list[list[np.ndarray]] = field(default_factory=list)
+    second_moments: list[dict[str, float]] = field(default_factory=list)
 
 
 def oracle_layers(model) -> dict[str, float]:
@@ -66,6 +69,17 @@ def oracle_layers(model) -> dict[str, float]:
         if param.grad is not None:
             group = layer_of(model.config.model_type, name)
             sums[group] = sums.get(group, 0.0) + float(param.grad.double().norm()) ** 2
+    return {group: total ** 0.5 for group, total in sums.items()}
+
+
+def oracle_second_moments(model, optimizer) -> dict[str, float]:
+    """Per-layer L2 norms of the optimiser's ``exp_avg_sq`` (float64 per tensor, summed in Python), grouped by the
+    hand-written table of tests/layer_table.py."""
+    sums: dict[str, float] = {}
+    for name, param in model.named_parameters():
+        if "exp_avg_sq" in optimizer.state.get(param, {}):
+            group = layer_of(model.config.model_type, name)
+            sums[group] = sums.get(group, 0.0) + float(optimizer.state[param]["exp_avg_sq"].double().norm()) ** 2
     return {group: total ** 0.5 for group, total in sums.items()}
 
 
@@ -92,20 +106,23 @@ def run_loop(config: LoopConfig, path: Path | None = None, model=None, batches=N
     """Train; with ``config.probe`` a probe session records to ``path`` (None: compute without writing)."""
     model = model if model is not None else tiny.classifier(config.arch, seed=0)
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr)
+    optimizer = (config.optimizer or torch.optim.AdamW)(model.parameters(), lr=config.lr)
     scaler = torch.amp.GradScaler("cpu", init_scale=config.scale) if config.scale else None
     torch.manual_seed(1)
-    losses, oracle, totals, inside = [], [], [], 0
+    losses, oracle, totals, inside, logits, moments = [], [], [], 0, [], []
     session = (probes.attach(model, optimizer, path, schedule=config.schedule, probes=config.probe_list,
                              scaler=scaler, strict=True) if config.probe else None)
     try:
         for step in range(config.steps):
+            logits.append([])
             for micro in range(config.accumulation):
                 batch = batches[step][micro] if batches else tiny.batch(config.batch, config.length,
                                                                          seed=step * 100 + micro)
                 torch.rand(())  # a draw from the global RNG: probes must leave the RNG where it was
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
-                    loss = model(**batch).loss / config.accumulation
+                    output = model(**batch)
+                    loss = output.loss / config.accumulation
+                logits[-1].append(output.logits.detach().double().numpy())
                 if step == config.nan_at:
                     loss = loss * float("nan")
                 losses.append(float(loss.detach()))
@@ -126,12 +143,13 @@ def run_loop(config: LoopConfig, path: Path | None = None, model=None, batches=N
             else:
                 optimizer.step()
             optimizer.zero_grad()
+            moments.append(oracle_second_moments(model, optimizer))
     finally:
         if session is not None:
             session.close()
     weights = {name: value.detach().clone() for name, value in model.state_dict().items()}
     records = open_run(path) if config.probe and path is not None and Path(path).exists() else None
-    return LoopResult(losses, oracle, totals, weights, torch.get_rng_state(), inside, records)
+    return LoopResult(losses, oracle, totals, weights, torch.get_rng_state(), inside, records, logits, moments)
 
 
 def distributed_probes(interpolation: bool = True) -> list:

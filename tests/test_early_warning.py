@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
 
 import probes
 from probe_harness import LoopConfig, run_loop
-from probes.early_warning import EarlyWarning, collapse_score, encoder_norm
+from probes.early_signals import FEATURES, encoder_norm, features_at
+from probes.early_warning import EarlyWarning, collapse_score
+from probes.predictor import Predictor
 
 
 def test_collapse_score_reads_the_quarters_of_the_window():
@@ -29,7 +32,7 @@ def test_encoder_norm_combines_only_encoder_layers():
 
 
 def test_probe_decides_once_like_the_offline_rule(tmp_path):
-    warning = EarlyWarning(window_end=8, threshold=math.inf)  # flag whatever happens, to see the whole path
+    warning = EarlyWarning(window_end=8, threshold=math.inf, predictor=None)  # flag whatever happens, to see the whole path
     with pytest.warns(RuntimeWarning, match="early warning at step 8"):
         result = run_loop(LoopConfig(steps=12, probe_list=[probes.GradientNorms(), warning]), tmp_path / "r.h5")
     layers = result.records.series("layers", kind="gradient_norms")
@@ -41,6 +44,29 @@ def test_probe_decides_once_like_the_offline_rule(tmp_path):
 
 
 def test_unflagged_run_does_not_ask_to_stop(tmp_path):
-    warning = EarlyWarning(window_end=6, threshold=-math.inf, stop=True)
+    warning = EarlyWarning(window_end=6, threshold=-math.inf, stop=True, predictor=None)
     run_loop(LoopConfig(steps=8, probe_list=[probes.GradientNorms(), warning]), tmp_path / "r.h5")
-    assert warning.decision is not None and warning.decision[2] is False
+    assert warning.decision is not None and warning.decision[-1] is False
+
+
+def _signal_probes():
+    return [probes.GradientNorms(), probes.PredictionCollapse(), probes.LossPlateau(), probes.HeadEncoderRatio(),
+            probes.AdamSecondMoment()]
+
+
+def test_online_features_equal_the_offline_ones_and_the_predictor_decides(tmp_path):
+    predictor = Predictor(FEATURES, tuple([0.0] * len(FEATURES)), tuple([1.0] * len(FEATURES)),
+                          tuple(1.0 if name == "loss_ratio" else 0.0 for name in FEATURES), -0.5)
+    warning = EarlyWarning(window_end=7, predictor=predictor, total_steps=10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        result = run_loop(LoopConfig(steps=10, probe_list=[*_signal_probes(), warning]), tmp_path / "r.h5")
+    offline = features_at(result.records, 0.8)
+    assert offline.keys() == warning.features.keys()
+    for name, value in offline.items():
+        assert warning.features[name] == pytest.approx(value, rel=1e-4, nan_ok=True), name
+    decision = result.records.series("early_warning")
+    expected = predictor.probability_of(offline)
+    assert decision.column("probability")[0] == pytest.approx(expected, rel=1e-4)
+    assert decision.column("flagged")[0] == float(expected >= 0.5)
+    assert result.records.series("early_warning").attrs["total_steps"] == 10

@@ -1,0 +1,42 @@
+"""The seed bank's compact form: one CSV row per finished run and fraction of training seen, with its outcome.
+
+    python -m diagnostics.seed_bank --out runs/bank --features data/seed_bank/features.csv   # writes it
+    rows = read_table("data/seed_bank/features.csv")                                        # reads it back
+
+The rows are those of :func:`probes.early_benchmark.table` (outcome columns, ``fraction``, the early features of
+:mod:`probes.early_signals`): everything the benchmark needs, without the runs' checkpoints and records.
+"""
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+from probes.early_benchmark import OUTCOME_COLUMNS, table
+from probes.early_signals import FEATURES
+
+NUMBERS = ("lr", "final_dev_metric", "majority", "fraction", *FEATURES)
+
+
+def write_table(runs: str | Path, out: str | Path) -> int:
+    """Write the table of the finished runs under ``runs`` to the CSV ``out``; returns the number of runs."""
+    rows = table([runs])
+    with open(out, "w", newline="") as file:
+        writer = csv.DictWriter(file, [*OUTCOME_COLUMNS, "fraction", *FEATURES])
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()})
+    return len({row["run"] for row in rows})
+
+
+def read_table(path: str | Path) -> list[dict]:
+    """The rows of a table written by :func:`write_table`: numbers as floats, ``seed``/``steps`` as ints,
+    ``failed`` as a bool."""
+    with open(path, newline="") as file:
+        rows = list(csv.DictReader(file))
+    for row in rows:
+        for key in NUMBERS:
+            row[key] = float(row[key]) if row[key] not in ("", "nan") else math.nan
+        row["seed"], row["steps"] = int(row["seed"]), int(row["steps"])
+        row["failed"] = row["failed"] == "True"
+    return rows

@@ -1,0 +1,43 @@
+"""The seed bank's grid and order, and its feature table round trip (write, read, benchmark) on real records."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+import records_factory
+from diagnostics.early_features import read_table, write_table
+from diagnostics.seed_bank import BankConfig, main
+from probes.early_signals import FEATURES
+
+
+def test_grid_runs_seed_by_seed_with_the_corrected_recipe_after_its_seed():
+    config = BankConfig(Path("bank"), tasks=["hedge", "polarity"], lrs=[1e-4, 2e-4], corrected_lrs=[2e-4],
+                        seeds=3, corrected_seeds=2)
+    runs = config.runs()
+    assert len(runs) == 3 * 2 * 2 + 2 * 2
+    order = [(r.seed, r.recipe, r.lr, r.task) for r in runs]
+    assert order[:6] == [(0, "default", 1e-4, "hedge"), (0, "default", 1e-4, "polarity"),
+                         (0, "default", 2e-4, "hedge"), (0, "default", 2e-4, "polarity"),
+                         (0, "mosbach", 2e-4, "hedge"), (0, "mosbach", 2e-4, "polarity")]
+    assert all(not r.bf16 and r.threads == 1 and r.out == Path("bank") / f"lr{r.lr:g}" for r in runs)
+    assert [r.seed for r in runs] == sorted(r.seed for r in runs)
+
+
+def test_feature_table_round_trip_and_benchmark(tmp_path, capsys):
+    for seed in range(1, 7):
+        out = tmp_path / "runs" / "lr2e-05" / f"rte-default-s{seed}"
+        out.mkdir(parents=True)
+        records_factory.finetune_run(out / "run.h5", failed=seed % 2 == 1, seed=seed, steps=60, forgetting=False)
+    assert write_table(tmp_path / "runs", tmp_path / "features.csv") == 6
+    rows = read_table(tmp_path / "features.csv")
+    assert len(rows) == 6 * 5 and {row["fraction"] for row in rows} == {0.05, 0.1, 0.15, 0.2, 0.3}
+    assert {row["run"] for row in rows} == {f"lr2e-05/rte-default-s{seed}" for seed in range(1, 7)}
+    assert all(row["failed"] == (row["seed"] % 2 == 1) and set(FEATURES) <= row.keys() for row in rows)
+    assert main(["--benchmark", str(tmp_path / "features.csv")]) == 0
+    printed = capsys.readouterr().out
+    assert "| default | 20% | 6 | 3 |" in printed
+
+
+def test_bad_table_is_one_line(tmp_path, capsys):
+    assert main(["--benchmark", str(tmp_path / "missing.csv")]) == 1
+    assert capsys.readouterr().err.startswith("error: ")
