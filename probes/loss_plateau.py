@@ -51,7 +51,7 @@ class LossPlateau(Probe):
     def series(self) -> list[Declared]:
         return [Declared(catalogue.LOSS_PLATEAU, COLUMNS, attrs={
             "ln_c": self.ln_c, "window": self.window,
-            "slope": "least-squares slope of the training loss per step over the last `window` recorded steps"})
+            "slope": "least-squares slope of the training loss per step over the last `window` recorded steps"})]
 
     def on_step(self, session, row: torch.Tensor) -> None:
         """Record the step's loss (also for a skipped step) and the slope over the window."""

@@ -42,7 +42,7 @@ class PredictionCollapse(Probe):
     def series(self) -> list[Declared]:
         return [Declared(catalogue.PREDICTION_COLLAPSE, COLUMNS, attrs={
             "read_at": "forward hook on the classifier head's output, training forwards of the recorded step",
-            "entropy": "mean entropy of softmax(logits) in nats", "margin": "mean top-1 minus top-2 logit"})
+            "entropy": "mean entropy of softmax(logits) in nats", "margin": "mean top-1 minus top-2 logit"})]
 
     def attach(self, session) -> None:
         head = head_module(session.model, session.layers.base_prefix)
