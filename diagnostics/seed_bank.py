@@ -63,7 +63,7 @@ class BankConfig:
             chosen += [FinetuneConfig(
                 task=task, recipe=recipe, seed=seed, out=Path(self.out) / f"lr{lr:g}", lr=lr, epochs=self.epochs,
                 max_length=self.max_length, train_examples=self.train_examples, dev_examples=self.dev_examples,
-                evals=self.evals, threads=1, bf16=False)
+                evals=self.evals, threads=1, precision="fp32")
                 for lr in (self.lrs if recipe == "default" else self.corrected_lrs) for task in self.tasks]
         return chosen
 

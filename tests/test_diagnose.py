@@ -42,7 +42,7 @@ def runs(lexical_task, tiny_mlm_dir, tmp_path_factory) -> dict[str, Path]:
     """A default-recipe run at a learning rate that makes it fail, and a bias-corrected one."""
     out = tmp_path_factory.mktemp("runs")
     common = dict(task=str(lexical_task), seed=0, model=tiny_mlm_dir, max_length=16, evals=3, epochs=3,
-                  batch_size=8, bf16=False)
+                  batch_size=8, precision="fp32")
     failed = run(FinetuneConfig(recipe="default", out=out / "high", lr=3e-2, **common))
     corrected = run(FinetuneConfig(recipe="mosbach", out=out / "low", lr=3e-3, **common))
     return {"failed": failed.run_dir, "corrected": corrected.run_dir}

@@ -19,7 +19,7 @@ def test_grid_runs_seed_by_seed_with_the_corrected_recipe_after_its_seed():
     assert order[:6] == [(0, "default", 1e-4, "hedge"), (0, "default", 1e-4, "polarity"),
                          (0, "default", 2e-4, "hedge"), (0, "default", 2e-4, "polarity"),
                          (0, "mosbach", 2e-4, "hedge"), (0, "mosbach", 2e-4, "polarity")]
-    assert all(not r.bf16 and r.threads == 1 and r.out == Path("bank") / f"lr{r.lr:g}" for r in runs)
+    assert all(r.precision == "fp32" and r.threads == 1 and r.out == Path("bank") / f"lr{r.lr:g}" for r in runs)
     assert [r.seed for r in runs] == sorted(r.seed for r in runs)
 
 
