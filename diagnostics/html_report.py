@@ -130,10 +130,14 @@ def render(report: Report, rows: list[RunRow], figures: dict[str, str], skipped:
     parts.append("</table>\n")
     if report.early is not None:
         early = report.early
-        parts.append(f'<p class="note">Early warning after the fact, over the first {100 * early.fraction:.0f}% of '
-                     f"each run's steps: threshold {early.threshold:.2f}; on held-out seeds ({early.tested} runs) "
-                     f"precision {_share(early.precision)}, recall {_share(early.recall)}. Scores: "
-                     + ", ".join(f"{e(r.name)} {r.score:.2f}" for r in early.runs) + ".</p>\n")
+        parts.append("<h2>Early-failure predictor on held-out seeds</h2>\n<table>\n<tr><th>scope</th><th>seen</th>"
+                     "<th>runs</th><th>failed</th><th>precision</th><th>recall</th><th>ROC AUC</th>"
+                     "<th>steps saved</th></tr>\n")
+        for r in early.results:
+            cells = [r.scope, f"{100 * r.fraction:.0f}%", r.runs, r.failed, _share(r.precision), _share(r.recall),
+                     _share(r.auc), f"{100 * r.saved:.0f}%"]
+            parts.append("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in cells) + "</tr>\n")
+        parts.append("</table>\n")
     parts.append("<h2>Figures</h2>\n")
     for name, svg in figures.items():
         parts.append(f'<figure id="figure-{name}">\n{svg}\n<figcaption>{e(name)}: {e(FIGURES[name].shows)}'
