@@ -52,17 +52,16 @@ def train(path: Path, steps: int, sample_every: int, poll_seconds: float, echo: 
     flush_times: list[float] = []
 
     class TimedWriter(RunWriter):
-        def flush(self) -> None:
+        def extend(self, name, steps, block) -> None:  # one block of rows per series and flush of the session
             started = time.perf_counter()
-            super().flush()
+            super().extend(name, steps, block)
             flush_times.append(time.perf_counter() - started)
 
     torch.manual_seed(0)
     model = tiny.classifier("bert", layers=2, seed=0).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     batches = [tiny.batch(4, 16, seed=i) for i in range(16)]
-    writer = TimedWriter.create(path, RunMeta(model="tiny-bert", seed=0), flush_every_steps=10 ** 9,
-                                flush_every_seconds=10 ** 9)  # the session's flush_every alone decides
+    writer = TimedWriter.create(path, RunMeta(model="tiny-bert", seed=0))
     samples: list[Sample] = []
     reader = None
     tracemalloc.start()
