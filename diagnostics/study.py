@@ -158,7 +158,8 @@ def fine_tune_all(config: StudyConfig) -> list[FinetuneResult]:
         except KeyboardInterrupt:
             pool.shutdown(wait=False, cancel_futures=True)
             for worker in active_children():  # each stops its run cleanly; the pool then waits for them
-                worker.terminate()
+                if worker.pid != manager._process.pid:  # the progress queue's server stays until the pool is done
+                    worker.terminate()
             raise
     return sorted(results, key=lambda r: r.run_dir.name)
 
