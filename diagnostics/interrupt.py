@@ -36,16 +36,8 @@ def _raise(number: int, frame) -> None:
 def stop_on_signals() -> Iterator[None]:
     """SIGINT and SIGTERM raise :class:`Stopped` (a ``KeyboardInterrupt``) inside; previous handlers come back after.
     Outside the main thread (where handlers cannot be set) it does nothing."""
-    try:
-        previous = {number: signal.signal(number, _raise) for number in SIGNALS}
-    except ValueError:  # not the main thread
+    with _handling(_raise):
         yield
-        return
-    try:
-        yield
-    finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
 
 
 @contextlib.contextmanager
@@ -53,18 +45,25 @@ def deferred(kept: str = "") -> Iterator[None]:
     """Signals arriving inside are held until the block has finished, then raise :class:`Stopped` saying ``kept``
     (what the block wrote): a record is written whole or not at all."""
     held: list[int] = []
+    with _handling(lambda number, frame: held.append(number)):
+        yield
+    if held:
+        raise Stopped(held[0], kept)
+
+
+@contextlib.contextmanager
+def _handling(handler) -> Iterator[None]:
+    """``handler`` for SIGINT and SIGTERM inside, the previous handlers after; nothing outside the main thread."""
     try:
-        previous = {number: signal.signal(number, lambda n, frame: held.append(n)) for number in SIGNALS}
-    except ValueError:
+        previous = {number: signal.signal(number, handler) for number in SIGNALS}
+    except ValueError:  # not the main thread
         yield
         return
     try:
         yield
     finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
-    if held:
-        raise Stopped(held[0], kept)
+        for number, handler_before in previous.items():
+            signal.signal(number, handler_before)
 
 
 def ignore_ctrl_c() -> None:

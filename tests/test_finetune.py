@@ -20,28 +20,14 @@ from probes import catalogue, records
 from diagnostics.bert_adam import BertAdam
 from diagnostics.finetune import FinetuneConfig, eval_steps, load_model, main, run
 from diagnostics.recipes import RecipeError, get_recipe, linear_schedule, parameter_groups, reinit_top
-from diagnostics.tasks import Example, write_task
 
 REPO = Path(__file__).resolve().parents[1]
-# tiny.WORDS repeats "a" (also a letter), so the last word's id equals the vocabulary size: keep in-range ids only.
-WORDS = [w for w in tiny.WORDS if tiny.tokenizer().convert_tokens_to_ids(w) < len(tiny.tokenizer())]
 
 
 @pytest.fixture(scope="module")
 def toy_task(tmp_path_factory) -> Path:
     """A 48/16 pair task in the tiny tokenizer's words; the label says whether the two texts share a word."""
-    generator = torch.Generator().manual_seed(0)
-    examples = []
-    for i in range(64):
-        a, b = (torch.randint(0, len(WORDS), (2, 5), generator=generator)).tolist()
-        b = a[:2] + b[2:] if i % 2 else b
-        examples.append(Example(" ".join(WORDS[j] for j in a), " ".join(WORDS[j] for j in b),
-                                int(bool(set(a) & set(b)))))
-    folder = tmp_path_factory.mktemp("tasks") / "toy"
-    write_task(folder, examples[:48], examples[48:], {
-        "name": "toy", "kind": "pair", "label_names": ["no", "yes"], "metric": "accuracy",
-        "majority_baseline": 0.5, "sizes": {"train": 48, "dev": 16}})
-    return folder
+    return tiny.pair_task(tmp_path_factory.mktemp("tasks") / "toy", dev=16)
 
 
 def _config(task: Path, out: Path, model: Path, **overrides) -> FinetuneConfig:

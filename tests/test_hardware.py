@@ -19,11 +19,10 @@ from diagnostics.finetune import run as finetune
 from diagnostics.forgetting import ForgettingConfig
 from diagnostics.forgetting import run as forgetting
 from diagnostics.hardware import HardwareError, Machine, choose_hardware, decide, native_cpu_bf16
-from diagnostics.tasks import Example, load_task, write_task
+from diagnostics.tasks import load_task
 from probes import records
 
 REPO = Path(__file__).resolve().parents[1]
-WORDS = [w for w in tiny.WORDS if tiny.tokenizer().convert_tokens_to_ids(w) < len(tiny.tokenizer())]
 
 
 def machine(capability: str = "AVX2", features=(), onednn=None, cuda=False, cuda_bf16=False) -> Machine:
@@ -113,18 +112,7 @@ def test_length_grouped_batches_cover_the_epoch_pad_less_and_repeat_per_seed():
 @pytest.fixture(scope="module")
 def toy_task(tmp_path_factory) -> Path:
     """A 48/32 pair task in the tiny tokenizer's words; the label says whether the two texts share a word."""
-    generator = torch.Generator().manual_seed(0)
-    examples = []
-    for i in range(80):
-        a, b = (torch.randint(0, len(WORDS), (2, 5), generator=generator)).tolist()
-        b = a[:2] + b[2:] if i % 2 else b
-        examples.append(Example(" ".join(WORDS[j] for j in a), " ".join(WORDS[j] for j in b),
-                                int(bool(set(a) & set(b)))))
-    folder = tmp_path_factory.mktemp("tasks") / "toy"
-    write_task(folder, examples[:48], examples[48:], {
-        "name": "toy", "kind": "pair", "label_names": ["no", "yes"], "metric": "accuracy",
-        "majority_baseline": 0.5, "sizes": {"train": 48, "dev": 32}})
-    return folder
+    return tiny.pair_task(tmp_path_factory.mktemp("tasks") / "toy", dev=32)
 
 
 def test_dev_evaluation_sorted_by_length_equals_one_example_at_a_time(toy_task, tiny_mlm_dir):

@@ -88,3 +88,22 @@ def batch(size: int = 8, length: int = 16, seed: int = 0) -> dict[str, torch.Ten
 
 TEXT = ("The old king had a little dog. The dog was very good and the king made a long story of it. "
         "In the house by the river there was a cat, and the cat said that it was a kind animal. ") * 40
+
+
+def pair_task(folder: Path, dev: int) -> Path:
+    """A toy pair task of 48 training and ``dev`` dev examples in the tokenizer's words (ids in range); the label
+    says whether the two texts share a word. Written to ``folder`` as the task files of ``diagnostics.tasks``."""
+    from diagnostics.tasks import Example, write_task
+
+    words = [w for w in WORDS if tokenizer().convert_tokens_to_ids(w) < len(tokenizer())]  # "a" repeats: last id
+    generator = torch.Generator().manual_seed(0)
+    examples = []
+    for i in range(48 + dev):
+        a, b = (torch.randint(0, len(words), (2, 5), generator=generator)).tolist()
+        b = a[:2] + b[2:] if i % 2 else b
+        examples.append(Example(" ".join(words[j] for j in a), " ".join(words[j] for j in b),
+                                int(bool(set(a) & set(b)))))
+    write_task(folder, examples[:48], examples[48:], {
+        "name": "toy", "kind": "pair", "label_names": ["no", "yes"], "metric": "accuracy",
+        "majority_baseline": 0.5, "sizes": {"train": 48, "dev": dev}})
+    return folder
