@@ -66,9 +66,35 @@ def _handling(handler) -> Iterator[None]:
             signal.signal(number, handler_before)
 
 
-def ignore_ctrl_c() -> None:
-    """For worker processes: Ctrl-C goes to the parent, which stops its workers with SIGTERM (idle ones quietly)."""
+_stop_asked = 0  # in a pool's worker process: the signal that asked it to stop (it then declines every run)
+
+
+def worker_signals() -> None:
+    """Initializer of a pool's worker processes. Ctrl-C goes to the parent, which stops each worker with SIGTERM.
+    Outside a run SIGTERM is only remembered: a worker killed while it waits for work would leave the pool's queue
+    lock held and its siblings, and so the parent, waiting forever."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _remember)
+
+
+def _remember(number: int, frame) -> None:
+    global _stop_asked
+    _stop_asked = number
+
+
+@contextlib.contextmanager
+def worker_run() -> Iterator[None]:
+    """One run in a pool's worker: SIGTERM inside stops it cleanly (:func:`stop_on_signals`). A worker asked to
+    stop, during a run or between two, declines every later run with :class:`Stopped` (the pool has queued
+    some before the parent could cancel them)."""
+    try:
+        with stop_on_signals():
+            if _stop_asked:
+                raise Stopped(_stop_asked)
+            yield
+    except Stopped as stop:
+        _remember(stop.signal, None)
+        raise
 
 
 def describe(stop: KeyboardInterrupt) -> str:

@@ -21,16 +21,14 @@ import json
 import os
 import subprocess
 import sys
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from diagnostics.finetune import FinetuneConfig, FinetuneError, finished_run
-from diagnostics.study import _finetune_one, set_aside_unfinished
+from diagnostics.finetune import FinetuneConfig, FinetuneError, FinetuneResult, finished_run
+from diagnostics.study import finetune_in_workers, set_aside_unfinished
 from probes.early_benchmark import FRACTIONS
 from probes.early_signals import FEATURES
 from probes.predictor import MODEL_FILE, Predictor
@@ -73,24 +71,13 @@ def build(config: BankConfig) -> int:
     todo = [one for one in config.runs() if finished_run(one.run_dir(one.task)) is None]
     for one in todo:
         set_aside_unfinished(one)
-    done = 0
-    with ProcessPoolExecutor(max_workers=config.workers, mp_context=get_context("spawn")) as pool, \
-            tqdm(total=len(todo), desc="seed bank", unit="run") as bar:
-        pending = {pool.submit(_finetune_one, one) for one in todo}
-        try:
-            while pending:
-                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    result = future.result()
-                    bar.write(f"{result.run_dir.parent.name}/{result.run_dir.name}: {result.metric} "
-                              f"{result.final_dev_metric:.3f} {'FAILED' if result.failed else 'ok'}, "
-                              f"{result.seconds:.0f} s")
-                    bar.update()
-                    done += 1
-        except KeyboardInterrupt:
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
-    return done
+    with tqdm(total=len(todo), desc="seed bank", unit="run") as bar:
+        def report(result: FinetuneResult) -> None:
+            bar.write(f"{result.run_dir.parent.name}/{result.run_dir.name}: {result.metric} "
+                      f"{result.final_dev_metric:.3f} {'FAILED' if result.failed else 'ok'}, {result.seconds:.0f} s")
+            bar.update()
+
+        return len(finetune_in_workers(todo, config.workers, report))
 
 
 def provenance(config: BankConfig) -> dict:

@@ -36,6 +36,7 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from multiprocessing import active_children, get_context
 from pathlib import Path
+from typing import Callable
 
 from tqdm import tqdm
 
@@ -94,14 +95,14 @@ class StudyResult:
     seconds: float
 
 
-def _finetune_one(config: FinetuneConfig, steps) -> FinetuneResult:
+def _finetune_one(config: FinetuneConfig, steps=None) -> FinetuneResult:
     """One run in a worker process (the runner attaches the standard probes); each update is counted on `steps`,
-    a queue the study's progress bar reads."""
-    from diagnostics.finetune import run
+    a queue the parent's progress bar reads, when given."""
+    with interrupt.worker_run():  # SIGTERM from the parent (or Ctrl-C) closes this run's records
+        from diagnostics.finetune import run
 
-    quiet_transformers()
-    with interrupt.stop_on_signals():  # SIGTERM from the parent (or Ctrl-C) closes this run's records
-        return run(config, on_step=lambda: steps.put(1))
+        quiet_transformers()
+        return run(config, on_step=None if steps is None else lambda: steps.put(1))
 
 
 def set_aside_unfinished(config: FinetuneConfig) -> None:
@@ -128,6 +129,34 @@ def planned_steps(configs: list[FinetuneConfig]) -> dict[int, int]:
     return planned
 
 
+def finetune_in_workers(configs: list[FinetuneConfig], workers: int, on_result: Callable[[FinetuneResult], None],
+                        on_steps: Callable[[int], None] | None = None) -> list[FinetuneResult]:
+    """Every run of ``configs``, ``workers`` at a time in fresh processes of one thread each; ``on_result`` sees each
+    result as it comes, ``on_steps`` the optimiser steps done since the last call. Ctrl-C or SIGTERM stops every
+    worker's run cleanly (its records closed) before ``KeyboardInterrupt`` goes on."""
+    results: list[FinetuneResult] = []
+    context = get_context("spawn")  # fresh interpreters: no forked torch thread pools
+    with context.Manager() as manager, ProcessPoolExecutor(max_workers=workers, mp_context=context,
+                                                           initializer=interrupt.worker_signals) as pool:
+        steps = manager.Queue() if on_steps else None
+        pending = {pool.submit(_finetune_one, one, steps) for one in configs}
+        try:
+            while pending:
+                done, pending = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
+                while steps is not None and not steps.empty():
+                    on_steps(steps.get())
+                for future in done:
+                    results.append(future.result())
+                    on_result(results[-1])
+        except KeyboardInterrupt:
+            for worker in active_children():  # each stops its run cleanly and declines the runs queued after it
+                if worker.pid != manager._process.pid:  # the progress queue's server stays until the pool is done
+                    worker.terminate()
+            pool.shutdown(wait=True, cancel_futures=True)  # a first shutdown(wait=False) would make this one not wait
+            raise
+    return results
+
+
 def fine_tune_all(config: StudyConfig) -> list[FinetuneResult]:
     """Every run of the study, ``workers`` at a time, with one progress bar over the optimiser steps of all runs
     still to do: its time estimate comes from the steps measured so far, all workers together."""
@@ -135,32 +164,13 @@ def fine_tune_all(config: StudyConfig) -> list[FinetuneResult]:
     for one in configs:
         set_aside_unfinished(one)
     planned = planned_steps(configs)
-    results: list[FinetuneResult] = []
-    context = get_context("spawn")  # fresh interpreters: no forked torch thread pools
-    with context.Manager() as manager, ProcessPoolExecutor(max_workers=config.workers, mp_context=context,
-                                                           initializer=interrupt.ignore_ctrl_c) as pool, \
-            tqdm(total=sum(planned.values()), desc="fine-tuning", unit="step", smoothing=0.05) as bar:
-        steps = manager.Queue()
-        pending = {pool.submit(_finetune_one, one, steps): index for index, one in enumerate(configs)}
-        try:
-            while pending:
-                done, _ = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
-                while not steps.empty():
-                    bar.update(steps.get())
-                for future in done:
-                    pending.pop(future)
-                    result = future.result()
-                    results.append(result)
-                    state = "skipped (finished before)" if result.skipped else f"{result.seconds:.0f} s"
-                    verdict = "FAILED" if result.failed else "ok"
-                    bar.write(f"{result.run_dir.name}: dev {result.metric} {result.final_dev_metric:.3f} "
-                              f"{verdict}, {state}")
-        except KeyboardInterrupt:
-            pool.shutdown(wait=False, cancel_futures=True)
-            for worker in active_children():  # each stops its run cleanly; the pool then waits for them
-                if worker.pid != manager._process.pid:  # the progress queue's server stays until the pool is done
-                    worker.terminate()
-            raise
+    with tqdm(total=sum(planned.values()), desc="fine-tuning", unit="step", smoothing=0.05) as bar:
+        def report(result: FinetuneResult) -> None:
+            state = "skipped (finished before)" if result.skipped else f"{result.seconds:.0f} s"
+            verdict = "FAILED" if result.failed else "ok"
+            bar.write(f"{result.run_dir.name}: dev {result.metric} {result.final_dev_metric:.3f} {verdict}, {state}")
+
+        results = finetune_in_workers(configs, config.workers, report, bar.update)
     return sorted(results, key=lambda r: r.run_dir.name)
 
 

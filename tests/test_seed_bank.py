@@ -3,10 +3,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 
 import records_factory
 from diagnostics.early_features import read_table, write_table
-from diagnostics.seed_bank import BankConfig, main
+from diagnostics.embedded import DEFAULT_MODEL
+from diagnostics.finetune import finished_run
+from diagnostics.seed_bank import BankConfig, build, main
+from probes import records
 from probes.early_signals import FEATURES
 
 
@@ -41,3 +45,15 @@ def test_feature_table_round_trip_and_benchmark(tmp_path, capsys):
 def test_bad_table_is_one_line(tmp_path, capsys):
     assert main(["--benchmark", str(tmp_path / "missing.csv")]) == 1
     assert capsys.readouterr().err.startswith("error: ")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (DEFAULT_MODEL / "model.safetensors").exists(), reason="embedded default not built")
+def test_build_runs_the_grid_in_workers_and_a_rerun_skips_finished_runs(tmp_path):
+    config = BankConfig(tmp_path / "bank", tasks=["hedge"], lrs=[2e-4], corrected_lrs=[2e-4], seeds=1,
+                        corrected_seeds=1, workers=2, epochs=1, max_length=16, train_examples=32, dev_examples=16)
+    assert build(config) == 2
+    for run in config.runs():
+        assert finished_run(run.run_dir("hedge")) is not None
+        assert records.open_run(run.run_dir("hedge") / "run.h5").series("train").steps.size == 2
+    assert build(config) == 0
