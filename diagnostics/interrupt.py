@@ -9,7 +9,10 @@ half). The exit status is 128 + the signal number, as a shell reports it (130 fo
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
+import threading
+import time
 from typing import Iterator
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -67,6 +70,7 @@ def _handling(handler) -> Iterator[None]:
 
 
 _stop_asked = 0  # in a pool's worker process: the signal that asked it to stop (it then declines every run)
+_running = False  # in a pool's worker process: a run is in progress
 
 
 def worker_signals() -> None:
@@ -75,6 +79,17 @@ def worker_signals() -> None:
     lock held and its siblings, and so the parent, waiting forever."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _remember)
+    threading.Thread(target=_end_with_parent, args=(os.getppid(),), daemon=True, name="end-with-parent").start()
+
+
+def _end_with_parent(parent: int) -> None:
+    """A worker whose parent was killed (SIGKILL, a crash) stops its run cleanly and exits: nobody else would ask."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os.kill(os.getpid(), signal.SIGTERM)
+    while _running:
+        time.sleep(0.2)
+    os._exit(128 + signal.SIGTERM)
 
 
 def _remember(number: int, frame) -> None:
@@ -87,7 +102,9 @@ def worker_run() -> Iterator[None]:
     """One run in a pool's worker: SIGTERM inside stops it cleanly (:func:`stop_on_signals`). A worker asked to
     stop, during a run or between two, declines every later run with :class:`Stopped` (the pool has queued
     some before the parent could cancel them)."""
+    global _running
     try:
+        _running = True
         with stop_on_signals():
             if _stop_asked:
                 raise Stopped(_stop_asked)
@@ -95,6 +112,8 @@ def worker_run() -> Iterator[None]:
     except Stopped as stop:
         _remember(stop.signal, None)
         raise
+    finally:
+        _running = False
 
 
 def describe(stop: KeyboardInterrupt) -> str:

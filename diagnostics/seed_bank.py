@@ -11,7 +11,7 @@ bias correction), and every task x ``--corrected-lrs`` with ``--corrected-seeds`
 ``mosbach`` recipe, run at the default's number of epochs so both see the same steps. Runs are small (``--train-examples``, ``--max-length``, ``--evals``) so ~100 fit
 in two hours of one core. Runs go to ``OUT/lr<LR>/<task>-<recipe>-s<seed>/`` in seed order (seed 0 of every cell
 first), so a bank stopped early is still balanced. Re-running the same command skips finished runs and redoes an
-interrupted one (its folder is kept as ``<run>.interrupted-N``); Ctrl-C stops cleanly. ``--features`` writes the
+interrupted one (its folder is kept as ``<run>.interrupted-N``); Ctrl-C or SIGTERM stops cleanly. ``--features`` writes the
 compact per-run features and outcomes (:mod:`diagnostics.early_features`) with a provenance JSON beside them.
 """
 from __future__ import annotations
@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from diagnostics import interrupt
 from diagnostics.finetune import FinetuneConfig, FinetuneError, FinetuneResult, finished_run
 from diagnostics.study import finetune_in_workers, set_aside_unfinished
 from probes.early_benchmark import FRACTIONS
@@ -162,13 +163,15 @@ def main(argv: list[str] | None = None) -> int:
             args.features.with_suffix(".provenance.json").write_text(json.dumps(provenance(config), indent=1))
             print(f"{args.features}: {rows} runs")
             return 0
-        print(f"{build(config)} runs done; the bank is in {config.out}")
+        with interrupt.stop_on_signals():
+            print(f"{build(config)} runs done; the bank is in {config.out}")
     except FinetuneError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("interrupted: finished runs are kept; run the same command to go on", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as stop:
+        print(f"interrupted by {interrupt.describe(stop)}: finished runs are kept; run the same command to go on",
+              file=sys.stderr)
+        return interrupt.exit_status(stop)
     return 0
 
 

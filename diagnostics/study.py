@@ -95,14 +95,25 @@ class StudyResult:
     seconds: float
 
 
-def _finetune_one(config: FinetuneConfig, steps=None) -> FinetuneResult:
-    """One run in a worker process (the runner attaches the standard probes); each update is counted on `steps`,
-    a queue the parent's progress bar reads, when given."""
+_steps = None  # in a worker process: the queue the parent's progress bar reads, one item per optimiser step
+
+
+def _start_worker(steps) -> None:
+    """Initializer of each worker process: signals as a worker takes them, and the progress queue (a queue passes
+    to a process only when it starts)."""
+    global _steps
+    interrupt.worker_signals()
+    _steps = steps
+
+
+def _finetune_one(config: FinetuneConfig) -> FinetuneResult:
+    """One run in a worker process (the runner attaches the standard probes); each update is counted on the
+    progress queue."""
     with interrupt.worker_run():  # SIGTERM from the parent (or Ctrl-C) closes this run's records
         from diagnostics.finetune import run
 
         quiet_transformers()
-        return run(config, on_step=None if steps is None else lambda: steps.put(1))
+        return run(config, on_step=lambda: _steps.put(1))
 
 
 def set_aside_unfinished(config: FinetuneConfig) -> None:
@@ -136,22 +147,24 @@ def finetune_in_workers(configs: list[FinetuneConfig], workers: int, on_result: 
     worker's run cleanly (its records closed) before ``KeyboardInterrupt`` goes on."""
     results: list[FinetuneResult] = []
     context = get_context("spawn")  # fresh interpreters: no forked torch thread pools
-    with context.Manager() as manager, ProcessPoolExecutor(max_workers=workers, mp_context=context,
-                                                           initializer=interrupt.worker_signals) as pool:
-        steps = manager.Queue() if on_steps else None
-        pending = {pool.submit(_finetune_one, one, steps) for one in configs}
+    steps = context.SimpleQueue()
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_start_worker,
+                             initargs=(steps,)) as pool:
+        pending = {pool.submit(_finetune_one, one) for one in configs}
         try:
             while pending:
                 done, pending = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
-                while steps is not None and not steps.empty():
-                    on_steps(steps.get())
+                counted = 0
+                while not steps.empty():
+                    counted += steps.get()
+                if on_steps and counted:
+                    on_steps(counted)
                 for future in done:
                     results.append(future.result())
                     on_result(results[-1])
         except KeyboardInterrupt:
             for worker in active_children():  # each stops its run cleanly and declines the runs queued after it
-                if worker.pid != manager._process.pid:  # the progress queue's server stays until the pool is done
-                    worker.terminate()
+                worker.terminate()
             pool.shutdown(wait=True, cancel_futures=True)  # a first shutdown(wait=False) would make this one not wait
             raise
     return results

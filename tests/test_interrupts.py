@@ -214,6 +214,25 @@ def test_study_stops_its_workers_keeps_readable_records_and_a_rerun_redoes_the_r
     assert records.open_run(set_aside / "run.h5").series("train").steps.size > 0
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(not (DEFAULT_MODEL / "model.safetensors").exists(), reason="embedded default not built")
+def test_study_killed_outright_its_workers_close_their_records_and_exit(tmp_path):
+    out = tmp_path / "study"
+    command = [sys.executable, "-m", "diagnostics.study", "--out", str(out), "--quick", "--tasks",
+               "wordnet-entail", "--workers", "2"]
+    process = subprocess.Popen(command, cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _train_steps_once_flushed(out / "wordnet-entail-default-s0" / "run.h5", process)
+    workers = _children(process.pid)
+    process.kill()
+    process.wait()
+    deadline = time.monotonic() + 4 * GRACE
+    while [pid for pid in workers if _alive(pid)] and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not [pid for pid in workers if _alive(pid)], "workers outlived their SIGKILLed parent"
+    for path in out.glob("*/run.h5"):
+        assert _closed_cleanly(path), path
+
+
 def _children(pid: int) -> list[int]:
     found = []
     for task in Path(f"/proc/{pid}/task").iterdir():
