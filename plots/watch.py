@@ -16,8 +16,9 @@ import argparse
 import math
 import os
 import platform
+import signal
 import sys
-import time
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -92,13 +93,15 @@ def draw(config: WatchConfig, run: RunRecords, finished: bool) -> int:
     return last
 
 
-def watch(config: WatchConfig, say=print) -> int:
-    """Redraw until the run ends; returns the last step drawn."""
+def watch(config: WatchConfig, say=print, stop: threading.Event | None = None) -> int:
+    """Redraw until the run ends; returns the last step drawn. Setting ``stop`` ends the watch (KeyboardInterrupt)
+    after the redraw in progress."""
     check_output(config.out, overwrite=config.overwrite)
+    stop = stop or threading.Event()
     seen, last = None, -1
-    while True:
+    while not stop.is_set():
         if not config.run.exists():
-            time.sleep(config.every)
+            stop.wait(config.every)
             continue
         finished = not is_being_written(config.run)
         stamp = (config.run.stat().st_mtime_ns, config.run.stat().st_size)
@@ -117,7 +120,8 @@ def watch(config: WatchConfig, say=print) -> int:
                 say(f"{config.out}: step {drawn}" if drawn >= 0 else f"{config.run}: no step flushed yet")
         if finished:
             return last
-        time.sleep(config.every)
+        stop.wait(config.every)
+    raise KeyboardInterrupt
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -135,10 +139,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = WatchConfig(args.run, args.out, args.every, args.layers, args.overwrite)
     layers = config.layers if config.layers in ("subset", "all") else config.layers.split(",")
     config.layers = layers
+    # Ctrl-C only sets ``stop``, looked at between redraws: a KeyboardInterrupt raised wherever the signal landed
+    # (inside h5py or matplotlib) was once lost under load, and the watch ran on to the run's end
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda number, frame: stop.set())
     try:
         if not math.isfinite(config.every) or config.every <= 0:
             raise FigureError(f"--every {args.every} must be a positive number of seconds")
-        last = watch(config)
+        last = watch(config, stop=stop)
     except (FigureError, RecordsError) as error:
         print(f"plots: error: {error}", file=sys.stderr)
         return 1
@@ -149,5 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"plots: watch stopped; {config.out} holds the last complete figure", file=sys.stderr)
         return 130
+    finally:
+        signal.signal(signal.SIGINT, previous)
     print(f"run ended; wrote gradients: {config.out} (step {last})")
     return 0
