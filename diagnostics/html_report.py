@@ -74,7 +74,7 @@ def _early_warning(run: RunRecords) -> str:
     decision = early_warning_decision(run)
     if decision is None:
         return "not recorded"
-    return f"{'flagged' if decision.flagged else 'clear'} at step {decision.step} (score {decision.score:.2f})"
+    return f"{'flagged' if decision.flagged else 'clear'} at step {decision.step} ({decision.said()})"
 
 
 def figure_svgs(paths: list[str | os.PathLike]) -> tuple[dict[str, str], dict[str, str]]:

@@ -6,6 +6,8 @@ writes it. Not a command; imported by the figure modules.
 """
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -374,8 +376,15 @@ class EarlyWarningDecision:
     """What the early-warning probe decided during the run, at ``step``."""
 
     step: int
-    score: float
+    score: float  # the collapse score: log10 of the encoder gradient's change over the window
     flagged: bool
+    probability: float  # the predictor's P(fail); NaN where the probe ran without one (it then judged the score)
+
+    def said(self) -> str:
+        """``P(fail) 0.72``, or ``collapse score -1.30`` when no predictor decided."""
+        if math.isfinite(self.probability):
+            return f"P(fail) {self.probability:.2f}"
+        return f"collapse score {self.score:.2f}"
 
 
 def early_warning_decision(run: RunRecords) -> EarlyWarningDecision | None:
@@ -386,5 +395,6 @@ def early_warning_decision(run: RunRecords) -> EarlyWarningDecision | None:
     series = run.series(name, kind)
     if not series.steps.size:
         return None
+    probability = float(series.column("probability")[-1]) if "probability" in series.columns else math.nan
     return EarlyWarningDecision(int(series.steps[-1]), float(series.column("score")[-1]),
-                                bool(series.column("flagged")[-1] > 0))
+                                bool(series.column("flagged")[-1] > 0), probability)

@@ -72,7 +72,7 @@ def verdict(run: RunRecords) -> str:
     if decision is None:
         return ""
     said = "flagged: gradients collapsing" if decision.flagged else "not flagged"
-    return f"early warning at step {decision.step}: {said} (score {decision.score:.2f})"
+    return f"early warning at step {decision.step}: {said} ({decision.said()})"
 
 
 def draw(config: WatchConfig, run: RunRecords, finished: bool) -> int:
