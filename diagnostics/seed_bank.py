@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from diagnostics import interrupt
 from diagnostics.finetune import FinetuneConfig, FinetuneError, FinetuneResult, finished_run
-from diagnostics.study import finetune_in_workers, set_aside_unfinished
+from diagnostics.worker_pool import finetune_in_workers, set_aside_unfinished
 from probes.early_benchmark import FRACTIONS
 from probes.early_signals import FEATURES
 from probes.predictor import MODEL_FILE, Predictor

@@ -32,11 +32,8 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field, replace
-from multiprocessing import active_children, get_context
 from pathlib import Path
-from typing import Callable
 
 from tqdm import tqdm
 
@@ -46,6 +43,7 @@ from diagnostics.command import CommandParser, fail
 from diagnostics.finetune import FinetuneConfig, FinetuneError, FinetuneResult, finished_run, total_steps
 from diagnostics.hardware import DEVICES, Hardware, choose_hardware
 from diagnostics.quiet import quiet_transformers
+from diagnostics.worker_pool import finetune_in_workers, set_aside_unfinished
 from diagnostics.html_report import write_html
 from diagnostics.report import ReportConfig
 from diagnostics.report import run as report_run
@@ -95,39 +93,6 @@ class StudyResult:
     seconds: float
 
 
-_steps = None  # in a worker process: the queue the parent's progress bar reads, one item per optimiser step
-
-
-def _start_worker(steps) -> None:
-    """Initializer of each worker process: signals as a worker takes them, and the progress queue (a queue passes
-    to a process only when it starts)."""
-    global _steps
-    interrupt.worker_signals()
-    _steps = steps
-
-
-def _finetune_one(config: FinetuneConfig) -> FinetuneResult:
-    """One run in a worker process (the runner attaches the standard probes); each update is counted on the
-    progress queue."""
-    with interrupt.worker_run():  # SIGTERM from the parent (or Ctrl-C) closes this run's records
-        from diagnostics.finetune import run
-
-        quiet_transformers()
-        return run(config, on_step=lambda: _steps.put(1))
-
-
-def set_aside_unfinished(config: FinetuneConfig) -> None:
-    """Move an interrupted run's folder to ``<run>.interrupted-N`` so it is redone (its records are kept)."""
-    from diagnostics.tasks import load_task
-
-    run_dir = config.run_dir(load_task(config.task).name)
-    if run_dir.exists() and finished_run(run_dir) is None:
-        number = 1
-        while run_dir.with_name(f"{run_dir.name}.interrupted-{number}").exists():
-            number += 1
-        run_dir.rename(run_dir.with_name(f"{run_dir.name}.interrupted-{number}"))
-
-
 def planned_steps(configs: list[FinetuneConfig]) -> dict[int, int]:
     """The optimiser steps of each run (by its index in ``configs``), 0 for a finished one: what is left to do."""
     from diagnostics.finetune import subset
@@ -138,36 +103,6 @@ def planned_steps(configs: list[FinetuneConfig]) -> dict[int, int]:
         task = subset(load_task(one.task), one.train_examples, one.dev_examples)
         planned[index] = 0 if finished_run(one.run_dir(task.name)) else total_steps(task, one.resolved_recipe())
     return planned
-
-
-def finetune_in_workers(configs: list[FinetuneConfig], workers: int, on_result: Callable[[FinetuneResult], None],
-                        on_steps: Callable[[int], None] | None = None) -> list[FinetuneResult]:
-    """Every run of ``configs``, ``workers`` at a time in fresh processes of one thread each; ``on_result`` sees each
-    result as it comes, ``on_steps`` the optimiser steps done since the last call. Ctrl-C or SIGTERM stops every
-    worker's run cleanly (its records closed) before ``KeyboardInterrupt`` goes on."""
-    results: list[FinetuneResult] = []
-    context = get_context("spawn")  # fresh interpreters: no forked torch thread pools
-    steps = context.SimpleQueue()
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_start_worker,
-                             initargs=(steps,)) as pool:
-        pending = {pool.submit(_finetune_one, one) for one in configs}
-        try:
-            while pending:
-                done, pending = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
-                counted = 0
-                while not steps.empty():
-                    counted += steps.get()
-                if on_steps and counted:
-                    on_steps(counted)
-                for future in done:
-                    results.append(future.result())
-                    on_result(results[-1])
-        except KeyboardInterrupt:
-            for worker in active_children():  # each stops its run cleanly and declines the runs queued after it
-                worker.terminate()
-            pool.shutdown(wait=True, cancel_futures=True)  # a first shutdown(wait=False) would make this one not wait
-            raise
-    return results
 
 
 def fine_tune_all(config: StudyConfig) -> list[FinetuneResult]:

@@ -7,7 +7,6 @@ writes it. Not a command; imported by the figure modules.
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
