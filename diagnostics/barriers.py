@@ -29,12 +29,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from diagnostics.distributed import broadcast, map_sharded, process_group
-from diagnostics.surface import (FIELDS, SurfaceError, evaluate, load_classifier, load_examples, load_tokenizer,
-                                 prepare_batches)
+from diagnostics.distributed import map_sharded, process_group
+from diagnostics.surface import (FIELDS, SurfaceError, check_sizes, evaluate, load_classifier, load_examples,
+                                 load_tokenizer, open_grid, prepare_batches)
 from probes.model.barriers import barrier_matrix
 from probes.model.interpolation import Subspace, SubspaceError, floating_parameters, grid_axis
-from probes.records import RecordsError, RunMeta, RunWriter, open_run, write_grid
+from probes.records import RecordsError, RunMeta, RunWriter, open_run
 
 DEFAULT_GRID = 5
 
@@ -133,10 +133,7 @@ def resolve(config: BarriersConfig) -> tuple[list[RunPoint], np.ndarray, dict[st
     if config.grid < 3:
         raise SurfaceError(f"--grid {config.grid} leaves no point between the two ends of a line; "
                            "pass --grid 3 or more")
-    for flag, value in (("--max-examples", config.max_examples), ("--batch-size", config.batch_size),
-                        ("--max-length", config.max_length)):
-        if value is not None and value < 1:
-            raise SurfaceError(f"{flag} must be at least 1, got {value}")
+    check_sizes(config.max_examples, config.batch_size, config.max_length)
     runs = [run_point(given) for given in config.runs]
     seen: dict[str, str] = {}
     for given, run in zip(config.runs, runs):
@@ -195,27 +192,6 @@ def missing_items(values: dict[str, np.ndarray], points: int) -> list[Item]:
             if any(np.isnan(values[f][cells(item, runs, points)[-1]]) for f in FIELDS)]
 
 
-def open_record(config: BarriersConfig, axes: dict[str, np.ndarray],
-                attrs: dict[str, Any]) -> tuple[RunWriter, dict[str, np.ndarray]]:
-    """Open or create ``config.out`` with the grid declared (written whole, all NaN, before the SWMR writer
-    starts); returns the writer and the values already there."""
-    shape = tuple(len(v) for v in axes.values())
-    out = Path(config.out)
-    if not out.exists() or config.name not in open_run(out).names("surfaces"):
-        meta = RunMeta(model=attrs["checkpoints"][0], task=attrs["task"], recipe="surface-barriers",
-                       config=asdict(config))
-        write_grid(out, config.name, axes, {f: np.full(shape, np.nan) for f in FIELDS}, kind="surfaces",
-                   attrs=attrs, meta=meta)
-    writer = RunWriter.open(out)
-    try:
-        existing = writer.add_grid(config.name, axes, list(FIELDS), kind="surfaces", attrs=attrs)
-        writer.start()
-    except BaseException:
-        writer.close()
-        raise
-    return writer, {f: np.array(existing.fields[f], dtype="f8") for f in FIELDS}
-
-
 def run(config: BarriersConfig) -> Barriers | None:
     """Compute the missing points of the barrier matrix; returns it on rank 0 (None on the other ranks)."""
     runs, a, attrs = resolve(config)
@@ -224,31 +200,20 @@ def run(config: BarriersConfig) -> Barriers | None:
     labels = [r.label for r in runs]
     count = len(runs)
     axes = {"first": np.arange(count, dtype="f8"), "second": np.arange(count, dtype="f8"), "a": a}
-    shape = (count, count, len(a))
+    meta = RunMeta(model=attrs["checkpoints"][0], task=task_name, recipe="surface-barriers", config=asdict(config))
     with process_group(prefer_cuda=config.device != "cpu") as ranks:
         if config.device == "cuda" and ranks.device.type != "cuda":
             raise SurfaceError("--device cuda but torch sees no GPU; pass --device cpu")
         model, space = load_space([r.checkpoint for r in runs], labels, ranks.device)
         batches = prepare_batches(examples, load_tokenizer([r.checkpoint for r in runs]), model,
                                   max_length=config.max_length, batch_size=config.batch_size, device=ranks.device)
-        writer, values, error = None, {f: np.full(shape, np.nan) for f in FIELDS}, None
-        if ranks.is_main and config.out:
-            try:
-                writer, values = open_record(config, axes, attrs)
-            except RecordsError as failure:
-                error = str(failure)
-        missing = missing_items(values, len(a)) if error is None and ranks.is_main else None
-        error, missing = broadcast((error, missing), ranks)
-        if error:
-            raise SurfaceError(error)
-        if ranks.is_main:
-            print(cost_line(count, len(a), len(missing), len(batches), len(examples), ranks.world), file=sys.stderr)
-        started = time.perf_counter()
-        try:
+        with open_grid(ranks, config.out, config.name, axes, attrs, meta,
+                       lambda values: missing_items(values, len(a))) as (writer, values, missing):
+            if ranks.is_main:
+                print(cost_line(count, len(a), len(missing), len(batches), len(examples), ranks.world),
+                      file=sys.stderr)
+            started = time.perf_counter()
             computed = _fill(model, space, batches, a, missing, values, writer, config.name, ranks)
-        finally:
-            if writer is not None:
-                writer.close()
     if not ranks.is_main:
         return None
     return Barriers(config.name, labels, a, values["loss"], values["accuracy"], attrs, computed,

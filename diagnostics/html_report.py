@@ -20,7 +20,8 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
-from diagnostics.report import Report, _pct
+from diagnostics.report import Report, _pct, outcome_of
+from diagnostics.seed_statistics import Outcome
 from plots.batch import figure_options
 from plots.registry import FIGURES
 from plots.runs import load_runs
@@ -42,14 +43,10 @@ figcaption { font-size: 0.9rem; color: #555; }
 
 @dataclass(frozen=True)
 class RunRow:
+    """One line of the runs table: the run's outcome as the report reads it, with the verdict the run recorded."""
+
     name: str
-    path: Path
-    task: str
-    recipe: str
-    seed: int
-    metric: str
-    value: float
-    majority: float
+    outcome: Outcome
     failed: bool
     early_warning: str
 
@@ -59,13 +56,10 @@ def run_rows(paths: list[str | os.PathLike]) -> list[RunRow]:
     rows = []
     for path in iter_runs(paths):
         run = open_run(path)
-        if "final_dev_metric" not in run.summary:
-            continue
-        rows.append(RunRow(path.parent.name if path.stem == "run" else path.stem, path, str(run.meta.get("task", "")),
-                           str(run.meta.get("recipe", "")), int(run.meta.get("seed", -1)),
-                           str(run.summary.get("metric", "accuracy")), float(run.summary["final_dev_metric"]),
-                           float(run.summary.get("majority", math.nan)), bool(run.summary.get("failed", False)),
-                           _early_warning(run)))
+        outcome = outcome_of(run, path)
+        if outcome is not None:
+            rows.append(RunRow(path.parent.name if path.stem == "run" else path.stem, outcome,
+                               bool(run.summary.get("failed", False)), _early_warning(run)))
     return rows
 
 
@@ -121,8 +115,9 @@ def render(report: Report, rows: list[RunRow], figures: dict[str, str], skipped:
     parts.append("</p>\n<h2>Runs</h2>\n<table>\n<tr><th>run</th><th>task</th><th>recipe</th><th>seed</th>"
                  "<th>dev metric</th><th>majority</th><th>verdict</th><th>early warning</th><th>records</th></tr>\n")
     for row in rows:
-        link = Path(os.path.relpath(row.path.resolve(), page.resolve().parent)).as_posix()
-        cells = [row.name, row.task, row.recipe, row.seed, f"{row.metric} {_pct(row.value)}", _pct(row.majority),
+        run = row.outcome
+        link = Path(os.path.relpath(Path(run.path).resolve(), page.resolve().parent)).as_posix()
+        cells = [row.name, run.task, run.recipe, run.seed, f"{run.metric} {_pct(run.value)}", _pct(run.majority),
                  "failed" if row.failed else "succeeded", row.early_warning]
         parts.append(f'<tr class="{"failed" if row.failed else "ok"}">'
                      + "".join(f"<td>{e(str(c))}</td>" for c in cells)
@@ -174,7 +169,7 @@ def _hardware(rows: list[RunRow]) -> str:
     """Where the runs were recorded (host and torch version of the first run), for the figures' context."""
     if not rows:
         return ""
-    meta = open_run(rows[0].path).meta
+    meta = open_run(rows[0].outcome.path).meta
     versions = meta.get("versions") if isinstance(meta.get("versions"), dict) else {}
     torch = versions.get("torch", "")
     return f"; runs recorded on {meta.get('host', 'an unknown host')}" + (f" with torch {torch}" if torch else "")

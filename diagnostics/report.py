@@ -25,7 +25,7 @@ from pathlib import Path
 from diagnostics import early_warning_report, instability
 from diagnostics.command import CommandParser, fail
 from probes.output_paths import check_parent
-from probes.records import iter_runs, open_run
+from probes.records import RunRecords, iter_runs, open_run
 from diagnostics.seed_statistics import GroupRow, Outcome, group_rows, levene_by_task
 
 
@@ -88,17 +88,24 @@ def load_outcomes(paths: list[str]) -> tuple[list[Outcome], list[str]]:
     """Outcomes of every finished run under ``paths``, and the paths of the unfinished ones."""
     outcomes, unfinished = [], []
     for path in iter_runs(paths):
-        run = open_run(path)
-        summary = run.summary
-        if "final_dev_metric" not in summary:
+        outcome = outcome_of(open_run(path), path)
+        if outcome is None:
             unfinished.append(str(path))
-            continue
-        outcomes.append(Outcome(
-            task=run.meta.get("task", ""), recipe=run.meta.get("recipe", ""), seed=int(run.meta.get("seed", -1)),
-            metric=summary.get("metric", "accuracy"), value=float(summary["final_dev_metric"]),
-            majority=float(summary.get("majority", math.nan)),
-            final_train_loss=float(summary.get("final_train_loss", math.nan)), path=str(path)))
+        else:
+            outcomes.append(outcome)
     return outcomes, unfinished
+
+
+def outcome_of(run: RunRecords, path: Path) -> Outcome | None:
+    """How the run read from ``path`` ended, or None while its summary has no final dev metric (unfinished)."""
+    summary = run.summary
+    if "final_dev_metric" not in summary:
+        return None
+    return Outcome(
+        task=run.meta.get("task", ""), recipe=run.meta.get("recipe", ""), seed=int(run.meta.get("seed", -1)),
+        metric=summary.get("metric", "accuracy"), value=float(summary["final_dev_metric"]),
+        majority=float(summary.get("majority", math.nan)),
+        final_train_loss=float(summary.get("final_train_loss", math.nan)), path=str(path))
 
 
 def run(config: ReportConfig) -> Report:

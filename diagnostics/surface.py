@@ -32,6 +32,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -200,10 +201,7 @@ def evaluate(model: nn.Module, batches: Sequence[Batch], hardware: Hardware | No
 def resolve(config: SurfaceConfig) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """The grid's axes and the attributes that identify it (a resumed run must match them)."""
     kind = config.kind
-    for name, value in (("--max-examples", config.max_examples), ("--batch-size", config.batch_size),
-                        ("--max-length", config.max_length)):
-        if value is not None and value < 1:
-            raise SurfaceError(f"{name} must be at least 1, got {value}")
+    check_sizes(config.max_examples, config.batch_size, config.max_length)
     if config.split not in ("train", "dev"):
         raise SurfaceError(f"unknown split {config.split!r}; pass --split train or --split dev")
     lo, hi = config.range or DEFAULT_RANGE[kind]
@@ -224,19 +222,25 @@ def resolve(config: SurfaceConfig) -> tuple[dict[str, np.ndarray], dict[str, Any
     return ({"a": axis} if kind == "line" else {"a": axis, "b": axis}), attrs
 
 
-def open_record(config: SurfaceConfig, name: str, axes: dict[str, np.ndarray], attrs: dict[str, Any],
-                hardware: dict | None = None) -> tuple[RunWriter, dict[str, np.ndarray]]:
-    """Open or create ``config.out`` with the grid declared; returns the writer and the values already there.
+def check_sizes(max_examples: int | None, batch_size: int, max_length: int) -> None:
+    """Refuse a size option below 1 (the surface's and the barriers' ``--max-examples``, ``--batch-size`` and
+    ``--max-length``)."""
+    for flag, value in (("--max-examples", max_examples), ("--batch-size", batch_size), ("--max-length", max_length)):
+        if value is not None and value < 1:
+            raise SurfaceError(f"{flag} must be at least 1, got {value}")
+
+
+def open_record(out: str, name: str, axes: dict[str, np.ndarray], attrs: dict[str, Any],
+                meta: RunMeta) -> tuple[RunWriter, dict[str, np.ndarray]]:
+    """Open or create ``out`` with the grid ``name`` declared (``meta`` for a new file's root); returns the writer
+    and the values already there.
 
     A new grid is first written whole, all NaN, and closed: HDF5 then allocates its storage before the SWMR
     writer starts, so the points written later change no file structure and a reader (or a killed writer's
     file) always sees a consistent grid.
     """
     shape = tuple(len(v) for v in axes.values())
-    out = Path(config.out)
-    if not out.exists() or name not in open_run(out).names("surfaces"):
-        meta = RunMeta(model=config.checkpoints[0], task=attrs["task"], recipe=f"surface-{config.kind}",
-                       config={**asdict(config), "hardware": hardware or {}})
+    if not Path(out).exists() or name not in open_run(out).names("surfaces"):
         write_grid(out, name, axes, {f: np.full(shape, np.nan) for f in FIELDS}, kind="surfaces", attrs=attrs,
                    meta=meta)
     writer = RunWriter.open(out)
@@ -249,6 +253,37 @@ def open_record(config: SurfaceConfig, name: str, axes: dict[str, np.ndarray], a
     return writer, {f: np.array(existing.fields[f], dtype="f8") for f in FIELDS}
 
 
+@contextlib.contextmanager
+def open_grid(ranks: Ranks, out: str | None, name: str, axes: dict[str, np.ndarray], attrs: dict[str, Any],
+              meta: RunMeta, missing: Callable[[dict[str, np.ndarray]], list]
+              ) -> Iterator[tuple[RunWriter | None, dict[str, np.ndarray], list]]:
+    """The grid as every rank starts filling it: rank 0 opens ``out`` (if given) with `open_record` and lists what
+    ``missing`` finds still to do in its values; every rank gets that list, or rank 0's records error as a
+    `SurfaceError`. Yields the writer (None off rank 0 or without ``out``; closed on exit), the values so far (all
+    NaN without a file) and the list."""
+    shape = tuple(len(v) for v in axes.values())
+    writer, values, error = None, {f: np.full(shape, np.nan) for f in FIELDS}, None
+    if ranks.is_main and out:
+        try:
+            writer, values = open_record(out, name, axes, attrs, meta)
+        except RecordsError as failure:
+            error = str(failure)
+    try:
+        todo = missing(values) if error is None and ranks.is_main else None
+        error, todo = broadcast((error, todo), ranks)
+        if error:
+            raise SurfaceError(error)
+        yield writer, values, todo
+    finally:
+        if writer is not None:
+            writer.close()
+
+
+def missing_points(values: dict[str, np.ndarray]) -> list[tuple[int, ...]]:
+    """The grid indices not filled in every field."""
+    return [i for i in grid_indices(values["loss"].shape) if any(np.isnan(values[f][i]) for f in FIELDS)]
+
+
 def run(config: SurfaceConfig, announce: bool = False) -> Surface | None:
     """Compute the missing points of the surface (all of them without ``--out``); returns it on rank 0. The device
     and precision are what ``config.device`` and ``config.precision`` choose (said on stderr with `announce`)."""
@@ -257,31 +292,18 @@ def run(config: SurfaceConfig, announce: bool = False) -> Surface | None:
     task_name, examples = load_examples(config.task, config.split, config.max_examples)
     attrs["task"] = task_name
     hardware = choose_hardware(config.device, config.precision)
+    meta = RunMeta(model=config.checkpoints[0], task=task_name, recipe=f"surface-{config.kind}",
+                   config={**asdict(config), "hardware": hardware.as_meta()})
     with process_group(prefer_cuda=hardware.device.type == "cuda") as ranks:
         model, space = load_subspace(config.checkpoints, attrs["labels"], ranks.device, config.seed)
         tokenizer = load_tokenizer([Path(c) for c in config.checkpoints], model.config.vocab_size)
         batches = prepare_batches(examples, tokenizer, model,
                                   max_length=config.max_length, batch_size=config.batch_size, device=ranks.device)
-        shape = tuple(len(v) for v in axes.values())
-        writer, values, error = None, {f: np.full(shape, np.nan) for f in FIELDS}, None
-        if ranks.is_main and config.out:
-            try:
-                writer, values = open_record(config, name, axes, attrs, hardware.as_meta())
-            except RecordsError as failure:
-                error = str(failure)
-        missing = [i for i in grid_indices(values["loss"].shape)
-                   if any(np.isnan(values[f][i]) for f in FIELDS)] if error is None and ranks.is_main else None
-        error, missing = broadcast((error, missing), ranks)
-        if error:
-            raise SurfaceError(error)
-        if announce and ranks.is_main:
-            print(f"hardware: {hardware.describe()}", file=sys.stderr)
-        started = time.perf_counter()
-        try:
+        with open_grid(ranks, config.out, name, axes, attrs, meta, missing_points) as (writer, values, missing):
+            if announce and ranks.is_main:
+                print(f"hardware: {hardware.describe()}", file=sys.stderr)
+            started = time.perf_counter()
             computed = _fill(model, space, batches, axes, missing, values, writer, name, ranks, hardware)
-        finally:
-            if writer is not None:
-                writer.close()
     if not ranks.is_main:
         return None
     seconds = time.perf_counter() - started
