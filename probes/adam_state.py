@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from probes import catalogue, distributed
+from probes import catalogue, distributed, zero
 from probes.base import Declared, Probe
 from probes.norms import tensor_norms
 
@@ -35,7 +35,8 @@ class AdamSecondMoment(Probe):
 
     def after_step(self, session, row: torch.Tensor) -> None:
         state = session.optimizer.state
-        moments = [state[param].get(STATE) if param in state else None for param in self.table.params]
+        moments = [param.optimizer_state(STATE) if zero.is_part(param) else state[param].get(STATE)
+                   if param in state else None for param in self.table.params]
         if any(moment is not None for moment in moments):
             row.copy_(tensor_norms(moments, session.device))
 

@@ -1,7 +1,8 @@
 """``probes.attach``: the one call that puts probes on a run, whatever wraps the model and the optimiser.
 
-It refuses, in one line, a wrapper whose gradients it cannot read exactly (DeepSpeed, FSDP1 CPU offload...),
-unwraps DDP / DataParallel / FSDP1 models and Accelerate optimisers (finding an Accelerate GradScaler on the way), finds
+It refuses, in one line, a wrapper whose gradients it cannot read exactly (FSDP1 CPU offload, DeepSpeed stage 0...),
+unwraps DDP / DataParallel / FSDP1 / DeepSpeed models and Accelerate / ZeRO optimisers (finding an Accelerate
+GradScaler on the way), finds
 the model's layers, makes the records writer on rank 0 (from a path) or adopts the caller's, and opens a
 :class:`probes.session.ProbeSession` (a context manager: leaving it flushes, removes every hook and closes a writer
 it made). Example: ``with probes.attach(model, optimizer, "runs/run.h5") as session: ...``.
@@ -16,7 +17,7 @@ import torch
 from torch import nn
 
 from probes.records import RunMeta, RunWriter
-from probes import distributed
+from probes import distributed, zero
 from probes.activation_gradients import ActivationGradients
 from probes.base import Probe
 from probes.gradient_norms import GradientNorms
@@ -53,6 +54,7 @@ def attach(model: nn.Module, optimizer: torch.optim.Optimizer, writer: RunWriter
     elif owns_writer:
         writer = RunWriter.create(writer, meta or RunMeta(model=type(inner).__name__))
     unwrapped = distributed.unwrap_optimizer(optimizer)
+    zeroed = zero.zero_optimizer(optimizer)  # DeepSpeed's ZeRO optimiser, None without DeepSpeed
     audit = audit_optimizer(unwrapped, warmup_steps, total_steps)
     if rank == 0:
         for problem in audit["warnings"]:
@@ -60,6 +62,8 @@ def attach(model: nn.Module, optimizer: torch.optim.Optimizer, writer: RunWriter
         if writer is not None and not writer.started:
             writer.set_attribute("optimizer_audit", audit)
     session = ProbeSession(inner, unwrapped, writer, chosen, schedule or Schedule(), layers,
-                           scaler=distributed.scaler_of(optimizer, scaler), start_step=start_step,
-                           flush_every=flush_every, strict=strict, post_clip=post_clip, owns_writer=owns_writer)
+                           scaler=distributed.scaler_of(optimizer, scaler) or zero.loss_scale(zeroed),
+                           start_step=start_step,
+                           flush_every=flush_every, strict=strict, post_clip=post_clip, owns_writer=owns_writer,
+                           zero=zeroed)
     return session.open()  # a failure to open removes the file the session was given to own

@@ -2,7 +2,8 @@
 
 Collectives run only at a flush, once per block, never per step: per-rank quantities (activation gradients, the
 loss) and sharded ones (FSDP2 and FSDP1 gradients, :mod:`probes.fsdp`) are combined there. Replicated gradients
-(DDP after its all-reduce) are the same on every rank and need no collective. :func:`refuse_unsupported` names, in
+(DDP after its all-reduce) are the same on every rank and need no collective; DeepSpeed ZeRO's partitioned ones are
+read through :mod:`probes.zero`. :func:`refuse_unsupported` names, in
 one line, what probes cannot yet measure exactly, rather than record wrong numbers.
 """
 from __future__ import annotations
@@ -11,9 +12,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from probes import fsdp
+from probes import fsdp, zero
 
-SUPPORTED = "DDP, FSDP2 (fully_shard), FSDP1 (FULL_SHARD or SHARD_GRAD_OP), Accelerate and the Trainer on those"
+SUPPORTED = ("DDP, FSDP2 (fully_shard), FSDP1 (FULL_SHARD or SHARD_GRAD_OP), DeepSpeed ZeRO 1/2/3, Accelerate and "
+             "the Trainer on those")
 
 
 def rank_and_world() -> tuple[int, int]:
@@ -31,10 +33,14 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 
 
 def unwrap_optimizer(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
-    """The torch optimiser inside wrappers such as Accelerate's ``AcceleratedOptimizer`` (its ``.optimizer``)."""
-    while isinstance(getattr(optimizer, "optimizer", None), torch.optim.Optimizer):
-        optimizer = optimizer.optimizer
-    return optimizer
+    """The innermost torch optimiser inside wrappers (their ``.optimizer``): Accelerate's ``AcceleratedOptimizer``,
+    DeepSpeed's ZeRO optimiser; ``optimizer`` itself without one."""
+    inner = found = optimizer
+    while getattr(inner, "optimizer", None) is not None:
+        inner = inner.optimizer
+        if isinstance(inner, torch.optim.Optimizer):
+            found = inner
+    return found
 
 
 def scaler_of(optimizer: torch.optim.Optimizer, scaler=None):
@@ -45,25 +51,23 @@ def scaler_of(optimizer: torch.optim.Optimizer, scaler=None):
 
 def refuse_unsupported(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
     """Raise a one-line ``ValueError`` for a wrapper whose gradients probes cannot yet read exactly."""
-    zero3 = any(hasattr(param, "ds_id") for param in model.parameters())  # ZeRO-3 partitioned parameters
-    for thing in (model, optimizer, getattr(optimizer, "optimizer", None)):
-        if zero3 or type(thing).__module__.split(".")[0] == "deepspeed":
-            name = "ZeRO-3 parameters" if zero3 else type(thing).__name__
-            raise ValueError(f"probes do not support DeepSpeed yet ({name}; see docs/deepspeed.md); "
-                             f"supported: {SUPPORTED}")
+    zero.refuse_unsupported(model, optimizer)
     fsdp.refuse_unsupported(model)
 
 
-def named_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter | fsdp.LocalPart]]:
-    """``(name, parameter)`` of the trainable parameters probes read: the model's own, or under FSDP1 each
-    original parameter's part of this rank's shard, under its original name (:mod:`probes.fsdp`)."""
+def named_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter | fsdp.LocalPart | zero.ZeroPart]]:
+    """``(name, parameter)`` of the trainable parameters probes read: the model's own, or each parameter's part of
+    this rank's shard under FSDP1 (under its original name, :mod:`probes.fsdp`) or under ZeRO (:mod:`probes.zero`)."""
     parts = fsdp.named_parameters(model)
+    if parts is None:
+        parts = zero.named_parameters(model)
     return parts if parts is not None else [(n, p) for n, p in model.named_parameters() if p.requires_grad]
 
 
 def is_sharded(params: list[nn.Parameter]) -> bool:
-    """Whether parameters are sharded across ranks (FSDP2 ``DTensor`` parameters, FSDP1 flattened ones)."""
-    return any(hasattr(param, "to_local") or fsdp.is_flattened(param) for param in params)
+    """Whether parameters are sharded across ranks (FSDP2 ``DTensor`` parameters, FSDP1 flattened ones, ZeRO
+    partitions)."""
+    return any(hasattr(param, "to_local") or fsdp.is_flattened(param) or zero.is_part(param) for param in params)
 
 
 def sum_norms_(block: torch.Tensor, world: int) -> None:

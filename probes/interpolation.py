@@ -33,7 +33,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from probes import catalogue
+from probes import catalogue, zero
 from probes.base import Declared, Probe
 from probes.model.interpolation import Subspace
 
@@ -71,6 +71,8 @@ class Interpolation(Probe):
     def bind(self, session) -> None:
         if any(getattr(param, "_is_flat_param", False) for param in session.model.parameters()):
             raise ValueError("Interpolation does not support FSDP1 (flat parameters); use FSDP2 (fully_shard) or DDP")
+        if any(zero.is_part(param) for param in session.table.params):
+            raise ValueError("Interpolation does not support DeepSpeed ZeRO yet; use DDP or FSDP2 (fully_shard)")
         self.device, self.rank, self.world = session.device, session.rank, session.world
         self.count = sum(int(batch["labels"].numel()) for batch in self.sample)
         if any(len(batch["labels"]) < self.world for batch in self.sample):

@@ -75,12 +75,16 @@ class RunScalars(Probe):
             self._before = (versions([param.grad for param in session.table.params]), raw, total_norm(raw))
 
     def on_step(self, session, row: torch.Tensor) -> None:
-        if self.post_clip:
+        if self.post_clip and session.events.zero is None:
             grads = [param.grad for param in session.table.params]
             known = rescaled_total(grads, *self._before, self._witnesses) if self._before else None
             row[POST] = known if known is not None else total_norm(tensor_norms(grads, session.device))
             self._before = None
         self._finish(session, row, skipped=False)
+
+    def after_step(self, session, row: torch.Tensor) -> None:
+        if self.post_clip and session.events.post_clip_norm is not None:  # ZeRO: measured inside its step
+            row[POST] = session.events.post_clip_norm
 
     def on_skip(self, session, row: torch.Tensor) -> None:
         self._finish(session, row, skipped=True)

@@ -37,7 +37,7 @@ class ProbeSession:
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, writer: RunWriter | None,
                  probes: Sequence[Probe], schedule: Schedule, layers: LayerMap, *, scaler: Any = None,
                  start_step: int = 0, flush_every: int = 50, strict: bool = False, post_clip: bool = True,
-                 owns_writer: bool = False):
+                 owns_writer: bool = False, zero: Any = None):
         self.model, self.optimizer, self.layers = model, optimizer, layers
         self.table: ParameterTable = parameter_table(model, layers, distributed.named_parameters(model))
         self.scaler, self.writer, self.owns_writer = scaler, writer, owns_writer
@@ -52,7 +52,7 @@ class ProbeSession:
         self.stop_requested = self.flush_requested = False
         self.grad_norms = self.grad_total = self.loss_scale = None
         self._flush_every = flush_every
-        self.events = StepEvents(model, optimizer, self.table.params, self)
+        self.events = StepEvents(model, optimizer, self.table.params, self, zero)
         self._broken = self._closed = False
         self._warned: set[str] = set()
 

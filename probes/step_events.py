@@ -12,6 +12,12 @@
   cleared with ``zero_grad()``, as after a GradScaler skip). A loop that zeroes gradients in place
   (``set_to_none=False``) hides such steps, which then merge into the next one;
 * ``loss_seen(loss)``: the model's ``output.loss`` of each training forward (a 0-d tensor, detached).
+
+Under DeepSpeed ZeRO (``zero``: its optimiser; ``optimizer``: the torch one inside it) gradients are reduced after
+the autograd backward, so ``backward_ended()`` and ``step_begins()`` come together at the start of ZeRO's step, and
+``step_ended(applied)`` at its end (:func:`probes.zero.wrap_step`). ZeRO clips inside its step: the torch
+optimiser's step pre-hook (once per parameter group) measures the clipped gradients it is given, this rank's part,
+into ``post_clip_norm``.
 """
 from __future__ import annotations
 
@@ -20,7 +26,9 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
+from probes import zero as zero_steps
 from probes.base import HookRecord
+from probes.norms import combine, tensor_norms, total_norm
 
 _engine = torch.autograd.Variable._execution_engine
 
@@ -29,9 +37,10 @@ class StepEvents:
     """Step boundaries of a run, from hooks on ``model`` and ``optimizer``; ``params`` are the trainable ones."""
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, params: list[nn.Parameter],
-                 listener: Any) -> None:
-        self.model, self.optimizer, self.params, self.listener = model, optimizer, params, listener
+                 listener: Any, zero: Any = None) -> None:
+        self.model, self.optimizer, self.params, self.listener, self.zero = model, optimizer, params, listener, zero
         self.queued = self.stepping = self.forward_seen = self.backward_seen = False
+        self.post_clip_norm: torch.Tensor | None = None
 
     @property
     def in_step(self) -> bool:
@@ -42,6 +51,11 @@ class StepEvents:
         add = hooks.add
         add(self.model.register_forward_pre_hook(self._forward_starts), "notice a step skipped since the last one")
         add(self.model.register_forward_hook(self._forward_ends), "capture the loss; find the end of the backward")
+        if self.zero is not None:
+            add(zero_steps.wrap_step(self.zero, self._zero_step_begins, self._end),
+                "read ZeRO's reduced gradients before its step; end the step after it")
+            add(self.optimizer.register_step_pre_hook(self._clipped), "measure the clipped gradients ZeRO steps with")
+            return
         add(self.optimizer.register_step_pre_hook(self._step_begins), "read the step before the update")
         add(self.optimizer.register_step_post_hook(self._step_ends), "end the step after the update")
 
@@ -55,7 +69,7 @@ class StepEvents:
         if not torch.is_grad_enabled():
             return
         tensors = [tensor for tensor in _top_level_tensors(output) if tensor.requires_grad]
-        for tensor in tensors:
+        for tensor in tensors if self.zero is None else ():
             tensor.register_hook(self._output_grad)
         if not tensors:
             return
@@ -80,6 +94,19 @@ class StepEvents:
 
     def _step_ends(self, optimizer, args, kwargs) -> None:
         self._end(stepped=True)
+
+    def _zero_step_begins(self) -> None:
+        self.backward_seen = self.stepping = True
+        self.post_clip_norm = None
+        self.listener.backward_ended()
+        self.listener.step_begins()
+
+    def _clipped(self, optimizer, args, kwargs) -> None:
+        grads = [param.grad for group in optimizer.param_groups for param in group["params"]]
+        if self.stepping and any(grad is not None for grad in grads):
+            device = next(grad for grad in grads if grad is not None).device
+            norm = total_norm(tensor_norms(grads, device))
+            self.post_clip_norm = combine(self.post_clip_norm, norm, self.post_clip_norm is None)
 
     def _end(self, stepped: bool) -> None:
         self.forward_seen = self.backward_seen = self.stepping = False

@@ -5,7 +5,7 @@ probes and returns the losses, final weights, RNG state and, per step, the oracl
 straight from ``param.grad`` (float64, grouped with plain Python), so every probe test compares against the same
 reference. Run as a script under torchrun it is the distributed worker of ``tests/test_probes_ddp.py``:
 ``python -m torch.distributed.run --standalone --nproc_per_node 2 tests/probe_harness.py MODE[,MODE...] FOLDER``
-with modes ``ddp``, ``fsdp2`` and the ``FSDP1`` ones (``fsdp1-flat-full``...).
+with modes ``ddp``, ``fsdp2``, the ``FSDP1`` ones (``fsdp1-flat-full``...) and the DeepSpeed ones (``zero1``...).
 """
 from __future__ import annotations
 
@@ -163,6 +163,32 @@ FSDP1 = {"fsdp1-flat-full": (False, "FULL_SHARD"), "fsdp1-orig-full": (True, "FU
          "fsdp1-flat-grad-op": (False, "SHARD_GRAD_OP"), "fsdp1-orig-grad-op": (True, "SHARD_GRAD_OP")}
 
 
+ZERO = {"zero1": {"stage": 1}, "zero2": {"stage": 2}, "zero3": {"stage": 3},
+        "zero2-bf16": {"stage": 2, "bf16": True}, "zero3-bf16": {"stage": 3, "bf16": True},
+        "zero1-fp16": {"stage": 1, "fp16": 8}, "zero3-fp16": {"stage": 3, "fp16": 8},
+        "zero2-fp16-overflow": {"stage": 2, "fp16": 17},
+        "zero2-offload": {"stage": 2, "offload": True}, "zero3-offload": {"stage": 3, "offload": True}}
+
+
+def deepspeed_engine(mode: str, model, world: int):
+    """``(engine, ZeRO optimiser)`` of DeepSpeed at the ZeRO stage, precision (fp32, bf16, or fp16 from the loss
+    scale 2^``fp16``) and optimiser offload of ``mode``, torch's AdamW, clipping to 0.1 (as the one-process run), each rank on
+    its half of the global batch of 8."""
+    import deepspeed
+
+    setting = ZERO[mode]
+    zero = {"stage": setting["stage"]}
+    if setting.get("offload"):
+        zero["offload_optimizer"] = {"device": "cpu"}
+    config = {"train_micro_batch_size_per_gpu": 8 // world, "gradient_accumulation_steps": 1,
+              "gradient_clipping": 0.1, "zero_optimization": zero, "bf16": {"enabled": setting.get("bf16", False)},
+              "fp16": {"enabled": "fp16" in setting, "initial_scale_power": setting.get("fp16", 16)},
+              "zero_force_ds_cpu_optimizer": False, "steps_per_print": 10 ** 9}
+    engine, optimizer, _, _ = deepspeed.initialize(model=model, config=config,
+                                                   optimizer=torch.optim.AdamW(model.parameters(), lr=1e-3))
+    return engine, optimizer
+
+
 def wrap(mode: str, model, layer_map, world: int):
     """``model`` under ``mode``: ``ddp``, ``fsdp2`` (every block and the model ``fully_shard``-ed) or one of
     ``FSDP1`` (every block and the model in ``FullyShardedDataParallel``, flat or original parameters)."""
@@ -187,7 +213,8 @@ def wrap(mode: str, model, layer_map, world: int):
 
 def train_distributed(mode: str, out: Path, rank: int, world: int) -> list[dict[str, float]]:
     """4 steps, each rank on its half of every global batch, clipped to 0.1; returns rank 0's post-all-reduce
-    oracle under DDP (empty otherwise: sharded gradients have no single-rank oracle). Mode ``accelerate-fsdp``:
+    oracle under DDP, or DeepSpeed's own full gradients and global norm under ZeRO (empty otherwise: sharded
+    gradients have no single-rank oracle). Mode ``accelerate-fsdp``:
     ``accelerator.prepare`` with an FSDP1 plugin (what it wraps the model in is written next to ``out``)."""
     model = tiny.classifier("bert", seed=0)
     layer_map = probes.find_layers(model)
@@ -202,15 +229,42 @@ def train_distributed(mode: str, out: Path, rank: int, world: int) -> list[dict[
         wrapped, optimizer = accelerator.prepare(model, torch.optim.AdamW(model.parameters(), lr=1e-3))
         if rank == 0:
             out.with_suffix(".txt").write_text(type(wrapped).__name__)
+    elif mode == "accelerate-zero2":
+        import accelerate
+
+        plugin = accelerate.DeepSpeedPlugin(zero_stage=2, gradient_clipping=0.1)
+        plugin.deepspeed_config.update(train_micro_batch_size_per_gpu=8 // world, train_batch_size=8)
+        accelerator = accelerate.Accelerator(deepspeed_plugin=plugin)
+        wrapped, optimizer = accelerator.prepare(model, torch.optim.AdamW(model.parameters(), lr=1e-3))
+        if rank == 0:
+            out.with_suffix(".txt").write_text(type(wrapped).__name__)
+    elif mode in ZERO:
+        wrapped, optimizer = deepspeed_engine(mode, model, world)
     else:
         wrapped = wrap(mode, model, layer_map, world)
     optimizer = optimizer or torch.optim.AdamW(wrapped.parameters(), lr=1e-3)
     oracle = []
+    chosen = distributed_probes(interpolation=mode in ("ddp", "fsdp2"))
+    if mode in ZERO:
+        chosen.append(probes.AdamSecondMoment())
     with probes.attach(wrapped, optimizer, out, schedule=probes.Schedule(every=1, dense=0), strict=True,
-                       probes=distributed_probes(interpolation=mode in ("ddp", "fsdp2"))):
+                       probes=chosen):
         for step in range(4):
             batch = tiny.batch(8, 12, seed=step * 100)
             half = {key: value.chunk(world)[rank] for key, value in batch.items()}
+            if mode in ZERO:  # DeepSpeed's own loop: it reduces, clips and steps
+                wrapped.backward(wrapped(**half).loss)
+                oracle.append(deepspeed_oracle(model, float(optimizer.loss_scale)))
+                wrapped.step()
+                oracle[-1]["second_moment"] = (deepspeed_oracle(model, 1.0, "exp_avg_sq") if wrapped.was_step_applied()
+                                               else {layer: float("nan") for layer in oracle[-1]})
+                oracle[-1]["deepspeed_global_norm"] = float(wrapped.get_global_grad_norm())
+                continue
+            if mode == "accelerate-zero2":  # Accelerate's backward runs DeepSpeed's backward and step
+                accelerator.backward(wrapped(**half).loss)
+                optimizer.step()
+                optimizer.zero_grad()
+                continue
             wrapped(**half).loss.backward()
             if mode == "ddp":
                 oracle.append(oracle_layers(model))
@@ -225,15 +279,68 @@ def train_distributed(mode: str, out: Path, rank: int, world: int) -> list[dict[
     return oracle
 
 
+REFUSED = {"stage 0": {"zero_optimization": {"stage": 0}},
+           "stage 0, bf16": {"zero_optimization": {"stage": 0}, "bf16": {"enabled": True}},
+           "ZeRO-3, torch optimiser": {"zero_optimization": {"stage": 3}},
+           "ZeRO-2, interpolation": {"zero_optimization": {"stage": 2}}}
+
+
+def deepspeed_refusals(folder: Path, rank: int, world: int) -> dict[str, str]:
+    """What ``probes.attach`` says to each DeepSpeed setting of ``REFUSED`` (the engine and its optimiser; for
+    "ZeRO-3, torch optimiser" the bare module and a torch optimiser; for "interpolation" with the interpolation
+    probe); asserts on rank 0, the one that writes, that no records file was left."""
+    import deepspeed
+
+    said = {}
+    for name, setting in REFUSED.items():
+        config = {"train_micro_batch_size_per_gpu": 8 // world, "steps_per_print": 10 ** 9, **setting}
+        model = tiny.classifier("bert", seed=0)
+        try:
+            engine, optimizer, _, _ = deepspeed.initialize(
+                model=model, config=config, optimizer=torch.optim.AdamW(model.parameters(), lr=1e-3))
+        except Exception as error:  # a setting this CPU build cannot run (then probes never see it)
+            said[name] = f"DeepSpeed cannot run it here: {type(error).__name__}"
+            continue
+        if name.endswith("torch optimiser"):
+            engine, optimizer = engine.module, torch.optim.AdamW(engine.module.parameters(), lr=1e-3)
+        chosen = [interpolation_probe()] if name.endswith("interpolation") else None
+        try:
+            probes.attach(engine, optimizer, folder / "refused.h5", probes=chosen)
+            said[name] = "accepted"
+        except ValueError as error:
+            said[name] = str(error)
+        assert rank != 0 or not (folder / "refused.h5").exists()
+    return said
+
+
+def deepspeed_oracle(model, scale: float, state: str | None = None) -> dict[str, float]:
+    """Per-layer norms of the full gradients DeepSpeed assembles itself (``safe_get_full_grad``: collectives per
+    parameter, every rank must call it) between ``engine.backward`` and ``engine.step``, divided by the loss
+    ``scale`` (fp16); or of the optimiser's full ``state`` (``safe_get_full_optimizer_state``) after the step."""
+    from deepspeed.utils import safe_get_full_grad, safe_get_full_optimizer_state
+
+    sums: dict[str, float] = {}
+    for name, param in model.named_parameters():
+        group = layer_of(model.config.model_type, name)
+        full = safe_get_full_grad(param) if state is None else safe_get_full_optimizer_state(param, state)
+        sums[group] = sums.get(group, 0.0) + float(full.double().norm() / scale) ** 2
+    return {group: total ** 0.5 for group, total in sums.items()}
+
+
 def distributed_worker(modes: list[str], folder: Path) -> None:
-    """Train under each of ``modes`` in turn on gloo; rank 0 writes ``MODE.h5`` and, for DDP, ``MODE.json`` (its
-    oracle) into ``folder``."""
+    """Train under each of ``modes`` in turn on gloo; rank 0 writes ``MODE.h5`` and, for DDP and ZeRO, ``MODE.json``
+    (its oracle) into ``folder``."""
     import torch.distributed as dist
 
     dist.init_process_group("gloo")
     torch.set_num_threads(1)
     rank, world = dist.get_rank(), dist.get_world_size()
     for mode in modes:
+        if mode == "deepspeed-refusals":
+            said = deepspeed_refusals(folder, rank, world)
+            if rank == 0:
+                (folder / f"{mode}.json").write_text(json.dumps(said))
+            continue
         oracle = train_distributed(mode, folder / f"{mode}.h5", rank, world)
         if rank == 0 and oracle:
             (folder / f"{mode}.json").write_text(json.dumps(oracle))

@@ -23,7 +23,7 @@ import probes
 import tiny
 from probes.records import open_run
 import trainer_worker
-from probe_harness import FSDP1, LoopConfig, distributed_probes, oracle_matrix, run_loop
+from probe_harness import FSDP1, REFUSED, ZERO, LoopConfig, distributed_probes, oracle_matrix, run_loop
 
 HARNESS = Path(__file__).with_name("probe_harness.py")
 TRAINER = Path(__file__).with_name("trainer_worker.py")
@@ -93,6 +93,40 @@ def test_fsdp1_flat_and_original_parameters_match_one_process(tmp_path, single):
     print("accelerate wrapped the model in", (tmp_path / "accelerate-fsdp.txt").read_text())
 
 
+@pytest.mark.slow
+def test_deepspeed_zero_matches_deepspeeds_own_gradients_and_one_process(tmp_path, single):
+    """Issue 16: DeepSpeed ZeRO 1/2/3 (fp32, bf16, fp16 with its loss scale, optimiser offload), and ZeRO-2 through
+    ``accelerator.prepare``, in one torchrun. Every mode equals DeepSpeed's own full gradients
+    (``safe_get_full_grad``), global pre-clip norm and full Adam state; the fp32 ones also equal one process. An fp16
+    overflow is a skipped step. Then the settings probes refuse, each in one line."""
+    pytest.importorskip("deepspeed")
+    modes = [*ZERO, "accelerate-zero2"]
+    torchrun(HARNESS, ",".join([*modes, "deepspeed-refusals"]), str(tmp_path))
+    for mode in ZERO:
+        records, oracle = open_run(tmp_path / f"{mode}.h5"), json.loads((tmp_path / f"{mode}.json").read_text())
+        layers, moments, train = records.series("layers"), records.series("second_moment"), records.frame("train")
+        np.testing.assert_allclose(layers.values, oracle_matrix(oracle, layers.columns), rtol=1e-5)
+        global_norm = np.array([step["deepspeed_global_norm"] for step in oracle])
+        applied = np.isfinite(global_norm)
+        np.testing.assert_array_equal(train["skipped"], ~applied)
+        np.testing.assert_allclose(train["grad_norm_pre_clip"][applied], global_norm[applied], rtol=1e-5)
+        expected = oracle_matrix([step["second_moment"] for step in oracle], moments.columns)
+        np.testing.assert_allclose(moments.values[applied], expected[applied], rtol=1e-5)
+        if not {"bf16", "fp16"} & set(ZERO[mode]):
+            assert_matches_one_process(records, single)
+    assert not np.isfinite(json.loads((tmp_path / "zero2-fp16-overflow.json").read_text())[0]["deepspeed_global_norm"])
+    assert (tmp_path / "accelerate-zero2.txt").read_text() == "DeepSpeedEngine"
+    assert_matches_one_process(open_run(tmp_path / "accelerate-zero2.h5"), single)
+    said = json.loads((tmp_path / "deepspeed-refusals.json").read_text())
+    assert list(said) == list(REFUSED)
+    assert said["stage 0"] == said["stage 0, bf16"] == (
+        "probes do not support DeepSpeed without ZeRO (DeepSpeedEngine: stage 0 reduces gradients after the backward, "
+        "with no ZeRO step to read them at); use ZeRO stage 1, 2 or 3 (zero_optimization.stage), or DDP")
+    assert said["ZeRO-3, torch optimiser"].startswith("probes need the ZeRO optimiser of ZeRO-3 parameters")
+    assert said["ZeRO-2, interpolation"].startswith("Interpolation does not support DeepSpeed ZeRO")
+    assert not any("\n" in message for message in said.values())
+
+
 @pytest.fixture(scope="module")
 def single_trainer(tmp_path_factory):
     """The Trainer in one process on batches of 8: its records and its own logged pre-clip norms."""
@@ -102,14 +136,24 @@ def single_trainer(tmp_path_factory):
                                          if "grad_norm" in entry]
 
 
+ZERO2_TRAINER = ('deepspeed={"zero_optimization": {"stage": 2}, '
+                 '"train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto", '
+                 '"gradient_clipping": "auto"}')
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("options", [[], ["fsdp=full_shard"]], ids=["ddp", "fsdp-args"])
+@pytest.mark.parametrize("options", [[], ["fsdp=full_shard"], [ZERO2_TRAINER]], ids=["ddp", "fsdp-args", "deepspeed"])
 def test_trainer_under_torchrun_matches_one_process(tmp_path, single_trainer, options):
     """The Trainer's own distributed path, 2 processes of 4 examples against one of 8. With ``fsdp`` arguments on a
     CPU, Accelerate (which enables FSDP only on accelerators) trains with DDP: recorded in ``wrapped.txt``. The
     Trainer's default ``average_tokens_across_devices=True`` multiplies the loss by the number of processes for
     models that accept loss keywords, a classifier's gradients included: turned off here, so that the gradients
-    themselves equal one process's (probes record gradients as they are either way)."""
+    themselves equal one process's (probes record gradients as they are either way). With ``deepspeed`` (ZeRO-2, the
+    Trainer's own AdamW) the callback reads ZeRO's partitioned gradients (issue 16). Not ZeRO-3 here: with it the
+    Trainer's arguments make transformers build the model under ``deepspeed.zero.Init``, which initialises other
+    weights than one process (ZeRO-3 itself is checked against DeepSpeed's own gradients above)."""
+    if options == [ZERO2_TRAINER]:
+        pytest.importorskip("deepspeed")
     expected, logged = single_trainer
     torchrun(TRAINER, str(tmp_path / "two"), "4", "average_tokens_across_devices=False", *options)
     records = open_run(tmp_path / "two" / "run.h5")
