@@ -16,13 +16,15 @@ thread: the work done, steady when other jobs share the machine) and in wall tim
 The probes' own work per recorded step (the two fused norm passes) is also timed alone, as a share of a step.
 
 ``--processes 2`` adds the 2-process columns: the embedded default under torchrun on gloo (one thread per
-process, the same global batch split between them), wrapped in DDP and in FSDP1 (FULL_SHARD, flat parameters,
-one unit per encoder block), no probe and probes every step / every 10 steps interleaved the same way; rank 0's
-times are reported (``--worker ddp|fsdp1`` is that worker).
+process, the same global batch split between them), wrapped in DDP, in FSDP1 (FULL_SHARD, flat parameters,
+one unit per encoder block) and, when DeepSpeed is installed, in a DeepSpeed ZeRO-2 engine (fp32, clipping at
+1.0 inside its step); no probe and probes every step / every 10 steps interleaved the same way; rank 0's times are
+reported (``--worker ddp|fsdp1|zero2`` is that worker).
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import statistics
@@ -42,7 +44,7 @@ from diagnostics.embedded import DEFAULT_MODEL  # noqa: E402
 from probes.norms import tensor_norms, total_norm  # noqa: E402
 
 DISTRIBUTED_VARIANTS = ("no probe", "probes every step", "probes every 10 steps")
-WRAPPERS = ("ddp", "fsdp1")
+WRAPPERS = ("ddp", "fsdp1", "zero2")
 VARIANTS = ("no probe", "probes every step", "probes every step, post_clip=False", "probes every 10 steps",
             "per-tensor .norm().item()", "per-tensor histc (wandb.watch)")
 
@@ -72,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--models", default="bert-base,embedded", help="comma-separated: bert-base, embedded")
     parser.add_argument("--embedded", type=Path, default=defaults.embedded, help="the embedded default model folder")
     parser.add_argument("--processes", type=int, choices=(1, 2), default=defaults.processes,
-                        help="2: also time the embedded default in 2 processes (DDP and FSDP1 on gloo)")
+                        help="2: also time the embedded default in 2 processes (DDP, FSDP1 and DeepSpeed ZeRO-2 "
+                             "on gloo)")
     parser.add_argument("--worker", choices=WRAPPERS, help=argparse.SUPPRESS)
     return parser
 
@@ -124,6 +127,10 @@ def time_model(model, config: BenchConfig) -> dict[str, tuple[float, float]]:
 
 
 def _step(model, optimizer, batch, extra) -> None:
+    if hasattr(model, "zero_optimization"):  # a DeepSpeed engine: it reduces, clips and steps itself
+        model.backward(model(**batch).loss)
+        model.step()
+        return
     model(**batch).loss.backward()
     if extra is not None:
         extra()
@@ -143,16 +150,24 @@ def time_distributed(wrapper: str, config: BenchConfig) -> dict[str, tuple[float
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     model = embedded(config.embedded).train()
-    if wrapper == "ddp":
-        model = torch.nn.parallel.DistributedDataParallel(model)
-    else:
-        from torch.distributed.fsdp import FullyShardedDataParallel
-        from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+    if wrapper == "zero2":
+        import deepspeed
 
-        block = type(probes.find_layers(model).blocks[0])
-        model = FullyShardedDataParallel(model, auto_wrap_policy=ModuleWrapPolicy({block}),
-                                         device_id=torch.device("cpu"))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+        settings = {"train_micro_batch_size_per_gpu": config.batch // world, "gradient_clipping": 1.0,
+                    "zero_optimization": {"stage": 2}, "steps_per_print": 10 ** 9}
+        model, optimizer, _, _ = deepspeed.initialize(
+            model=model, optimizer=torch.optim.AdamW(model.parameters(), lr=1e-5), config=settings)
+    else:
+        if wrapper == "ddp":
+            model = torch.nn.parallel.DistributedDataParallel(model)
+        else:
+            from torch.distributed.fsdp import FullyShardedDataParallel
+            from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+            block = type(probes.find_layers(model).blocks[0])
+            model = FullyShardedDataParallel(model, auto_wrap_policy=ModuleWrapPolicy({block}),
+                                             device_id=torch.device("cpu"))
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
     generator = torch.Generator().manual_seed(0)
     batch = {"input_ids": torch.randint(1000, 2000, (config.batch, config.length), generator=generator),
              "labels": torch.randint(0, 2, (config.batch,), generator=generator)}
@@ -233,7 +248,11 @@ def run(config: BenchConfig) -> dict[str, dict | str]:
         results["embedded default"] = f"skipped: no model at {config.embedded} yet (build it with data/build_model.py)"
     if config.processes == 2 and (config.embedded / "config.json").exists():
         for wrapper in WRAPPERS:
-            results[f"embedded default, 2 processes on gloo, {wrapper.upper()}"] = run_distributed(wrapper, config)
+            name = f"embedded default, 2 processes on gloo, {wrapper.upper()}"
+            if wrapper == "zero2" and importlib.util.find_spec("deepspeed") is None:
+                results[name] = "skipped: DeepSpeed is not installed (pip install -e \".[deepspeed]\")"
+                continue
+            results[name] = run_distributed(wrapper, config)
     return results
 
 
