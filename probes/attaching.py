@@ -2,10 +2,10 @@
 
 It refuses, in one line, a wrapper whose gradients it cannot read exactly (FSDP1 CPU offload, DeepSpeed stage 0...),
 unwraps DDP / DataParallel / FSDP1 / DeepSpeed models and Accelerate / ZeRO optimisers (finding an Accelerate
-GradScaler on the way), finds
-the model's layers, makes the records writer on rank 0 (from a path) or adopts the caller's, and opens a
-:class:`probes.session.ProbeSession` (a context manager: leaving it flushes, removes every hook and closes a writer
-it made). Example: ``with probes.attach(model, optimizer, "runs/run.h5") as session: ...``.
+GradScaler or ZeRO's fp16 loss scale on the way), finds the model's layers, makes the records writer on rank 0
+(from a path) or adopts the caller's, and opens a :class:`probes.session.ProbeSession` (a context manager: leaving
+it flushes, removes every hook and closes a writer it made). Example:
+``with probes.attach(model, optimizer, "runs/run.h5") as session: ...``.
 """
 from __future__ import annotations
 
@@ -63,7 +63,6 @@ def attach(model: nn.Module, optimizer: torch.optim.Optimizer, writer: RunWriter
             writer.set_attribute("optimizer_audit", audit)
     session = ProbeSession(inner, unwrapped, writer, chosen, schedule or Schedule(), layers,
                            scaler=distributed.scaler_of(optimizer, scaler) or zero.loss_scale(zeroed),
-                           start_step=start_step,
-                           flush_every=flush_every, strict=strict, post_clip=post_clip, owns_writer=owns_writer,
-                           zero=zeroed)
+                           start_step=start_step, flush_every=flush_every, strict=strict, post_clip=post_clip,
+                           owns_writer=owns_writer, zero=zeroed)
     return session.open()  # a failure to open removes the file the session was given to own

@@ -17,7 +17,7 @@ Under DeepSpeed ZeRO (``zero``: its optimiser; ``optimizer``: the torch one insi
 the autograd backward, so ``backward_ended()`` and ``step_begins()`` come together at the start of ZeRO's step, and
 ``step_ended(applied)`` at its end (:func:`probes.zero.wrap_step`). ZeRO clips inside its step: the torch
 optimiser's step pre-hook (once per parameter group) measures the clipped gradients it is given, this rank's part,
-into ``post_clip_norm``.
+into ``post_clip_norm``, on the steps the listener is ``recording``.
 """
 from __future__ import annotations
 
@@ -103,7 +103,7 @@ class StepEvents:
 
     def _clipped(self, optimizer, args, kwargs) -> None:
         grads = [param.grad for group in optimizer.param_groups for param in group["params"]]
-        if self.stepping and any(grad is not None for grad in grads):
+        if self.stepping and self.listener.recording and any(grad is not None for grad in grads):
             device = next(grad for grad in grads if grad is not None).device
             norm = total_norm(tensor_norms(grads, device))
             self.post_clip_norm = combine(self.post_clip_norm, norm, self.post_clip_norm is None)
