@@ -19,7 +19,8 @@ and through other objects (docs/deepspeed.md):
 
 Supported, and tested under torchrun on gloo against DeepSpeed's own assembled gradients and one process:
 ``DeepSpeedZeroOptimizer`` (stages 1 and 2) and ``DeepSpeedZeroOptimizer_Stage3``, in fp32, bf16 and fp16 (divided by
-ZeRO's loss scale, :class:`LossScale`; an overflow is a skipped step), with and without ``offload_optimizer``.
+ZeRO's loss scale, :class:`LossScale`; an overflow is a skipped step); stages 2 and 3 also with
+``offload_optimizer``.
 Refused in one line by :func:`refuse_unsupported`: stage 0 (DeepSpeed's DDP-like engine, and its fp16/bf16
 optimisers), which reduces after the backward without a ZeRO step to read at. Nothing here imports DeepSpeed.
 """
@@ -84,6 +85,7 @@ def zero_optimizer(optimizer: Any) -> Any:
 
 
 def from_deepspeed(thing: Any) -> bool:
+    """Whether ``thing`` is an object of one of DeepSpeed's classes (its engine, its optimisers)."""
     return type(thing).__module__.split(".")[0] == "deepspeed"
 
 
@@ -98,8 +100,8 @@ def refuse_unsupported(model: nn.Module, optimizer: Any) -> None:
         found = next((thing for thing in wrappers if from_deepspeed(thing)), None)
         if found is not None:
             raise ValueError(f"probes do not support DeepSpeed without ZeRO ({type(found).__name__}: stage 0 "
-                             f"reduces gradients after the backward, with no ZeRO step to read them at); use {SUPPORTED}")
-        return
+                             f"reduces gradients after the backward, with no ZeRO step to read them at); "
+                             f"use {SUPPORTED}")
 
 
 def named_parameters(model: nn.Module) -> list[tuple[str, ZeroPart]] | None:
@@ -126,19 +128,22 @@ def loss_scale(zero: Any) -> LossScale | None:
 
 
 class _Unwrap:
-    """The handle of :func:`wrap_step`: ``remove()`` gives the optimiser its own ``step`` back."""
+    """The handle of :func:`wrap_step`: ``remove()`` gives the optimiser back the ``step`` it had before."""
 
     def __init__(self, zero: Any) -> None:
-        self.zero = zero
+        self.zero, self.previous = zero, zero.__dict__.get("step")  # another session's wrapper, or None
 
     def remove(self) -> None:
-        self.zero.__dict__.pop("step", None)
+        if self.previous is None:
+            self.zero.__dict__.pop("step", None)
+        else:
+            self.zero.step = self.previous
 
 
 def wrap_step(zero: Any, before: Callable[[], None], after: Callable[[bool], None]) -> _Unwrap:
     """Call ``before()`` at the start of every ``zero.step()`` and ``after(applied)`` at its end; returns the handle
     that removes the wrapper (the step's own exceptions pass through, and then ``after`` is not called)."""
-    original = zero.step
+    handle, original = _Unwrap(zero), zero.step
 
     def step(*args, **kwargs):
         before()
@@ -147,8 +152,9 @@ def wrap_step(zero: Any, before: Callable[[], None], after: Callable[[bool], Non
         return result
 
     zero.step = step
-    return _Unwrap(zero)
+    return handle
 
 
 def is_part(param: Any) -> bool:
+    """Whether ``param`` is a :class:`ZeroPart` (a partitioned gradient: squares are summed across ranks)."""
     return isinstance(param, ZeroPart)

@@ -172,8 +172,8 @@ ZERO = {"zero1": {"stage": 1}, "zero2": {"stage": 2}, "zero3": {"stage": 3},
 
 def deepspeed_engine(mode: str, model, world: int):
     """``(engine, ZeRO optimiser)`` of DeepSpeed at the ZeRO stage, precision (fp32, bf16, or fp16 from the loss
-    scale 2^``fp16``) and optimiser offload of ``mode``, torch's AdamW, clipping to 0.1 (as the one-process run), each rank on
-    its half of the global batch of 8."""
+    scale 2^``fp16``) and optimiser offload of ``mode``, torch's AdamW, clipping to 0.1 (as the one-process run),
+    each rank on its half of the global batch of 8."""
     import deepspeed
 
     setting = ZERO[mode]
