@@ -3,11 +3,13 @@ fixed dataset; in one process, or as the torchrun worker of ``tests/test_probes_
 processes takes its share of every global batch:
 ``python -m torch.distributed.run --standalone --nproc_per_node 2 tests/trainer_worker.py FOLDER PER_DEVICE_BATCH
 [ARGUMENT=VALUE...]`` (more ``TrainingArguments``).
-Rank 0 writes ``FOLDER/run.h5`` and ``FOLDER/wrapped.txt`` (the type of the model the Trainer trained).
+Rank 0 writes ``FOLDER/run.h5``, ``FOLDER/wrapped.txt`` (the type of the model the Trainer trained) and
+``FOLDER/logged.json`` (the ``grad_norm`` the Trainer logged at each step).
 """
 from __future__ import annotations
 
 import ast
+import json
 import os
 import sys
 from pathlib import Path
@@ -37,6 +39,8 @@ def train(folder: Path, per_device_batch: int, **options):
     trainer.train()
     if trainer.args.process_index == 0:
         (folder / "wrapped.txt").write_text(type(trainer.model_wrapped).__name__)
+        logged = [entry["grad_norm"] for entry in trainer.state.log_history if "grad_norm" in entry]
+        (folder / "logged.json").write_text(json.dumps([float(norm) for norm in logged]))
     return trainer
 
 
