@@ -167,20 +167,23 @@ ZERO = {"zero1": {"stage": 1}, "zero2": {"stage": 2}, "zero3": {"stage": 3},
         "zero2-bf16": {"stage": 2, "bf16": True}, "zero3-bf16": {"stage": 3, "bf16": True},
         "zero1-fp16": {"stage": 1, "fp16": 8}, "zero3-fp16": {"stage": 3, "fp16": 8},
         "zero2-fp16-overflow": {"stage": 2, "fp16": 17},
-        "zero2-offload": {"stage": 2, "offload": True}, "zero3-offload": {"stage": 3, "offload": True}}
+        "zero2-offload": {"stage": 2, "offload": True}, "zero3-offload": {"stage": 3, "offload": True},
+        "zero3-accumulation": {"stage": 3, "accumulation": 2}}
 
 
 def deepspeed_engine(mode: str, model, world: int):
     """``(engine, ZeRO optimiser)`` of DeepSpeed at the ZeRO stage, precision (fp32, bf16, or fp16 from the loss
-    scale 2^``fp16``) and optimiser offload of ``mode``, torch's AdamW, clipping to 0.1 (as the one-process run),
-    each rank on its half of the global batch of 8."""
+    scale 2^``fp16``), optimiser offload and gradient accumulation of ``mode``, torch's AdamW, clipping to 0.1 (as
+    the one-process run), each rank on its half of the global batch of 8 (in ``accumulation`` micro-batches)."""
     import deepspeed
 
     setting = ZERO[mode]
     zero = {"stage": setting["stage"]}
     if setting.get("offload"):
         zero["offload_optimizer"] = {"device": "cpu"}
-    config = {"train_micro_batch_size_per_gpu": 8 // world, "gradient_accumulation_steps": 1,
+    accumulation = setting.get("accumulation", 1)
+    config = {"train_micro_batch_size_per_gpu": 8 // world // accumulation,
+              "gradient_accumulation_steps": accumulation,
               "gradient_clipping": 0.1, "zero_optimization": zero, "bf16": {"enabled": setting.get("bf16", False)},
               "fp16": {"enabled": "fp16" in setting, "initial_scale_power": setting.get("fp16", 16)},
               "zero_force_ds_cpu_optimizer": False, "steps_per_print": 10 ** 9}
@@ -252,8 +255,13 @@ def train_distributed(mode: str, out: Path, rank: int, world: int) -> list[dict[
         for step in range(4):
             batch = tiny.batch(8, 12, seed=step * 100)
             half = {key: value.chunk(world)[rank] for key, value in batch.items()}
-            if mode in ZERO:  # DeepSpeed's own loop: it reduces, clips and steps
-                wrapped.backward(wrapped(**half).loss)
+            if mode in ZERO:  # DeepSpeed's own loop: it reduces, clips and steps (at the last micro-batch)
+                micro = [dict(zip(half, values)) for values in zip(*(v.chunk(ZERO[mode].get("accumulation", 1))
+                                                                      for v in half.values()))]
+                for part in micro[:-1]:
+                    wrapped.backward(wrapped(**part).loss)
+                    wrapped.step()
+                wrapped.backward(wrapped(**micro[-1]).loss)
                 oracle.append(deepspeed_oracle(model, float(optimizer.loss_scale)))
                 wrapped.step()
                 oracle[-1]["second_moment"] = (deepspeed_oracle(model, 1.0, "exp_avg_sq") if wrapped.was_step_applied()

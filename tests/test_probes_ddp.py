@@ -1,8 +1,10 @@
 """Probes under torchrun (2 processes, gloo, CPU) give the norms of one process on the same global batch, with DDP
 (replicated gradients), FSDP2 (``fully_shard``: sharded DTensor gradients) and FSDP1 (``FullyShardedDataParallel``
 with flat or original parameters, FULL_SHARD and SHARD_GRAD_OP: each parameter's part of the local gradient shard),
-and refuse, in one line, the FSDP1 settings they do not measure exactly; the interpolation probe gives the lines of
-one process under DDP and FSDP2 (held sample split over the ranks; under FSDP2 each moves its shard).
+and DeepSpeed ZeRO 1/2/3 (each parameter's part of the rank's partition), and refuse, in one line, the FSDP1 and
+DeepSpeed settings they do not measure exactly; the interpolation probe gives the lines of one process under DDP
+and FSDP2 (held sample split over the ranks; under FSDP2 each moves its shard). The Trainer's and Accelerate's own
+distributed paths are checked the same way.
 
 Run: ``python3 -m pytest tests/test_probes_ddp.py`` (slow: starts two worker processes per test).
 """
@@ -95,7 +97,8 @@ def test_fsdp1_flat_and_original_parameters_match_one_process(tmp_path, single):
 
 @pytest.mark.slow
 def test_deepspeed_zero_matches_deepspeeds_own_gradients_and_one_process(tmp_path, single):
-    """Issue 16: DeepSpeed ZeRO 1/2/3 (fp32, bf16, fp16 with its loss scale, optimiser offload), and ZeRO-2 through
+    """Issue 16: DeepSpeed ZeRO 1/2/3 (fp32, bf16, fp16 with its loss scale, optimiser offload, gradient
+    accumulation), and ZeRO-2 through
     ``accelerator.prepare``, in one torchrun. Every mode equals DeepSpeed's own full gradients
     (``safe_get_full_grad``), global pre-clip norm and full Adam state; the fp32 ones also equal one process. An fp16
     overflow is a skipped step. Then the settings probes refuse, each in one line."""
