@@ -14,6 +14,8 @@ Blocks of ``--steps`` steps are interleaved round-robin (the order rotating each
 table gives each variant's median step time and its ratio to no probe, in CPU time of this process (one torch
 thread: the work done, steady when other jobs share the machine) and in wall time (which such jobs make noisy).
 The probes' own work per recorded step (the two fused norm passes) is also timed alone, as a share of a step.
+``--device cuda`` times the same on a GPU, each block synchronised before its time is read; compare the wall-time
+ratios there (the CPU only launches kernels).
 
 ``--processes 2`` adds the 2-process columns: the embedded default under torchrun on gloo (one thread per
 process, the same global batch split between them), wrapped in DDP, in FSDP1 (FULL_SHARD, flat parameters,
@@ -60,6 +62,7 @@ class BenchConfig:
     embedded: Path = DEFAULT_MODEL
     models: tuple[str, ...] = ("bert-base", "embedded")
     processes: int = 1
+    device: str = "cpu"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--processes", type=int, choices=(1, 2), default=defaults.processes,
                         help="2: also time the embedded default in 2 processes (DDP, FSDP1 and DeepSpeed ZeRO-2 "
                              "on gloo)")
+    parser.add_argument("--device", default=defaults.device,
+                        help="cuda: time on the GPU (compare the wall-time ratios there: the CPU only launches)")
     parser.add_argument("--worker", choices=WRAPPERS, help=argparse.SUPPRESS)
     return parser
 
@@ -97,10 +102,11 @@ def embedded(folder: Path):
 
 def time_model(model, config: BenchConfig) -> dict[str, tuple[float, float]]:
     """Median (CPU, wall) seconds per step of each variant (blocks interleaved), and the probes' own work."""
-    model.train()
+    device = torch.device(config.device)
+    model.to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
-    batch = {"input_ids": torch.randint(1000, 2000, (config.batch, config.length)),
-             "labels": torch.randint(0, 2, (config.batch,))}
+    batch = {"input_ids": torch.randint(1000, 2000, (config.batch, config.length), device=device),
+             "labels": torch.randint(0, 2, (config.batch,), device=device)}
     hooks = _Extras(model)
     for _ in range(config.warmup):
         _step(model, optimizer, batch, None)
@@ -118,6 +124,8 @@ def time_model(model, config: BenchConfig) -> dict[str, tuple[float, float]]:
                     _step(model, optimizer, batch, hooks.get(name))
                 if session is not None:
                     session.close()  # timed: it writes the block's rows (a run writes every 50 recorded steps)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()  # the block's kernels have run when its time is read
                 times[name].append(((time.process_time() - start[0]) / config.steps,
                                     (time.perf_counter() - start[1]) / config.steps))
     result = {name: (statistics.median(cpu for cpu, _ in values), statistics.median(wall for _, wall in values))
@@ -228,12 +236,16 @@ class _Extras:
 
 def _probe_work(model, repeats: int = 5) -> tuple[float, float]:
     """(CPU, wall) seconds of the probes' fused passes of one recorded step: pre-clip norms, post-clip total."""
-    model(input_ids=torch.randint(1000, 2000, (2, 8)), labels=torch.tensor([0, 1])).loss.backward()
+    device = next(model.parameters()).device
+    model(input_ids=torch.randint(1000, 2000, (2, 8), device=device),
+          labels=torch.tensor([0, 1], device=device)).loss.backward()
     grads = [param.grad for param in model.parameters()]
     start = time.process_time(), time.perf_counter()
     for _ in range(repeats):
         total_norm(tensor_norms(grads, grads[0].device))
         total_norm(tensor_norms(grads, grads[0].device))
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     model.zero_grad()
     return (time.process_time() - start[0]) / repeats, (time.perf_counter() - start[1]) / repeats
 
@@ -284,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"--models {args.models!r}: use bert-base, embedded or both, comma-separated", file=sys.stderr)
         return 2
     config = BenchConfig(args.batch, args.length, args.steps, args.repetitions, threads=args.threads,
-                         embedded=args.embedded, models=models, processes=args.processes)
+                         embedded=args.embedded, models=models, processes=args.processes, device=args.device)
     torch.set_num_threads(config.threads)
     if args.worker:
         result = time_distributed(args.worker, config)
