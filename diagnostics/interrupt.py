@@ -83,11 +83,14 @@ def worker_signals() -> None:
 
 
 def _end_with_parent(parent: int) -> None:
-    """A worker whose parent was killed (SIGKILL, a crash) stops its run cleanly and exits: nobody else would ask."""
+    """A worker whose parent was killed (SIGKILL, a crash) stops its run cleanly and exits: nobody else would ask.
+    It exits once the main thread has taken the SIGTERM (from then on no run can start: a run about to start when
+    the parent died would otherwise be cut off with its records open) and no run is in progress."""
     while os.getppid() == parent:
         time.sleep(1.0)
     os.kill(os.getpid(), signal.SIGTERM)
-    while _running:
+    deadline = time.monotonic() + 120
+    while (not _stop_asked or _running) and time.monotonic() < deadline:
         time.sleep(0.2)
     os._exit(128 + signal.SIGTERM)
 
@@ -97,15 +100,22 @@ def _remember(number: int, frame) -> None:
     _stop_asked = number
 
 
+def _stop_run(number: int, frame) -> None:
+    """A signal during a run: remembered (later runs are declined), then the run stops as under
+    :func:`stop_on_signals`."""
+    _remember(number, frame)
+    _raise(number, frame)
+
+
 @contextlib.contextmanager
 def worker_run() -> Iterator[None]:
-    """One run in a pool's worker: SIGTERM inside stops it cleanly (:func:`stop_on_signals`). A worker asked to
+    """One run in a pool's worker: SIGTERM inside stops it cleanly (as :func:`stop_on_signals`). A worker asked to
     stop, during a run or between two, declines every later run with :class:`Stopped` (the pool has queued
     some before the parent could cancel them)."""
     global _running
     try:
         _running = True
-        with stop_on_signals():
+        with _handling(_stop_run):
             if _stop_asked:
                 raise Stopped(_stop_asked)
             yield
