@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--processes", type=int, choices=(1, 2), default=defaults.processes,
                         help="2: also time the embedded default in 2 processes (DDP, FSDP1 and DeepSpeed ZeRO-2 "
                              "on gloo)")
-    parser.add_argument("--device", default=defaults.device,
+    parser.add_argument("--device", default=defaults.device, choices=("cpu", "cuda"),
                         help="cuda: time on the GPU (compare the wall-time ratios there: the CPU only launches)")
     parser.add_argument("--worker", choices=WRAPPERS, help=argparse.SUPPRESS)
     return parser
@@ -290,6 +290,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if min(args.batch, args.length, args.steps, args.repetitions, args.threads) < 1:
         print("--batch, --length, --steps, --repetitions and --threads must be at least 1", file=sys.stderr)
+        return 2
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("--device cuda: torch sees no GPU here; use --device cpu", file=sys.stderr)
         return 2
     models = tuple(args.models.split(","))
     if not models or set(models) - {"bert-base", "embedded"}:
