@@ -27,8 +27,11 @@ import torch
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
 CPU_BF16_FEATURES = {"avx512_bf16", "amx_bf16", "bf16"}  # x86 flags; "bf16" is ARM's (/proc/cpuinfo Features)
+CPU_FP16_FEATURES = {"avx512_fp16", "amx_fp16"}  # Sapphire Rapids and later; not Zen 4, not AVX2-only CPUs
 ONEDNN_BF16_ISAS = ("ALL", "AVX512_CORE_BF16", "AVX512_CORE_AMX", "AVX512_CORE_AMX_FP16", "AVX10_1_512_AMX",
                     "AVX10_1_512_AMX_FP16")
+ONEDNN_FP16_ISAS = ("ALL", "AVX512_CORE_FP16", "AVX512_CORE_AMX", "AVX512_CORE_AMX_FP16", "AVX10_1_512",
+                    "AVX10_1_512_AMX", "AVX10_1_512_AMX_FP16")
 
 
 class HardwareError(ValueError):
@@ -54,6 +57,11 @@ class Machine:
                    cpu_capability=torch.backends.cpu.get_cpu_capability(), cpu_features=frozenset(_cpu_features()),
                    onednn_max_isa=os.environ.get("ONEDNN_MAX_CPU_ISA"), cpu_model=_cpu_model(),
                    gpu_model=torch.cuda.get_device_name() if cuda else None)
+
+    @property
+    def cpu_fp16(self) -> bool:
+        """Whether oneDNN computes fp16 here (`native_cpu_fp16`)."""
+        return native_cpu_fp16(self.cpu_features, self.onednn_max_isa)
 
 
 @dataclass(frozen=True)
@@ -101,6 +109,14 @@ def native_cpu_bf16(capability: str, features: frozenset[str] | set[str], onednn
     return has and (onednn_max_isa is None or onednn_max_isa.upper() in ONEDNN_BF16_ISAS)
 
 
+def native_cpu_fp16(features: frozenset[str] | set[str], onednn_max_isa: str | None) -> bool:
+    """Whether oneDNN computes fp16 on this CPU: AVX512-FP16 or AMX-FP16 present, oneDNN not capped below them.
+    This is what torch answers in ``torch.ops.mkldnn._is_mkldnn_fp16_supported()``, which DeepSpeed's CPU
+    accelerator asks before it agrees to run fp16 (a Zen 4 EPYC has AVX512-BF16 but no fp16: DeepSpeed refuses)."""
+    has = bool(features & CPU_FP16_FEATURES)
+    return has and (onednn_max_isa is None or onednn_max_isa.upper() in ONEDNN_FP16_ISAS)
+
+
 def decide(device: str, precision: str, machine: Machine) -> tuple[str, str, str]:
     """(device, precision, reason) for the requested ``--device`` and ``--precision`` on ``machine``."""
     if device not in DEVICES or precision not in PRECISIONS:
@@ -130,14 +146,15 @@ def choose_hardware(device: str = "auto", precision: str = "auto", announce: boo
 
 
 def _cpu_features() -> set[str]:
-    """bf16-related instruction sets of this CPU: /proc/cpuinfo flags where there is one, else torch's cpuinfo."""
+    """bf16- and fp16-related instruction sets of this CPU: /proc/cpuinfo flags where there is one, else torch's
+    cpuinfo."""
     found: set[str] = set()
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():
         for line in cpuinfo.read_text(errors="replace").splitlines():
             key, _, value = line.partition(":")
             if key.strip() in ("flags", "Features"):
-                found |= set(value.split()) & CPU_BF16_FEATURES
+                found |= set(value.split()) & (CPU_BF16_FEATURES | CPU_FP16_FEATURES)
                 break
     if getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)():
         found.add("avx512_bf16")

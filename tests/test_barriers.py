@@ -206,7 +206,8 @@ def test_cli_records_resume_and_json(runs, bump, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_two_gloo_ranks_give_the_same_matrix_as_one(runs, bump, tmp_path):
-    command = ["torchrun", "--standalone", "--nproc_per_node", "2", "-m", "diagnostics.surface", "--barriers",
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "diagnostics.surface", "--barriers",
                *map(str, runs), "--task", str(bump["task"]), "--grid", "3", "--max-examples", str(EXAMPLES),
                "--out", str(tmp_path / "two.h5"), "--json", "--device", "cpu"]
     process = subprocess.Popen(command, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,

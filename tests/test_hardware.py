@@ -18,7 +18,7 @@ from diagnostics.finetune import FinetuneConfig, evaluate, load_model, token_len
 from diagnostics.finetune import run as finetune
 from diagnostics.forgetting import ForgettingConfig
 from diagnostics.forgetting import run as forgetting
-from diagnostics.hardware import HardwareError, Machine, choose_hardware, decide, native_cpu_bf16
+from diagnostics.hardware import HardwareError, Machine, choose_hardware, decide, native_cpu_bf16, native_cpu_fp16
 from diagnostics.tasks import load_task
 from probes import records
 
@@ -86,6 +86,33 @@ def test_an_imitated_avx2_cpu_gets_fp32_in_a_real_process():
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["fp32", "AVX2"]
+
+
+@pytest.mark.parametrize("features, onednn, native", [
+    ({"avx512_bf16"}, None, False),                           # Zen 4 EPYC: bf16, no fp16 (DeepSpeed refuses fp16)
+    (set(), None, False),                                     # AVX2-only
+    ({"avx512_fp16", "amx_bf16"}, None, True),                # Sapphire Rapids
+    ({"amx_fp16"}, None, True),                               # Granite Rapids
+    ({"avx512_fp16"}, "AVX512_CORE_BF16", False),             # oneDNN capped below its fp16 kernels
+    ({"avx512_fp16"}, "AVX2", False),
+    ({"avx512_fp16"}, "avx512_core_amx", True),
+])
+def test_native_cpu_fp16_on_capability_strings(features, onednn, native):
+    assert native_cpu_fp16(frozenset(features), onednn) is native
+
+
+@pytest.mark.parametrize("onednn", [None, "AVX512_CORE_BF16", "AVX2"])
+def test_fp16_decision_equals_torchs_own_answer_on_this_cpu(onednn):
+    """The oracle is oneDNN itself (``torch.ops.mkldnn._is_mkldnn_fp16_supported``, what DeepSpeed asks), in a real
+    process with oneDNN capped to imitate a Zen 4 (AVX512_CORE_BF16) or an AVX2-only CPU."""
+    code = ("import torch; from diagnostics.hardware import Machine; "
+            "print(Machine.this().cpu_fp16, bool(torch.ops.mkldnn._is_mkldnn_fp16_supported()))")
+    env = {key: value for key, value in os.environ.items() if key != "ONEDNN_MAX_CPU_ISA"}
+    env.update({"PYTHONPATH": str(REPO)}, **({"ONEDNN_MAX_CPU_ISA": onednn} if onednn else {}))
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    ours, torchs = done.stdout.split()
+    assert ours == torchs
 
 
 # ---------------------------------------------------------------- less padding, same order per seed

@@ -256,7 +256,8 @@ def test_cli_end_to_end_json_and_records(anchors, task_dir, tmp_path, capsys):
 @pytest.mark.slow
 def test_two_gloo_ranks_give_the_same_grid_as_one(anchors, task_dir, tmp_path):
     out = tmp_path / "two.h5"
-    command = ["torchrun", "--standalone", "--nproc_per_node", "2", "-m", "diagnostics.surface", "--plane",
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "diagnostics.surface", "--plane",
                *map(str, anchors), "--task", str(task_dir), "--precision", "fp32", "--grid", "3", "--max-examples",
                str(EXAMPLES),
                "--out", str(out), "--json", "--device", "cpu"]
