@@ -1,4 +1,4 @@
-"""``python -m diagnostics.export`` (issue 17): records as tidy tables and TensorBoard scalars, read back with
+"""``python -m diagnostics.export``: records as tidy tables and TensorBoard scalars, read back with
 pandas, pyarrow and TensorBoard's own reader and compared with the HDF5 datasets read directly with h5py.
 
     python3 -m pytest tests/test_export.py

@@ -322,7 +322,7 @@ def test_cli_all_draws_what_records_allow_and_says_what_it_skipped(example, tmp_
     assert again.returncode == 1 and "already exists" in again.stderr
 
 
-def test_issue_17_short_run_has_integer_iterations_and_output_folders_are_made(tmp_path):
+def test_short_run_has_integer_iterations_and_output_folders_are_made(tmp_path):
     run = factory.finetune_run(tmp_path / "short.h5", failed=True, steps=12, forgetting=False)
     figure = plot_gradients([run])
     ticks = [t for t in figure.axes[0].get_xticks() if 0 <= t <= 11]
@@ -335,7 +335,7 @@ def test_issue_17_short_run_has_integer_iterations_and_output_folders_are_made(t
 
 
 def test_forgetting_profile_panels_failed_against_successful(example, tmp_path):
-    """Issue 15: weight change, CKA and 'only this layer fine-tuned' per layer, failed runs dashed and labelled."""
+    """Weight change, CKA and 'only this layer fine-tuned' per layer, failed runs dashed and labelled."""
     from plots import plot_forgetting_profile
 
     figure = plot_forgetting_profile(sorted(example.glob("*.h5")))
@@ -351,7 +351,7 @@ def test_forgetting_profile_panels_failed_against_successful(example, tmp_path):
 
 
 def test_labels_tell_runs_of_one_seed_apart(tmp_path):
-    """Issue 15: the same task, recipe and seed with other settings are labelled by the settings that differ."""
+    """The same task, recipe and seed with other settings are labelled by the settings that differ."""
     from plots.runs import load_runs, run_labels
 
     paths = []
