@@ -63,3 +63,18 @@ def test_every_python_m_command_answers_help():
         if process.returncode != 0:
             failed[name] = (process.returncode, stderr.strip().splitlines()[-1:] if stderr else [])
     assert not failed, failed
+
+
+COMMANDS = ("diagnostics.study", "diagnostics.finetune", "diagnostics.report", "diagnostics.diagnose",
+            "diagnostics.forgetting", "diagnostics.surface", "diagnostics.export", "diagnostics.seed_bank",
+            "plots.cli", "plots.watch")
+
+
+@pytest.mark.parametrize("module", COMMANDS)
+def test_help_describes_the_command_in_whole_sentences(module):
+    """``--help`` opens with the module's description, ending where its sentence ends (``seed_bank``'s once
+    stopped mid-sentence at the docstring's first line break)."""
+    import importlib
+
+    description = " ".join(importlib.import_module(module).build_parser().description.split())
+    assert description.endswith((".", "?", "!")) and len(description) > 30, description
