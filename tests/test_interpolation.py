@@ -22,7 +22,8 @@ import tiny
 from probe_harness import LoopConfig, run_loop
 from probes.interpolation import COEFFICIENTS, Interpolation, evaluation_targets
 from probes.records import open_run
-from diagnostics.surface import load_examples, main as surface_main, prepare_batches
+from diagnostics.evaluation import load_examples, prepare_batches
+from diagnostics.surface import main as surface_main
 from diagnostics.tasks import Example, write_task
 
 REPO = Path(__file__).resolve().parents[1]
