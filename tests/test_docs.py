@@ -78,3 +78,10 @@ def test_help_describes_the_command_in_whole_sentences(module):
 
     description = " ".join(importlib.import_module(module).build_parser().description.split())
     assert description.endswith((".", "?", "!")) and len(description) > 30, description
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    """``.ci/run`` installs and tests with the README's test command, character for character."""
+    readme = [line for line in (ROOT / "README.md").read_text().splitlines() if line.endswith("python -m pytest -q")]
+    ci = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if not line.startswith("#")]
+    assert len(readme) == 1 and readme[0] in ci, (readme, ci[-1:])
