@@ -29,14 +29,18 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from diagnostics.checkpoints import load_tokenizer
 from diagnostics.distributed import map_sharded, process_group
-from diagnostics.surface import (FIELDS, SurfaceError, check_sizes, evaluate, load_classifier, load_examples,
-                                 load_tokenizer, open_grid, prepare_batches)
+from diagnostics.evaluation import (EvaluationError, check_sizes, evaluate, load_classifier, load_examples,
+                                    prepare_batches)
+from diagnostics.point_grid import FIELDS, open_grid
+from probes import catalogue
 from probes.model.barriers import barrier_matrix
 from probes.model.interpolation import Subspace, SubspaceError, floating_parameters, grid_axis
 from probes.records import RecordsError, RunMeta, RunWriter, open_run
 
 DEFAULT_GRID = 5
+SPEC = catalogue.SURFACE_BARRIERS  # the grid surfaces/<name>: axes first, second, a; fields loss, accuracy
 
 Item = tuple[int, ...]  # (r,) the loss of run r itself; (i, j, k) point k inside the line from run i to run j
 
@@ -53,7 +57,7 @@ class BarriersConfig:
     batch_size: int = 32
     max_length: int = 128
     out: str | None = None
-    name: str = "barriers"
+    name: str = SPEC.name
     device: str = "auto"
 
 
@@ -129,19 +133,20 @@ def run_point(given: str) -> RunPoint:
 def resolve(config: BarriersConfig) -> tuple[list[RunPoint], np.ndarray, dict[str, Any]]:
     """The runs, the line's axis and the attributes that identify the grid (a resumed run must match them)."""
     if len(config.runs) < 2:
-        raise SurfaceError(f"--barriers needs at least two runs, got {len(config.runs)}; pass two or more run folders")
+        raise EvaluationError(f"--barriers needs at least two runs, got {len(config.runs)}; "
+                              "pass two or more run folders")
     if config.grid < 3:
-        raise SurfaceError(f"--grid {config.grid} leaves no point between the two ends of a line; "
-                           "pass --grid 3 or more")
+        raise EvaluationError(f"--grid {config.grid} leaves no point between the two ends of a line; "
+                              "pass --grid 3 or more")
     check_sizes(config.max_examples, config.batch_size, config.max_length)
     runs = [run_point(given) for given in config.runs]
     seen: dict[str, str] = {}
     for given, run in zip(config.runs, runs):
         if run.checkpoint in seen:
-            raise SurfaceError(f"{given} and {seen[run.checkpoint]} are the same checkpoint; pass each run once")
+            raise EvaluationError(f"{given} and {seen[run.checkpoint]} are the same checkpoint; pass each run once")
         seen[run.checkpoint] = given
     metric_names = {r.metric for r in runs if r.metric is not None}
-    attrs = {"kind": "barriers", "checkpoints": [r.checkpoint for r in runs], "labels": [r.label for r in runs],
+    attrs = {"kind": SPEC.name, "checkpoints": [r.checkpoint for r in runs], "labels": [r.label for r in runs],
              "failed": [r.failed for r in runs], "dev_metric": [r.dev_metric for r in runs],
              "metric": metric_names.pop() if len(metric_names) == 1 else None, "split": config.split,
              "max_examples": config.max_examples, "max_length": config.max_length, "range": [0.0, 1.0],
@@ -156,12 +161,12 @@ def load_space(checkpoints: Sequence[str], labels: Sequence[str],
     types = [m.config.model_type for m in models]
     for label, kind in zip(labels[1:], types[1:]):
         if kind != types[0]:
-            raise SurfaceError(f"{labels[0]} is a {types[0]} model but {label} is a {kind} model; "
-                               "pass runs of the same architecture")
+            raise EvaluationError(f"{labels[0]} is a {types[0]} model but {label} is a {kind} model; "
+                                  "pass runs of the same architecture")
     try:
         space = Subspace.from_models([m.to(device) for m in models], labels)
     except SubspaceError as error:
-        raise SurfaceError(str(error)) from None
+        raise EvaluationError(str(error)) from None
     return models[0], space
 
 
@@ -199,11 +204,12 @@ def run(config: BarriersConfig) -> Barriers | None:
     attrs["task"] = task_name
     labels = [r.label for r in runs]
     count = len(runs)
-    axes = {"first": np.arange(count, dtype="f8"), "second": np.arange(count, dtype="f8"), "a": a}
+    first, second, along = SPEC.axes
+    axes = {first: np.arange(count, dtype="f8"), second: np.arange(count, dtype="f8"), along: a}
     meta = RunMeta(model=attrs["checkpoints"][0], task=task_name, recipe="surface-barriers", config=asdict(config))
     with process_group(prefer_cuda=config.device != "cpu") as ranks:
         if config.device == "cuda" and ranks.device.type != "cuda":
-            raise SurfaceError("--device cuda but torch sees no GPU; pass --device cpu")
+            raise EvaluationError("--device cuda but torch sees no GPU; pass --device cpu")
         model, space = load_space([r.checkpoint for r in runs], labels, ranks.device)
         batches = prepare_batches(examples, load_tokenizer([r.checkpoint for r in runs]), model,
                                   max_length=config.max_length, batch_size=config.batch_size, device=ranks.device)

@@ -18,12 +18,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
+from diagnostics.command import CommandParser, fail, summary
 from probes.early_signals import features_at, total_steps, window_end
 from probes.predictor import default_predictor
 from probes.records import RecordsError, RunRecords, Series, open_run
@@ -260,7 +260,7 @@ def diagnose(path: Path, until: float | None = None) -> Diagnosis:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m diagnostics.diagnose", description=__doc__.splitlines()[0])
+    parser = CommandParser(prog="python -m diagnostics.diagnose", description=summary(__doc__))
     parser.add_argument("run", type=Path, help="a run folder (holding run.h5) or a records file")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--until", type=float, help="judge from the first share F of the run's steps only (0 < F <= 1)")
@@ -276,8 +276,7 @@ def main(argv: list[str] | None = None) -> int:
             raise RecordsError(f"{args.run} does not exist; pass a run folder or a records file")
         result = diagnose(args.run, args.until)
     except RecordsError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+        return fail(error)
     print(json.dumps(result.as_json(), indent=1) if args.json else result.text(), end="\n" if args.json else "")
     return 0
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from diagnostics import tensorboard_events
+from diagnostics.command import CommandParser, fail, summary
 from probes.output_paths import check_parent
 from probes.records import Grid, RunRecords, Series, iter_runs, open_run
 
@@ -147,7 +147,7 @@ def _require_extra(to: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m diagnostics.export", description=__doc__.split("\n\n")[0])
+    parser = CommandParser(prog="python -m diagnostics.export", description=summary(__doc__))
     parser.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="records files or folders of them")
     parser.add_argument("--to", nargs=2, required=True, metavar=("FORMAT", "DIR"),
                         help=f"one of {', '.join(FORMATS)}, and the folder to write into (created if missing)")
@@ -167,12 +167,10 @@ def main(argv: list[str] | None = None) -> int:
                 raise ExportError(f"{path} does not exist; pass records files or folders of them")
         written = run(config)
     except ValueError as error:  # ExportError and the records' one-line RecordsError
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+        return fail(error)
     except OSError as error:  # a read-only or full disk
-        print(f"error: cannot write {error.filename or config.out} ({error.strerror}); pass a writable DIR",
-              file=sys.stderr)
-        return 1
+        return fail(ExportError(f"cannot write {error.filename or config.out} ({error.strerror}); "
+                                "pass a writable DIR"))
     for name, path in written.items():
         print(f"wrote {name}: {path}")
     return 0

@@ -240,7 +240,7 @@ def standard_probes(total: int, enabled: bool = True, sample: list[dict] | None 
 
 def held_sample(task: Task, tokenizer, model: nn.Module, max_length: int) -> list[dict]:
     """The interpolation probe's sample: the first training examples, length-sorted batches as the surface uses."""
-    from diagnostics.surface import prepare_batches
+    from diagnostics.evaluation import prepare_batches
 
     if not task.train:  # nothing to hold; the run itself refuses a task without training steps
         return []

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
-from diagnostics.report import Report, _pct, outcome_of
+from diagnostics.multi_seed import Report, outcome_of, percent
 from diagnostics.seed_statistics import Outcome
 from plots.batch import figure_options
 from plots.registry import FIGURES
@@ -106,7 +106,8 @@ def render(report: Report, rows: list[RunRow], figures: dict[str, str], skipped:
     parts.append("<h2>Seeds</h2>\n<table>\n<tr><th>task</th><th>recipe</th><th>seeds</th><th>failed</th><th>std</th>"
                  "<th>mean</th><th>median</th><th>max</th><th>majority</th></tr>\n")
     for r in report.rows:
-        cells = [r.task, r.recipe, r.seeds, r.failed, *(_pct(v) for v in (r.std, r.mean, r.median, r.max, r.majority))]
+        spread = (r.std, r.mean, r.median, r.max, r.majority)
+        cells = [r.task, r.recipe, r.seeds, r.failed, *(percent(v) for v in spread)]
         parts.append("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in cells) + "</tr>\n")
     parts.append("</table>\n<p class=\"note\">Dev metric in percent; a run failed when it ended at or below the "
                  "majority-class baseline.")
@@ -117,7 +118,7 @@ def render(report: Report, rows: list[RunRow], figures: dict[str, str], skipped:
     for row in rows:
         run = row.outcome
         link = Path(os.path.relpath(Path(run.path).resolve(), page.resolve().parent)).as_posix()
-        cells = [row.name, run.task, run.recipe, run.seed, f"{run.metric} {_pct(run.value)}", _pct(run.majority),
+        cells = [row.name, run.task, run.recipe, run.seed, f"{run.metric} {percent(run.value)}", percent(run.majority),
                  "failed" if row.failed else "succeeded", row.early_warning]
         parts.append(f'<tr class="{"failed" if row.failed else "ok"}">'
                      + "".join(f"<td>{e(str(c))}</td>" for c in cells)

@@ -16,21 +16,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from diagnostics import early_warning_report, instability
 from diagnostics.command import CommandParser, fail
+from diagnostics.multi_seed import Report, load_outcomes
+from diagnostics.seed_statistics import group_rows, levene_by_task
 from probes.output_paths import check_parent
-from probes.records import RunRecords, iter_runs, open_run
-from diagnostics.seed_statistics import GroupRow, Outcome, group_rows, levene_by_task
 
 
 @dataclass
 class ReportConfig:
+    """What one report reads and writes (the command line's options)."""
+
     runs: list[str]
     json: bool = False
     out: str | None = None
@@ -40,75 +41,8 @@ class ReportConfig:
     overwrite: bool = False
 
 
-@dataclass
-class Report:
-    rows: list[GroupRow]
-    levene: dict[str, tuple[float, float]]
-    unfinished: list[str] = field(default_factory=list)
-    early: early_warning_report.EarlyWarningReport | None = None
-    measures: dict[tuple[str, str], instability.Instability] = field(default_factory=dict)
-
-    def markdown(self) -> str:
-        lines = ["| task | recipe | seeds | failed | std | mean | median | max | majority | disagreement | CKA |",
-                 "|---|---|---|---|---|---|---|---|---|---|---|"]
-        for r in self.rows:
-            measures = self.measures.get((r.task, r.recipe))
-            lines.append(f"| {r.task} | {r.recipe} | {r.seeds} | {r.failed} | {_pct(r.std)} | {_pct(r.mean)} | "
-                         f"{_pct(r.median)} | {_pct(r.max)} | {_pct(r.majority)} | "
-                         f"{_pct(measures.disagreement if measures else math.nan)} | "
-                         f"{_fraction(measures.cka if measures else math.nan)} |")
-        metrics = sorted({r.metric for r in self.rows})
-        lines.append("")
-        lines.append(f"Dev metric ({', '.join(metrics)}) in percent; a run failed when it ended at or below the "
-                     "majority-class baseline. Over the successful seeds: disagreement = share of dev examples "
-                     "two seeds label differently, in percent, averaged over pairs; CKA = mean pairwise linear CKA "
-                     "of the final [CLS] representations of the dev set (1: the same up to rotation and scale); "
-                     "- where fewer than two successful seeds have these records.")
-        for task, (statistic, p_value) in sorted(self.levene.items()):
-            lines.append(f"Levene's test across recipes on {task}: W = {statistic:.2f}, p = {p_value:.3g}.")
-        if self.unfinished:
-            lines.append(f"Unfinished runs left out: {', '.join(self.unfinished)}.")
-        if self.early is not None:
-            lines += ["", "## Early warning", "", self.early.markdown()]
-        return "\n".join(lines) + "\n"
-
-    def json_rows(self) -> list[dict]:
-        rows = []
-        for r in self.rows:
-            row = asdict(r)
-            row["levene_p"] = self.levene.get(r.task, (None, None))[1]
-            measures = self.measures.get((r.task, r.recipe))
-            if measures is not None:
-                row.update(asdict(measures))
-            rows.append({k: None if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()})
-        return rows
-
-
-def load_outcomes(paths: list[str]) -> tuple[list[Outcome], list[str]]:
-    """Outcomes of every finished run under ``paths``, and the paths of the unfinished ones."""
-    outcomes, unfinished = [], []
-    for path in iter_runs(paths):
-        outcome = outcome_of(open_run(path), path)
-        if outcome is None:
-            unfinished.append(str(path))
-        else:
-            outcomes.append(outcome)
-    return outcomes, unfinished
-
-
-def outcome_of(run: RunRecords, path: Path) -> Outcome | None:
-    """How the run read from ``path`` ended, or None while its summary has no final dev metric (unfinished)."""
-    summary = run.summary
-    if "final_dev_metric" not in summary:
-        return None
-    return Outcome(
-        task=run.meta.get("task", ""), recipe=run.meta.get("recipe", ""), seed=int(run.meta.get("seed", -1)),
-        metric=summary.get("metric", "accuracy"), value=float(summary["final_dev_metric"]),
-        majority=float(summary.get("majority", math.nan)),
-        final_train_loss=float(summary.get("final_train_loss", math.nan)), path=str(path))
-
-
 def run(config: ReportConfig) -> Report:
+    """The report of every finished run under ``config.runs``; a ValueError names a folder with none."""
     outcomes, unfinished = load_outcomes(config.runs)
     if not outcomes:
         raise ValueError(f"no finished runs under {', '.join(config.runs)}; "
@@ -171,14 +105,6 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return 1
     return 0
-
-
-def _pct(value: float) -> str:
-    return "-" if math.isnan(value) else f"{100 * value:.1f}"
-
-
-def _fraction(value: float) -> str:
-    return "-" if math.isnan(value) else f"{value:.3f}"
 
 
 if __name__ == "__main__":

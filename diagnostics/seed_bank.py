@@ -1,5 +1,5 @@
 """Build the seed bank: many small fine-tuning runs of the embedded default whose outcomes train and test the
-early-failure predictor (README "Verdicts").
+early-failure predictor (docs/verdicts.md).
 
     python -m diagnostics.seed_bank --out runs/bank --workers 1              # build or continue the bank
     python -m diagnostics.seed_bank --out runs/bank --features data/seed_bank/features.csv
@@ -28,6 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 from diagnostics import interrupt
+from diagnostics.command import CommandParser, fail, summary
 from diagnostics.finetune import FinetuneConfig, FinetuneError, FinetuneResult, finished_run
 from diagnostics.worker_pool import finetune_in_workers, set_aside_unfinished
 from probes.early_benchmark import FRACTIONS
@@ -120,7 +121,7 @@ def from_table(path: Path, fit: bool) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m diagnostics.seed_bank", description=__doc__.splitlines()[0])
+    parser = CommandParser(prog="python -m diagnostics.seed_bank", description=summary(__doc__))
     parser.add_argument("--out", type=Path, help="runs go to OUT/lr<LR>/<task>-<recipe>-s<seed>/")
     parser.add_argument("--tasks", default="hedge,polarity", help="comma-separated task names")
     parser.add_argument("--lrs", default="1e-4,2e-4,3e-4", help="learning rates of the default recipe")
@@ -143,16 +144,13 @@ def main(argv: list[str] | None = None) -> int:
         lrs = [float(value) for value in args.lrs.split(",")]
         corrected_lrs = [float(value) for value in args.corrected_lrs.split(",")]
     except ValueError:
-        print("error: --lrs and --corrected-lrs must be comma-separated numbers, e.g. 2e-4,3e-4", file=sys.stderr)
-        return 1
+        return fail(ValueError("--lrs and --corrected-lrs must be comma-separated numbers, e.g. 2e-4,3e-4"))
     if args.out is None and not (args.benchmark or args.fit):
-        print("error: pass --out RUNS (or --benchmark/--fit CSV)", file=sys.stderr)
-        return 1
+        return fail(ValueError("pass --out RUNS (or --benchmark/--fit CSV)"))
     config = BankConfig(out=args.out, tasks=args.tasks.split(","), lrs=lrs, corrected_lrs=corrected_lrs, seeds=args.seeds,
                         corrected_seeds=args.corrected_seeds, workers=args.workers)
     if config.workers < 1 or config.seeds < 1 or config.corrected_seeds < 0:
-        print("error: --workers and --seeds must be >= 1, --corrected-seeds >= 0", file=sys.stderr)
-        return 1
+        return fail(ValueError("--workers and --seeds must be >= 1, --corrected-seeds >= 0"))
     try:
         if args.benchmark or args.fit:
             return from_table(args.benchmark or args.fit, fit=bool(args.fit))
@@ -166,8 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         with interrupt.stop_on_signals():
             print(f"{build(config)} runs done; the bank is in {config.out}")
     except FinetuneError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+        return fail(error)
     except KeyboardInterrupt as stop:
         print(f"interrupted by {interrupt.describe(stop)}: finished runs are kept; run the same command to go on",
               file=sys.stderr)

@@ -24,7 +24,7 @@ What it does, in order, everything into OUT:
 overwritten. Every run of a study computes in one precision, fp32 unless ``--precision bf16`` (faster where bf16 is
 native, and labelled so in the report), on the GPU when torch sees one (``--device``), so the report does not
 depend on the machine's bf16 support. The default size (the first 500 training examples, 3 dev evaluations per
-run) aims at 15 minutes on 2 cores of an AVX2-only CPU; README.md gives the evidence. Ctrl-C stops cleanly: finished runs and points stay, an interrupted run's folder is set aside as
+run) aims at 15 minutes on 2 cores of an AVX2-only CPU; docs/study.md gives the evidence. Ctrl-C stops cleanly: finished runs and points stay, an interrupted run's folder is set aside as
 ``<run>.interrupted-N`` (kept, never deleted) and redone next time.
 """
 from __future__ import annotations

@@ -26,39 +26,32 @@ restored exactly before the command returns.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import inspect
 import json
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from diagnostics import interrupt
-from diagnostics.checkpoints import checkpoint_folder, load_model, load_tokenizer, same_architecture
+from diagnostics import barriers, interrupt
+from diagnostics.checkpoints import checkpoint_folder, load_tokenizer, same_architecture
 from diagnostics.command import CommandParser, fail
-from diagnostics.distributed import Ranks, broadcast, map_sharded, process_group
+from diagnostics.distributed import Ranks, map_sharded, process_group
+from diagnostics.evaluation import Batch, check_sizes, evaluate, load_classifier, load_examples, prepare_batches
 from diagnostics.hardware import DEVICES, PRECISIONS, Hardware, choose_hardware
-from probes.model.interpolation import Subspace, SubspaceError, grid_axis, grid_indices
+from diagnostics.point_grid import FIELDS, open_grid
 from diagnostics.quiet import quiet_transformers
-from probes.records import RecordsError, RunMeta, RunWriter, open_run, write_grid
-from diagnostics.tasks import Example, encode, load_task
-
-FIELDS = ("loss", "accuracy")
+from probes.model.interpolation import Subspace, SubspaceError, grid_axis, grid_indices
+from probes.records import RecordsError, RunMeta, RunWriter
 DEFAULT_RANGE = {"line": (-0.5, 1.5), "plane": (-1.5, 1.5), "random": (-1.0, 1.0)}
 DEFAULT_GRID = {"line": 21, "plane": 13, "random": 13}
 DEFAULT_LABELS = {"line": ["start", "end"], "plane": ["pre-trained", "failed", "successful"], "random": ["centre"]}
-
-Batch = tuple[dict[str, torch.Tensor], torch.Tensor]
 
 
 class SurfaceError(ValueError):
@@ -113,14 +106,6 @@ class Surface:
 # ----------------------------------------------------------------------------------------------- inputs
 
 
-def load_classifier(folder: str) -> nn.Module:
-    """A ``save_pretrained`` sequence classification model, in eval mode; one-line errors for anything else."""
-    from transformers import AutoModelForSequenceClassification
-
-    path = checkpoint_folder(folder, "checkpoint")
-    return load_model(AutoModelForSequenceClassification, path, "checkpoint", head="ForSequenceClassification").eval()
-
-
 def load_subspace(folders: Sequence[str], labels: Sequence[str], device: torch.device,
                   seed: int = 0) -> tuple[nn.Module, Subspace]:
     """The first checkpoint as the model to move, and the line or plane through all of them (one checkpoint: the
@@ -138,61 +123,6 @@ def load_subspace(folders: Sequence[str], labels: Sequence[str], device: torch.d
     except SubspaceError as error:
         raise SurfaceError(str(error)) from None
     return models[0], space
-
-
-def load_examples(task_name: str, split: str, max_examples: int | None) -> tuple[str, list[Example]]:
-    """The task's name and the first ``max_examples`` examples of ``split`` (a thin adapter over diagnostics.tasks)."""
-    given = Path(task_name)
-    task = load_task(given.parent if given.is_file() and given.name == "task.json" else task_name)
-    examples = list(getattr(task, split))[:max_examples]
-    if not examples:
-        raise SurfaceError(f"task {task.name} has no {split} examples; pick the other --split or another task")
-    return task.name, examples
-
-
-def prepare_batches(examples: Sequence[Example], tokenizer, model: nn.Module, *, max_length: int,
-                    batch_size: int, device: torch.device) -> list[Batch]:
-    """Tokenise once, sort by length and cut into batches trimmed to their longest example, on ``device``."""
-    positions = getattr(model.config, "max_position_embeddings", None)
-    if positions:  # RoBERTa's positions start after the padding index, so keep two spare
-        max_length = min(max_length, int(positions) - 2)
-    encoded = encode(examples, tokenizer, max_length)
-    labels = encoded.pop("labels")
-    num_labels = int(model.config.num_labels)
-    if int(labels.max()) >= num_labels:
-        raise SurfaceError(f"the task has label {int(labels.max())} but the checkpoints' head has {num_labels} "
-                           "outputs; pass a task with as many labels as the models")
-    accepted = inspect.signature(model.forward).parameters
-    inputs = {key: value for key, value in encoded.items() if key in accepted}
-    lengths = encoded["attention_mask"].sum(dim=1)
-    order = torch.argsort(lengths, descending=True, stable=True)
-    batches = []
-    for start in range(0, len(order), batch_size):
-        rows = order[start:start + batch_size]
-        width = int(lengths[rows].max()) if tokenizer.padding_side == "right" else None
-        batch = {key: value[rows][:, :width].to(device) for key, value in inputs.items()}
-        batches.append((batch, labels[rows].to(device)))
-    return batches
-
-
-# ----------------------------------------------------------------------------------------------- maths
-
-
-@torch.inference_mode()
-def evaluate(model: nn.Module, batches: Sequence[Batch], hardware: Hardware | None = None) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy of ``model`` over ``batches`` (one host sync at the end), in ``hardware``'s
-    precision (default fp32)."""
-    device = batches[0][1].device
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    correct = torch.zeros((), dtype=torch.long, device=device)
-    count = 0
-    for inputs, labels in batches:
-        with hardware.autocast() if hardware else contextlib.nullcontext():
-            logits = model(**inputs).logits.float()
-        loss_sum += F.cross_entropy(logits, labels, reduction="sum").double()
-        correct += (logits.argmax(dim=-1) == labels).sum()
-        count += labels.numel()
-    return float(loss_sum) / count, int(correct) / count
 
 
 # ----------------------------------------------------------------------------------------------- the command
@@ -220,63 +150,6 @@ def resolve(config: SurfaceConfig) -> tuple[dict[str, np.ndarray], dict[str, Any
     if kind == "random":
         attrs["seed"] = int(config.seed)
     return ({"a": axis} if kind == "line" else {"a": axis, "b": axis}), attrs
-
-
-def check_sizes(max_examples: int | None, batch_size: int, max_length: int) -> None:
-    """Refuse a size option below 1 (the surface's and the barriers' ``--max-examples``, ``--batch-size`` and
-    ``--max-length``)."""
-    for flag, value in (("--max-examples", max_examples), ("--batch-size", batch_size), ("--max-length", max_length)):
-        if value is not None and value < 1:
-            raise SurfaceError(f"{flag} must be at least 1, got {value}")
-
-
-def open_record(out: str, name: str, axes: dict[str, np.ndarray], attrs: dict[str, Any],
-                meta: RunMeta) -> tuple[RunWriter, dict[str, np.ndarray]]:
-    """Open or create ``out`` with the grid ``name`` declared (``meta`` for a new file's root); returns the writer
-    and the values already there.
-
-    A new grid is first written whole, all NaN, and closed: HDF5 then allocates its storage before the SWMR
-    writer starts, so the points written later change no file structure and a reader (or a killed writer's
-    file) always sees a consistent grid.
-    """
-    shape = tuple(len(v) for v in axes.values())
-    if not Path(out).exists() or name not in open_run(out).names("surfaces"):
-        write_grid(out, name, axes, {f: np.full(shape, np.nan) for f in FIELDS}, kind="surfaces", attrs=attrs,
-                   meta=meta)
-    writer = RunWriter.open(out)
-    try:
-        existing = writer.add_grid(name, axes, list(FIELDS), kind="surfaces", attrs=attrs)
-        writer.start()
-    except BaseException:
-        writer.close()
-        raise
-    return writer, {f: np.array(existing.fields[f], dtype="f8") for f in FIELDS}
-
-
-@contextlib.contextmanager
-def open_grid(ranks: Ranks, out: str | None, name: str, axes: dict[str, np.ndarray], attrs: dict[str, Any],
-              meta: RunMeta, missing: Callable[[dict[str, np.ndarray]], list]
-              ) -> Iterator[tuple[RunWriter | None, dict[str, np.ndarray], list]]:
-    """The grid as every rank starts filling it: rank 0 opens ``out`` (if given) with `open_record` and lists what
-    ``missing`` finds still to do in its values; every rank gets that list, or rank 0's records error as a
-    `SurfaceError`. Yields the writer (None off rank 0 or without ``out``; closed on exit), the values so far (all
-    NaN without a file) and the list."""
-    shape = tuple(len(v) for v in axes.values())
-    writer, values, error = None, {f: np.full(shape, np.nan) for f in FIELDS}, None
-    if ranks.is_main and out:
-        try:
-            writer, values = open_record(out, name, axes, attrs, meta)
-        except RecordsError as failure:
-            error = str(failure)
-    try:
-        todo = missing(values) if error is None and ranks.is_main else None
-        error, todo = broadcast((error, todo), ranks)
-        if error:
-            raise SurfaceError(error)
-        yield writer, values, todo
-    finally:
-        if writer is not None:
-            writer.close()
 
 
 def missing_points(values: dict[str, np.ndarray]) -> list[tuple[int, ...]]:
@@ -400,10 +273,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def run_barriers(args: argparse.Namespace):
+def run_barriers(args: argparse.Namespace) -> barriers.Barriers | None:
     """``--barriers``: the loss-barrier matrix of ``diagnostics.barriers`` (no --range, --labels or --seed)."""
-    from diagnostics import barriers
-
     for flag, value in (("--range", args.range), ("--labels", args.labels), ("--seed", args.seed or None)):
         if value is not None:
             raise SurfaceError(f"{flag} does not apply to --barriers (each line runs from one run, a=0, to the "
@@ -411,7 +282,7 @@ def run_barriers(args: argparse.Namespace):
     return barriers.run(barriers.BarriersConfig(
         runs=list(args.barriers), task=args.task, split=args.split,
         grid=barriers.DEFAULT_GRID if args.grid is None else args.grid, max_examples=args.max_examples,
-        batch_size=args.batch_size, max_length=args.max_length, out=args.out, name=args.name or "barriers",
+        batch_size=args.batch_size, max_length=args.max_length, out=args.out, name=args.name or barriers.SPEC.name,
         device=args.device))
 
 

@@ -63,12 +63,7 @@ def plot_barriers(records: RecordsLike | Sequence[RecordsLike], ax: Axes | None 
         figure, (axis,) = panels(ax, 1, (COLUMN, COLUMN))
     shown = heights[np.ix_(order, order)]
     image = axis.imshow(shown, cmap="magma_r", vmin=0.0, aspect="auto")
-    for i in range(len(order)):
-        for j in range(len(order)):
-            if np.isfinite(shown[i, j]) and i != j:
-                dark = shown[i, j] > 0.6 * np.nanmax(shown)
-                axis.text(j, i, f"{shown[i, j]:.2f}", ha="center", va="center", fontsize=5,
-                          color="white" if dark else "black")
+    _write_values(axis, image, shown)
     names = [f"{labels[k]} ({_metric(matrix.dev_metric[k])})" for k in order]
     axis.set_xticks(range(len(order)), [labels[k] for k in order], rotation=90)
     axis.set_yticks(range(len(order)), names)
@@ -83,9 +78,31 @@ def plot_barriers(records: RecordsLike | Sequence[RecordsLike], ax: Axes | None 
     bar = figure.colorbar(image, ax=axis, location="bottom", shrink=0.8, aspect=30)
     bar.set_label(f"loss barrier ({matrix.split} loss)")
     metric = (matrix.metric or "dev metric").upper() if matrix.metric == "mcc" else (matrix.metric or "dev metric")
-    failed = "; failed runs in vermillion" if any(matrix.failed) else ""
+    failed = "\nfailed runs in vermillion" if any(matrix.failed) else ""
     axis.set_xlabel(f"{common + ' runs' if common else 'runs'} (dev {metric} x 100){failed}", fontsize="small")
     return figure
+
+
+def value_size(cells: int) -> float | None:
+    """The font size (points) of the numbers in a heat map ``cells`` wide on a one-column figure: as large as the
+    tick labels while they fit (four characters, ``0.15``, in a cell), smaller for more runs, and None (no numbers,
+    the colour bar reads them) once they would be smaller than 4.5 points."""
+    size = min(8.0, 64.0 / max(cells, 1))
+    return size if size >= 4.5 else None
+
+
+def _write_values(axis: Axes, image, shown: np.ndarray) -> None:
+    """Each off-diagonal barrier written in its cell, white on dark cells and black on light ones (by the
+    luminance of the cell's own colour, so the numbers stay readable on any colour map)."""
+    size = value_size(len(shown))
+    if size is None:
+        return
+    for (i, j), value in np.ndenumerate(shown):
+        if i != j and np.isfinite(value):
+            red, green, blue, _ = image.cmap(image.norm(value))
+            dark = 0.2126 * red + 0.7152 * green + 0.0722 * blue < 0.45
+            axis.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=size,
+                      color="white" if dark else "black")
 
 
 def _stacked() -> tuple[Figure, tuple[Axes, Axes]]:

@@ -23,6 +23,7 @@ from typing import Any, Sequence
 
 from probes.records import RecordsError
 
+from plots.command import PlotsParser
 from plots.batch import Report, draw_figures
 from plots.registry import FIGURES
 from plots.sources import MissingRecord
@@ -61,11 +62,11 @@ def run(config: PlotConfig) -> Report:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m plots", description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="figures:\n" + "\n".join(f"  {n:15} {k.shows}" for n, k in FIGURES.items())
-                                     + "\n  all             every figure the records allow, into the -o folder"
-                                     + "\n  watch           python -m plots watch RUN -o FILE: redraw gradients live")
+    parser = PlotsParser(prog="python -m plots", description=__doc__.splitlines()[0],
+                         formatter_class=argparse.RawDescriptionHelpFormatter,
+                         epilog="figures:\n" + "\n".join(f"  {n:15} {k.shows}" for n, k in FIGURES.items())
+                         + "\n  all             every figure the records allow, into the -o folder"
+                         + "\n  watch           python -m plots watch RUN -o FILE: redraw gradients live")
     parser.add_argument("figure", choices=[*FIGURES, "all"], metavar="FIGURE", help="a figure name (below) or all")
     parser.add_argument("records", nargs="*", type=Path, metavar="RECORDS", help="records files or folders")
     parser.add_argument("-o", "--out", type=Path, required=True, help="output .pdf/.png/.svg (a folder for all)")

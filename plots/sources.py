@@ -339,7 +339,7 @@ def _surface_kind(grid: Grid) -> str:
 
 def barriers(run: RunRecords, name: str | None = None) -> BarrierGrid:
     """The barrier matrix of ``diagnostics.surface --barriers``: ``name``, else the first in the file."""
-    grids = {n: g for n, g in run.grids(SURFACES_KIND).items() if g.attrs.get("kind") == "barriers"}
+    grids = {n: g for n, g in run.grids(SURFACES_KIND).items() if g.attrs.get("kind") == catalogue.SURFACE_BARRIERS.name}
     if name is not None:
         grids = {n: g for n, g in grids.items() if n == name}
     if not grids:

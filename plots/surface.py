@@ -20,7 +20,10 @@ from plots.runs import RecordsLike, fetch_each, load_runs
 from plots.style import COLUMN, panels, styled
 
 MODELS = ((0.0, 0.0), (1.0, 0.0), (0.0, 1.0))
-LABEL_OFFSETS = ((4, -9), (4, 4), (4, 4))  # points: keeps the labels of (0, 0) and (1, 0) apart
+# Where each model's label sits, in points from its marker, centred on it: the pre-trained model's below (0, 0) and
+# the failed model's above (1, 0), so the two never run into each other whatever the range or the font, and
+# neither runs past the plot's edge at the default range; the successful model's above (0, 1).
+LABEL_PLACES = (((0, -12), "center"), ((0, 6), "center"), ((0, 6), "center"))
 OUTLINE = [patheffects.withStroke(linewidth=1.5, foreground="black")]
 
 
@@ -45,10 +48,10 @@ def plot_surface(records: RecordsLike | Sequence[RecordsLike], ax: Axes | None =
     bar.ax.yaxis.set_minor_locator(NullLocator())
     bar.ax.yaxis.set_major_formatter("{x:.3g}")
     bar.set_label(f"{grid.attrs.get('split', 'train')} loss (log scale)")
-    for (x, y), label, offset in zip(MODELS, labels, LABEL_OFFSETS):
+    for (x, y), label, (offset, anchor) in zip(MODELS, labels, LABEL_PLACES):
         axis.plot(x, y, marker="o", markersize=4, color="white", markeredgecolor="black", linestyle="none")
-        axis.annotate(label, (x, y), xytext=offset, textcoords="offset points", color="white", fontsize="small",
-                      path_effects=OUTLINE)
+        axis.annotate(label, (x, y), xytext=offset, textcoords="offset points", ha=anchor, color="white",
+                      fontsize="small", path_effects=OUTLINE)
     axis.set_xlabel(f"a (towards {labels[1]})" if len(labels) > 1 else "a")
     axis.set_ylabel(f"b (towards {labels[2]})" if len(labels) > 2 else "b")
     axis.set_aspect("equal")

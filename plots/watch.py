@@ -29,6 +29,7 @@ import matplotlib.pyplot as plt
 from probes.records import RecordsError, RunRecords, open_run
 
 from plots import sources
+from plots.command import PlotsParser
 from plots.gradients import plot_gradients
 from plots.sources import MissingRecord
 from plots.style import FigureError, check_output, save
@@ -125,7 +126,7 @@ def watch(config: WatchConfig, say=print, stop: threading.Event | None = None) -
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m plots watch", description=__doc__.splitlines()[0])
+    parser = PlotsParser(prog="python -m plots watch", description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path, help="the records file being written")
     parser.add_argument("-o", "--out", type=Path, required=True, help="the figure (.png, .svg or .pdf), redrawn")
     parser.add_argument("--every", type=float, default=5.0, help="seconds between looks (default %(default)s)")

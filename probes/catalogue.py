@@ -90,6 +90,9 @@ SURFACE_LINE = GridSpec("surfaces", "line", ("a",), ("loss", "accuracy"),
                         "loss and accuracy on the line through two checkpoints")
 SURFACE_RANDOM = GridSpec("surfaces", "random", ("a", "b"), ("loss", "accuracy"),
                           "loss and accuracy on a random filter-normalised plane around one checkpoint")
+SURFACE_BARRIERS = GridSpec("surfaces", "barriers", ("first", "second", "a"), ("loss", "accuracy"),
+                            "loss and accuracy on the line from run i (a = 0) to run j (a = 1) for every pair of runs; "
+                            "its attribute kind is barriers")
 
 DEV_CLS = GridSpec("predictions", "dev_cls", ("example", "unit"), ("cls",),
                    "the final model's last hidden state at the first token of every dev example")
@@ -100,5 +103,5 @@ LEGACY_PROBE_SCALARS = SeriesSpec("scalars", "probe", TRAIN.columns, "0.1 files:
 SERIES = (TRAIN, EVAL, EARLY_WARNING, LAYER_NORMS, COMPONENT_NORMS, ACTIVATION_NORMS, PARAMETER_NORMS,
           UPDATE_RATIOS, FORGETTING_DURING, FORGETTING_PROFILE_DURING, INTERPOLATION_START, INTERPOLATION_LAST_UPDATE, DEV_PREDICTIONS,
           PREDICTION_COLLAPSE, LOSS_PLATEAU, HEAD_RATIO, SECOND_MOMENT)
-GRIDS = (FORGETTING, FORGETTING_PROFILE, SURFACE_PLANE, SURFACE_LINE, SURFACE_RANDOM, DEV_CLS)
+GRIDS = (FORGETTING, FORGETTING_PROFILE, SURFACE_PLANE, SURFACE_LINE, SURFACE_RANDOM, SURFACE_BARRIERS, DEV_CLS)
 KINDS = tuple(dict.fromkeys(spec.kind for spec in SERIES + GRIDS))

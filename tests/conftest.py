@@ -1,4 +1,4 @@
-"""Session fixtures: tiny real checkpoints of every supported architecture, made once per test session."""
+"""Fixtures: tiny real checkpoints of every supported architecture, made once per test run."""
 from __future__ import annotations
 
 import os

@@ -6,13 +6,14 @@ line on stderr naming the problem and the fix, a non-zero exit, no traceback, an
 
 The tools run in real subprocesses; to keep the battery fast (importing torch and transformers takes most of a
 tool's time) one process runs the cases of the torch tools (finetune first, while transformers is untouched, then
-forgetting, surface and study) and a second one, started beside it, those of report and plots. Each case runs its module
+forgetting, surface, study and seed_bank) and a second one, started beside it, those of report, diagnose, export
+and plots. Each case runs its module
 as ``python -m`` does (``runpy``), with stdout and stderr captured at the file-descriptor level, so native writes
 and warnings count too, and the driver hashes every file of the inputs folder before and after it. Each case is
-still its own test. The probe attach path is checked in process. An argument
-that argparse refuses prints its usage first: those lines are not counted, the ``error:`` line must be alone.
+still its own test. The probe attach path is checked in process. An argument that argparse refuses is one
+``error: ...; see --help`` line (``plots: error: ...`` for plots), with no usage block before it.
 The read-only-folder cases mount a read-only tmpfs (root only; skipped elsewhere); an unwritable path that needs no
-privilege is a path under a regular file. KINDS is the list the README's "Reliability" section gives.
+privilege is a path under a regular file. KINDS is the list docs/reliability.md gives.
 """
 from __future__ import annotations
 
@@ -59,6 +60,8 @@ KINDS = {
     "unknown-task": "a task that does not exist",
     "unknown-recipe": "a recipe that does not exist",
     "unknown-figure": "a figure that does not exist",
+    "unknown-format": "an export format that does not exist",
+    "missing-argument": "a required argument left out (one line and see --help, no usage block)",
     "non-positive-number": "a count or size of 0 (--max-tokens, --batch-size, --max-examples)",
     "no-records": "a folder holding no records files",
     "unknown-layers": "a model whose encoder blocks cannot be found (probes: the error names blocks=)",
@@ -80,14 +83,17 @@ class Case:
 
 MODULES = {"finetune": "diagnostics.finetune", "forgetting": "diagnostics.forgetting",
            "surface": "diagnostics.surface", "study": "diagnostics.study", "report": "diagnostics.report",
+           "seed_bank": "diagnostics.seed_bank", "diagnose": "diagnostics.diagnose", "export": "diagnostics.export",
            "plots": "plots"}
-PROCESSES = (("finetune", "forgetting", "surface", "study"), ("report", "plots"))  # each driver process's tools
+PROCESSES = (("finetune", "forgetting", "surface", "study", "seed_bank"),  # each driver process's tools
+             ("report", "diagnose", "export", "plots"))
 
 FINETUNE = ("--task", "{task}", "--recipe", "default", "--seed", "0", "--out", "{runs}", "--model", "{pretrained}",
             "--max-length", "32", "--epochs", "1", "--batch-size", "8", "--evals", "1", "--threads", "1")
 FORGET = ("{checkpoint}", "--pretrained", "{pretrained}", "--corpus", "{corpus}", "--max-tokens", "300")
 LINE = ("--line", "{checkpoint}", "{checkpoint2}", "--task", "{task}", "--grid", "2", "--max-examples", "4")
 PLOT = ("gradients", "{good}", "-o", "{figures}/gradients.pdf")
+EXPORT = ("--to", "csv", "{figures}/tables")
 
 
 def _with(base: tuple[str, ...], **changes: str) -> tuple[str, ...]:
@@ -127,6 +133,7 @@ CASES = [
     Case("finetune", "unknown-task", _with(FINETUNE, task="no-such-task"), "unknown task"),
     Case("finetune", "unknown-recipe", _with(FINETUNE, recipe="adamw"), "invalid choice"),
     Case("finetune", "non-positive-number", _with(FINETUNE, batch_size="0"), "must be positive"),
+    Case("finetune", "missing-argument", FINETUNE[2:], "required: --task; see --help"),
 
     Case("forgetting", "missing-path", ("{missing}", *FORGET[1:]), "does not exist"),
     Case("forgetting", "missing-path", _with(FORGET, corpus="{missing}"), "does not exist"),
@@ -140,6 +147,7 @@ CASES = [
     Case("forgetting", "non-text-bytes", _with(FORGET, corpus="{binary_corpus}"), "text"),
     *_records_out_cases("forgetting", FORGET, under_file="folder"),
     Case("forgetting", "non-positive-number", _with(FORGET, max_tokens="0"), "not a positive number"),
+    Case("forgetting", "missing-argument", FORGET[1:], "required: checkpoint; see --help"),
 
     Case("surface", "missing-path", _with(LINE, line="{missing}"), "does not exist"),
     Case("surface", "not-a-checkpoint", _with(LINE, line="{not_checkpoint}"), "no config.json"),
@@ -152,6 +160,7 @@ CASES = [
     Case("surface", "empty-grid", _with(LINE, grid="0"), "at least one point"),
     Case("surface", "unknown-task", _with(LINE, task="no-such-task"), "unknown task"),
     Case("surface", "non-positive-number", _with(LINE, max_examples="0"), "--max-examples"),
+    Case("surface", "missing-argument", (*LINE[:3], *LINE[5:]), "required: --task; see --help"),
 
     Case("study", "existing-output", ("--out", "{notes}"), "not a folder"),
     Case("study", "output-under-file", ("--out", "{notes}/study"), "not a folder"),
@@ -159,6 +168,11 @@ CASES = [
     Case("study", "unknown-task", ("--out", "{runs}", "--tasks", "no-such-task"), "unknown task"),
     Case("study", "unknown-recipe", ("--out", "{runs}", "--recipes", "default,adamw"), "unknown recipe"),
     Case("study", "non-positive-number", ("--out", "{runs}", "--workers", "0"), "--workers must be >= 1"),
+    Case("study", "missing-argument", ("--seeds", "0-1"), "required: --out; see --help"),
+
+    Case("seed_bank", "missing-argument", ("--workers", "1"), "pass --out"),
+    Case("seed_bank", "non-positive-number", ("--out", "{runs}", "--workers", "0"), "--workers and --seeds"),
+    Case("seed_bank", "missing-path", ("--benchmark", "{missing}"), "not found"),
 
     Case("report", "missing-path", ("{missing}",), "does not exist"),
     Case("report", "no-records", ("{not_checkpoint}",), "no finished runs"),
@@ -166,6 +180,20 @@ CASES = [
     Case("report", "existing-output", ("{good}", "--out", "{notes}"), "already exists"),
     Case("report", "output-under-file", ("{good}", "--out", "{notes}/report.md"), "folder"),
     Case("report", "read-only-folder", ("{good}", "--out", "{read_only}/report.md"), "writable"),
+    Case("report", "missing-argument", ("--json",), "required: runs; see --help"),
+
+    Case("diagnose", "missing-path", ("{missing}",), "does not exist"),
+    Case("diagnose", "no-records", ("{not_checkpoint}",), "run.h5 not found"),
+    *_records_in_cases("diagnose", ()),
+    Case("diagnose", "non-positive-number", ("{good}", "--until", "0"), "must lie in (0, 1]"),
+    Case("diagnose", "missing-argument", ("--json",), "required: run; see --help"),
+
+    Case("export", "missing-path", ("{missing}", *EXPORT), "does not exist"),
+    Case("export", "no-records", ("{not_checkpoint}", *EXPORT), "no records files"),
+    *_records_in_cases("export", (), EXPORT),
+    Case("export", "output-under-file", ("{good}", "--to", "csv", "{notes}/tables"), "not a folder"),
+    Case("export", "unknown-format", ("{good}", "--to", "xml", "{figures}/tables"), "choose one of csv"),
+    Case("export", "missing-argument", ("{good}",), "required: --to; see --help"),
 
     Case("plots", "missing-path", ("gradients", "{missing}", *PLOT[2:]), "does not exist"),
     Case("plots", "no-records", ("gradients", "{not_checkpoint}", *PLOT[2:]), "no records"),
@@ -174,6 +202,7 @@ CASES = [
     Case("plots", "output-under-file", (*PLOT[:3], "{notes}/gradients.pdf"), "does not exist"),
     Case("plots", "read-only-folder", (*PLOT[:3], "{read_only}/gradients.pdf"), "writable"),
     Case("plots", "unknown-figure", ("nope", *PLOT[1:]), "invalid choice"),
+    Case("plots", "missing-argument", PLOT[:2], "required: -o/--out; see --help"),
 ]
 
 # The driver: each case [module, argv] runs like `python -m MODULE ARGV...` (runpy), with fd-level capture.
@@ -375,6 +404,8 @@ def test_bad_input_is_one_line_nonzero_and_touches_nothing(case, read_only, outc
         assert result["code"] == 1 and lines[0].startswith("error: "), (result["code"], lines[0])
     assert result["changed"] == [], result["changed"]
     assert result["stdout"] == ""
+    if case.kind == "missing-argument":  # one line, no usage block to scroll past
+        assert result["stderr"].strip() == lines[0], result["stderr"]
 
 
 def test_the_battery_covers_every_kind_and_tool():

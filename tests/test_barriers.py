@@ -1,4 +1,4 @@
-"""Issue 19, generalisation variance: the loss-barrier matrix (``diagnostics.surface --barriers``) on tiny real
+"""Generalisation variance: the loss-barrier matrix (``diagnostics.surface --barriers``) on tiny real
 classifiers, and the barrier maths.
 
 Oracles: a run's line with itself is flat (barrier 0) and the matrix is symmetric; every line's ends are the plain

@@ -250,7 +250,7 @@ def test_full_disk_training_process_exits_cleanly(full_disk):
 
 @pytest.mark.slow
 def test_full_disk_after_the_room_check_is_survived_and_the_records_open(full_disk):
-    """Issue 18: HDF5's failed write once left a file ``open_run`` refused ("truncated") and crashed the process at
+    """Regression: HDF5's failed write once left a file ``open_run`` refused ("truncated") and crashed the process at
     exit (SIGSEGV); now the process exits cleanly, training is unchanged, and the file opens with every step of
     every flush that finished."""
     race = full_disk["race"]

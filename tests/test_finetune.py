@@ -190,7 +190,7 @@ def test_probes_declare_series_before_start_and_see_every_step(toy_task, tiny_ml
     assert records.open_run(result.run_dir / "run.h5").series("calls").values.tolist() == [[6.0]]
 
 
-def test_dev_predictions_and_cls_representations_are_kept_issue_19(toy_task, tiny_mlm_dir, tmp_path):
+def test_dev_predictions_and_cls_representations_are_kept(toy_task, tiny_mlm_dir, tmp_path):
     """The final row of predictions/dev scores the final dev metric; dev_cls is the saved model's own [CLS] state."""
     from transformers import AutoModelForSequenceClassification
 

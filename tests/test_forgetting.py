@@ -1,4 +1,4 @@
-"""Tests of issue 5, forgetting: the cached layer-reset sweep, patch-and-restore, and the command end to end.
+"""Tests of forgetting: the cached layer-reset sweep, patch-and-restore, and the command end to end.
 
     python3 -m pytest tests/test_forgetting.py            # add -m "not slow" to skip the embedded-default run
 

@@ -1,4 +1,4 @@
-"""Tests of issue 15, forgetting located: linear CKA, per-layer weight change, composed models and the profile.
+"""Tests of forgetting located: linear CKA, per-layer weight change, composed models and the profile.
 
     python3 -m pytest tests/test_forgetting_profile.py
 

@@ -1,4 +1,4 @@
-"""Device and precision by capability (issue 12): the decision on capability strings, the real machine under an
+"""Device and precision by capability: the decision on capability strings, the real machine under an
 imitated AVX2 CPU, and results that do not depend on the precision beyond its tolerance.
 
     python -m pytest tests/test_hardware.py -q

@@ -1,4 +1,4 @@
-"""The study's HTML page (issue 17): ``python -m diagnostics.report RUNS --html OUT``, checked as a file (self-
+"""The study's HTML page: ``python -m diagnostics.report RUNS --html OUT``, checked as a file (self-
 contained, every figure inline, links that resolve, the same bytes on a rerun) and in a real headless Chromium
 (loads without console errors, every figure in the rendered DOM, a screenshot that is not blank).
 

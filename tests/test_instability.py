@@ -1,4 +1,4 @@
-"""Issue 19, generalisation variance: prediction disagreement and linear CKA between seeds, against direct numpy on
+"""Generalisation variance: prediction disagreement and linear CKA between seeds, against direct numpy on
 hand-made predictions and matrices, and through the report command on real records files."""
 from __future__ import annotations
 

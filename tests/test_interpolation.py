@@ -1,4 +1,4 @@
-"""The interpolation probe (issue 20) against its oracle, ``diagnostics.surface --line`` through checkpoints saved at
+"""The interpolation probe against its oracle, ``diagnostics.surface --line`` through checkpoints saved at
 the probe's steps; its schedule, its memory and its refusals. Invariance is in ``tests/test_invariance.py``, the
 distributed sums in ``tests/test_probes_ddp.py``, the figure in ``tests/test_plots.py``.
 
@@ -22,7 +22,8 @@ import tiny
 from probe_harness import LoopConfig, run_loop
 from probes.interpolation import COEFFICIENTS, Interpolation, evaluation_targets
 from probes.records import open_run
-from diagnostics.surface import load_examples, main as surface_main, prepare_batches
+from diagnostics.evaluation import load_examples, prepare_batches
+from diagnostics.surface import main as surface_main
 from diagnostics.tasks import Example, write_task
 
 REPO = Path(__file__).resolve().parents[1]
@@ -141,7 +142,7 @@ def test_a_sample_without_labels_is_refused(sample, message):
 
 
 def test_fsdp1_is_refused_in_one_line():
-    """FSDP1 flattens the weights into one parameter per unit: not supported yet (issue 16 decides)."""
+    """FSDP1 flattens the weights into one parameter per unit: not supported yet."""
     import torch.distributed as dist
     from torch.distributed.fsdp import FullyShardedDataParallel
 

@@ -1,4 +1,4 @@
-"""Issue 14: the layer of every parameter, per architecture, pinned against the hand-written table."""
+"""The layer of every parameter, per architecture, pinned against the hand-written table."""
 from __future__ import annotations
 
 import pytest

@@ -1,6 +1,6 @@
 """A probed loop of 1,500 steps with a reader polling its file: flat memory, linear file growth, steady flushes,
-and a consistent prefix at every poll. ``bench/long_run.py`` runs the same for 10,000 steps (README,
-"Reliability").
+and a consistent prefix at every poll. ``bench/long_run.py`` runs the same for 10,000 steps
+(docs/reliability.md, "Long runs").
 
     python3 -m pytest tests/test_long_run.py       # ~1 minute on a busy core
 """
@@ -23,7 +23,7 @@ def test_long_probed_run_keeps_memory_flat_file_linear_and_readers_consistent(tm
     steps = np.array([s["step"] for s in result["samples"]])
     sizes = np.array([s["file_mb"] for s in result["samples"]]) * 2 ** 20
     rate = long_run.slope(steps, sizes)
-    assert 200 < rate < 4000, rate  # bytes per recorded step (README: about 1.3 KB for this model)
+    assert 200 < rate < 4000, rate  # bytes per recorded step (docs/reliability.md: 256 bytes a step for the tiny model)
     assert np.abs(sizes - (sizes[0] + rate * (steps - steps[0]))).max() < 200 * 2 ** 10
     flushes = result["flush_ms"]
     assert np.median(flushes[-5:]) < 5 * np.median(flushes[:5]) + 20, flushes

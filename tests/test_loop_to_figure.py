@@ -1,4 +1,4 @@
-"""Issue 14: one path from a real probed training loop to a drawn figure, without hand-made records.
+"""One path from a real probed training loop to a drawn figure, without hand-made records.
 
 Two plain loops of the tiny BERT record per-layer gradient norms through ``probes.attach``; the gradients figure
 drawn from their files must plot, for each layer, exactly the norms an independent oracle computed in the loop.

@@ -129,6 +129,48 @@ def test_surface_contours_log_levels_and_models_marked(example):
     assert [t.get_text() for t in axis.texts] == ["pre-trained", "failed", "successful"]
 
 
+def _boxes(figure, texts) -> list:
+    """The drawn extents of ``texts`` (display units), after a full draw."""
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    return [text.get_window_extent(renderer) for text in texts]
+
+
+@pytest.mark.parametrize("span", [1.5, 1.0, 3.0])
+def test_surface_labels_never_overlap_and_stay_in_the_figure(tmp_path, span):
+    """The three models' labels, drawn at the default and at narrower and wider ranges: no two meet, none leaves
+    the figure (the pre-trained and failed labels once ran into each other)."""
+    axis = np.linspace(-span, span, 7)
+    a, b = np.meshgrid(axis, axis, indexing="ij")
+    write_grid(tmp_path / "s.h5", "plane", {"a": axis, "b": axis}, {"loss": 0.7 + a ** 2 + b ** 2, "accuracy": a * 0},
+               kind="surfaces", attrs={"kind": "plane", "labels": ["pre-trained", "failed", "successful"]})
+    figure = plot_surface(tmp_path / "s.h5")
+    boxes = _boxes(figure, figure.axes[0].texts)
+    assert not any(boxes[i].overlaps(boxes[j]) for i in range(3) for j in range(i + 1, 3))
+    frame = figure.bbox
+    assert all(frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
+               for box in boxes)
+
+
+def test_barrier_numbers_are_readable_and_fit_their_cells(example):
+    """The barrier heat map's numbers: as large as the tick labels for a few runs (they were 5 pt), each inside
+    its own cell; white on dark cells, black on light ones."""
+    from matplotlib import font_manager
+    from plots.barriers import plot_barriers, value_size
+
+    figure = plot_barriers(example / "surface.h5")
+    heat = figure.axes[-2]  # dendrogram, heat map, colour bar
+    numbers = heat.texts
+    assert len(numbers) == 4 * 3
+    tick_size = font_manager.FontProperties(size=heat.get_yticklabels()[0].get_fontsize()).get_size_in_points()
+    assert all(text.get_fontsize() >= 0.85 * tick_size for text in numbers)
+    cell = heat.transData.transform((1, 0))[0] - heat.transData.transform((0, 0))[0]
+    assert all(box.width < 0.9 * cell for box in _boxes(figure, numbers))
+    colours = {text.get_color() for text in numbers}
+    assert colours <= {"white", "black"} and len(colours) == 2  # the factory's matrix has light and dark cells
+    assert value_size(4) == 8.0 and value_size(10) == pytest.approx(6.4) and value_size(20) is None
+
+
 def test_surface_with_points_still_missing(tmp_path):
     axis = np.linspace(-1, 1, 5)
     loss = np.full((5, 5), np.nan)
@@ -322,7 +364,7 @@ def test_cli_all_draws_what_records_allow_and_says_what_it_skipped(example, tmp_
     assert again.returncode == 1 and "already exists" in again.stderr
 
 
-def test_issue_17_short_run_has_integer_iterations_and_output_folders_are_made(tmp_path):
+def test_short_run_has_integer_iterations_and_output_folders_are_made(tmp_path):
     run = factory.finetune_run(tmp_path / "short.h5", failed=True, steps=12, forgetting=False)
     figure = plot_gradients([run])
     ticks = [t for t in figure.axes[0].get_xticks() if 0 <= t <= 11]
@@ -335,7 +377,7 @@ def test_issue_17_short_run_has_integer_iterations_and_output_folders_are_made(t
 
 
 def test_forgetting_profile_panels_failed_against_successful(example, tmp_path):
-    """Issue 15: weight change, CKA and 'only this layer fine-tuned' per layer, failed runs dashed and labelled."""
+    """Weight change, CKA and 'only this layer fine-tuned' per layer, failed runs dashed and labelled."""
     from plots import plot_forgetting_profile
 
     figure = plot_forgetting_profile(sorted(example.glob("*.h5")))
@@ -351,7 +393,7 @@ def test_forgetting_profile_panels_failed_against_successful(example, tmp_path):
 
 
 def test_labels_tell_runs_of_one_seed_apart(tmp_path):
-    """Issue 15: the same task, recipe and seed with other settings are labelled by the settings that differ."""
+    """The same task, recipe and seed with other settings are labelled by the settings that differ."""
     from plots.runs import load_runs, run_labels
 
     paths = []

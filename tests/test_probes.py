@@ -225,7 +225,7 @@ def test_write_failure_warns_once_and_training_goes_on(tmp_path):
 
 
 def test_log_scalars_after_the_step_reaches_a_step_that_filled_the_buffer(tmp_path):
-    """Issue 14: with the flush at the end of the step, values given after ``optimizer.step()`` were dropped on
+    """Regression: with the flush at the end of the step, values given after ``optimizer.step()`` were dropped on
     every step that filled the buffer (here every second step)."""
     model = tiny.classifier("bert").train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -244,7 +244,7 @@ def test_log_scalars_after_the_step_reaches_a_step_that_filled_the_buffer(tmp_pa
 
 @pytest.mark.parametrize("clipping", ["none", "norm", "norm-loose", "value", "scaler-norm"])
 def test_post_clip_total_equals_the_gradients_inside_the_step(tmp_path, clipping):
-    """Issue 18: the post-clip total, known without a second pass when clipping is one global factor, equals the
+    """The post-clip total, known without a second pass when clipping is one global factor, equals the
     norm of the gradients the optimiser sees (float64 oracle), and falls back to the full pass otherwise."""
     model = tiny.classifier("bert").train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)

@@ -84,7 +84,7 @@ def test_two_processes_match_one_process(tmp_path, single, mode):
 
 @pytest.mark.slow
 def test_fsdp1_flat_and_original_parameters_match_one_process(tmp_path, single):
-    """Issue 16: FSDP1 recorded 67 of 105 tensors (original parameters) or 7 (flat ones), silently. Also
+    """Regression: FSDP1 once recorded 67 of 105 tensors (original parameters) or 7 (flat ones), silently. Also
     ``probes.attach`` after ``accelerator.prepare`` with an FSDP1 plugin, in the same two processes; on a CPU
     Accelerate (which enables FSDP only on accelerators) wraps the model in DDP."""
     modes = [*FSDP1, "accelerate-fsdp"]
@@ -184,7 +184,7 @@ def test_trainer_under_torchrun_matches_one_process(tmp_path, single_trainer, op
     Trainer's default ``average_tokens_across_devices=True`` multiplies the loss by the number of processes for
     models that accept loss keywords, a classifier's gradients included: turned off here, so that the gradients
     themselves equal one process's (probes record gradients as they are either way). With ``deepspeed`` (ZeRO-2, the
-    Trainer's own AdamW) the callback reads ZeRO's partitioned gradients (issue 16). Not ZeRO-3 here: with it the
+    Trainer's own AdamW) the callback reads ZeRO's partitioned gradients. Not ZeRO-3 here: with it the
     Trainer's arguments make transformers build the model under ``deepspeed.zero.Init``, which initialises other
     weights than one process (ZeRO-3 itself is checked against DeepSpeed's own gradients above)."""
     if options == [ZERO2_TRAINER]:
@@ -202,7 +202,7 @@ def test_trainer_under_torchrun_matches_one_process(tmp_path, single_trainer, op
 def test_trainer_with_deepspeed_zero3_records_every_tensor_and_deepspeeds_own_norm(tmp_path):
     """ZeRO-3 under the Trainer: transformers builds the model under ``deepspeed.zero.Init`` (parameters partitioned
     from their creation, other initial weights than one process), so the oracle is DeepSpeed's own pre-clip norm,
-    which the Trainer logs as ``grad_norm``. Every trainable tensor is recorded, none empty (issue 16: FSDP1 had
+    which the Trainer logs as ``grad_norm``. Every trainable tensor is recorded, none empty (FSDP1 once had
     silently recorded 67 of 105), and the per-layer norms add up to the total."""
     pytest.importorskip("deepspeed")
     zero3 = ZERO2_TRAINER.replace('"stage": 2', '"stage": 3')

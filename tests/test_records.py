@@ -131,7 +131,7 @@ def test_errors_are_one_line(tmp_path):
     assert (tmp_path / "notes.txt").read_text() == "a file, not a folder"
 
 
-def test_issue_17_new_file_creates_its_folders(tmp_path):
+def test_new_file_creates_its_folders(tmp_path):
     """The README's plain-loop example writes runs/my-run.h5 in a fresh folder."""
     RunWriter.create(tmp_path / "runs" / "deeper" / "my-run.h5", RunMeta()).close()
     assert open_run(tmp_path / "runs" / "deeper" / "my-run.h5").meta["type"] == "instability-diagnostics.run"

@@ -54,9 +54,9 @@ def test_quick_study_end_to_end_and_rerun_skips(tmp_path, repo_root):
     assert report.count("| hedge |") == 2 and "| disagreement | CKA |" in report
     assert "## Loss barriers between seeds" in report and (out / "figures" / "barriers.pdf").is_file()
     assert {p.name for p in (out / "figures").glob("*.pdf")} >= {"training.pdf", "seeds.pdf", "gradients.pdf"}
-    page = (out / "report.html").read_text()  # issue 17: one page with every figure and links to the records
+    page = (out / "report.html").read_text()  # one page with every figure and links to the records
     assert 'id="figure-gradients"' in page and all(f'href="{p.parent.name}/run.h5"' in page for p in runs)
-    assert {p.name for p in (out / "figures").glob("*.png")} >= {"training.png", "profile.png"}  # issue 15
+    assert {p.name for p in (out / "figures").glob("*.png")} >= {"training.png", "profile.png"}
     assert "## Forgetting" in (out / "report.md").read_text() and "block 1 alone" in (out / "report.md").read_text()
     before = {path: path.stat().st_mtime_ns for path in runs}
     second = subprocess.run(command, capture_output=True, text=True, cwd=repo_root, timeout=900)

@@ -1,4 +1,4 @@
-"""The probes' summary in the Hugging Face Trainer's logs (issue 17), read back from what the loggers wrote:
+"""The probes' summary in the Hugging Face Trainer's logs, read back from what the loggers wrote:
 TensorBoard event files and a W&B offline run, where those packages are installed.
 
 Run: ``python3 -m pytest tests/test_trainer_report.py``. The oracle for the numbers is twofold: they equal the

@@ -1,4 +1,4 @@
-"""``python -m plots watch`` (issue 17): a live figure from a records file while a real training process writes it.
+"""``python -m plots watch``: a live figure from a records file while a real training process writes it.
 
 A tiny BERT trains with the probes in one process (flushing every two steps); two watchers redraw its gradient
 figure from other processes: one is stopped with Ctrl-C (SIGINT) half-way, one ends by itself when the run does.
