@@ -11,6 +11,7 @@ decide on identical numbers. Only numpy and the records reader: ``plots`` uses i
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 
@@ -18,15 +19,68 @@ from probes.records import RecordsError, RunRecords
 
 # The signals a run provides, each a per-step array: (steps,) values.
 SIGNALS = ("encoder_norm", "head_ratio", "loss_ratio", "slope", "majority_share", "entropy_ratio", "margin",
-           "moment_encoder", "moment_head")
-FEATURES = ("collapse", "head_ratio", "head_ratio_growth", "loss_ratio", "slope", "majority_share",
-            "entropy_ratio", "margin", "moment_ratio")
+           "moment_encoder", "moment_head", "lr", "lower_norm", "update_ratio", "sign_share", "grad_cosine",
+           "cls_cosine", "cls_rank")
+# The failure-pattern features: levels and growth over the window, what separates learning rates.
+COLLAPSE_FEATURES = ("collapse", "head_ratio", "head_ratio_growth", "loss_ratio", "slope", "majority_share",
+                     "entropy_ratio", "margin", "moment_ratio")
+# The seed features: each run against its own warm-up (late part of the window vs the warm-up steps), made to
+# separate seeds of one configuration.
+SEED_FEATURES = ("lower_growth", "update_growth", "sign_share_change", "grad_cosine_change", "cls_cosine_change",
+                 "cls_rank_growth", "slope_per_lr")
+FEATURES = COLLAPSE_FEATURES + SEED_FEATURES
 
 
 def encoder_norm(layer_names: list[str], layer_norms: np.ndarray) -> np.ndarray:
     """Total L2 norm of the encoder blocks per row, from per-layer norms ``(N, layers)`` (as records store them)."""
     columns = [i for i, name in enumerate(layer_names) if name.startswith("encoder.")]
     return np.sqrt(np.square(np.asarray(layer_norms, dtype="f8")[:, columns]).sum(axis=1))
+
+
+def encoder_mean(layer_names: list[str], values: np.ndarray) -> np.ndarray:
+    """Mean over the encoder blocks per row of a per-layer series ``(N, layers)`` (NaN-blind)."""
+    columns = [i for i, name in enumerate(layer_names) if name.startswith("encoder.")]
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(np.asarray(values, dtype="f8")[:, columns], axis=1)
+
+
+def lower_norm(layer_names: list[str], layer_norms: np.ndarray) -> np.ndarray:
+    """Total L2 norm of the lower half of the encoder blocks (``encoder.1`` .. ``encoder.L/2``, at least one) per
+    row: where vanishing gradients show first, far from the head."""
+    blocks = [name for name in layer_names if name.startswith("encoder.")]
+    lower = blocks[: max(1, len(blocks) // 2)]
+    columns = [layer_names.index(name) for name in lower]
+    return np.sqrt(np.square(np.asarray(layer_norms, dtype="f8")[:, columns]).sum(axis=1))
+
+
+def warmup_end(steps: np.ndarray, lr: np.ndarray) -> int | None:
+    """The step at which the learning rate peaks (the end of a linear warm-up; None when unknown)."""
+    steps, lr = np.asarray(steps), np.asarray(lr, dtype="f8")
+    usable = np.isfinite(lr)
+    if not usable.any():
+        return None
+    return int(steps[usable][np.argmax(lr[usable])])
+
+
+def _reference(steps: np.ndarray, values: np.ndarray, window_end: int, warmed: int | None) -> np.ndarray:
+    """The run's own reference values: the warm-up steps (up to half the window), else the first quarter."""
+    steps, values = np.asarray(steps), np.asarray(values, dtype="f8")
+    usable = np.isfinite(values)
+    end = min(warmed, window_end // 2) if warmed else max(1, window_end // 4)
+    return values[usable & (steps <= end)]
+
+
+def change(steps, values, window_end: int, warmed: int | None, log: bool) -> float:
+    """The late level of the window against the run's own warm-up level: log10 ratio (``log``) or difference."""
+    reference = _reference(steps, values, window_end, warmed)
+    _, late = _quarters(steps, values, window_end)
+    if log:
+        reference, late = reference[reference > 0], late[late > 0]
+    if reference.size == 0 or late.size == 0:
+        return math.nan
+    early_level, late_level_ = float(np.median(reference)), float(np.median(late))
+    return math.log10(late_level_ / early_level) if log else late_level_ - early_level
 
 
 def _quarters(steps: np.ndarray, values: np.ndarray, window_end: int) -> tuple[np.ndarray, np.ndarray]:
@@ -64,6 +118,7 @@ def window_features(signals: dict[str, tuple[np.ndarray, np.ndarray]], window_en
     missing = (np.array([], dtype="i8"), np.array([]))
     get = lambda name: signals.get(name, missing)  # noqa: E731
     late = {name: late_level(*get(name), window_end) for name in SIGNALS}
+    warmed = warmup_end(*get("lr"))
     with np.errstate(divide="ignore", invalid="ignore"):
         return {
             "collapse": log_growth(*get("encoder_norm"), window_end),
@@ -75,7 +130,23 @@ def window_features(signals: dict[str, tuple[np.ndarray, np.ndarray]], window_en
             "entropy_ratio": late["entropy_ratio"],
             "margin": late["margin"],
             "moment_ratio": float(np.log10(late["moment_head"] / late["moment_encoder"])),
+            "lower_growth": change(*get("lower_norm"), window_end, warmed, log=True),
+            "update_growth": change(*per_lr(get("update_ratio"), get("lr")), window_end, warmed, log=True),
+            "sign_share_change": change(*get("sign_share"), window_end, warmed, log=False),
+            "grad_cosine_change": change(*get("grad_cosine"), window_end, warmed, log=False),
+            "cls_cosine_change": change(*get("cls_cosine"), window_end, warmed, log=False),
+            "cls_rank_growth": change(*get("cls_rank"), window_end, warmed, log=True),
+            "slope_per_lr": late["slope"] / late["lr"],
         }
+
+
+def per_lr(signal: tuple[np.ndarray, np.ndarray], lr: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """A signal divided by the learning rate of its step (NaN where the step's lr is unknown)."""
+    at = dict(zip(np.asarray(lr[0]).tolist(), np.asarray(lr[1], dtype="f8").tolist()))
+    steps = np.asarray(signal[0])
+    rates = np.array([at.get(step, math.nan) for step in steps.tolist()], dtype="f8")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return steps, np.asarray(signal[1], dtype="f8") / rates
 
 
 def total_steps(run: RunRecords) -> int | None:
@@ -117,6 +188,21 @@ def run_signals(run: RunRecords) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         signals["majority_share"] = (predictions.steps, predictions.column("majority_share"))
         signals["entropy_ratio"] = (predictions.steps, predictions.column("entropy") / ln_c)
         signals["margin"] = (predictions.steps, predictions.column("margin"))
+    if "layers" in names.get("gradient_norms", ()):
+        signals["lower_norm"] = (layers.steps, lower_norm(layers.columns, layers.values))
+    if "train" in names.get("scalars", ()):
+        train = run.series("train", kind="scalars")
+        signals["lr"] = (train.steps, train.column("lr"))
+    for kind, name, signal in (("update_ratios", "updates", "update_ratio"),
+                               ("optimizer_state", "sign_share", "sign_share"),
+                               ("gradient_cosine", "consecutive", "grad_cosine")):
+        if name in names.get(kind, ()):
+            series = run.series(name, kind=kind)
+            signals[signal] = (series.steps, encoder_mean(series.columns, series.values))
+    if "cls" in names.get("scalars", ()):
+        cls = run.series("cls", kind="scalars")
+        signals["cls_cosine"], signals["cls_rank"] = (cls.steps, cls.column("cosine")), \
+            (cls.steps, cls.column("effective_rank"))
     if "second_moment" in names.get("optimizer_state", ()):
         moment = run.series("second_moment", kind="optimizer_state")
         encoder = [i for i, name in enumerate(moment.columns) if name.startswith("encoder.")]
