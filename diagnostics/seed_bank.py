@@ -98,13 +98,14 @@ def provenance(config: BankConfig) -> dict:
 def from_table(path: Path, fit: bool) -> int:
     """Print the benchmark of a features CSV, or fit and save the shipped predictor from it."""
     from diagnostics.early_features import read_table
-    from diagnostics.early_warning_report import from_rows
+    from diagnostics.early_warning_report import protocol_markdown
+    from probes.early_protocol import evaluate
 
     if not path.is_file():
         raise FinetuneError(f"{path} not found; write it with --out RUNS --features {path}")
     rows = read_table(path)
     if not fit:
-        print(from_rows(rows).markdown(), end="")
+        print(protocol_markdown(evaluate(rows, FRACTIONS)), end="")
         return 0
     models = {}
     for fraction in FRACTIONS:

@@ -50,8 +50,19 @@ def table(paths: list[str | Path], fractions: tuple[float, ...] = FRACTIONS) -> 
 
 def rows_of(runs: Iterable[RunRecords], fractions: tuple[float, ...] = FRACTIONS) -> list[dict]:
     """The rows of :func:`table` for records already read (unfinished runs are left out)."""
-    return [{**outcome(run), "fraction": fraction, **features_at(run, fraction)}
+    return [{**outcome(run), "fraction": fraction, "dev_metric": dev_metric_at(run, fraction),
+             **features_at(run, fraction)}
             for run in runs if "final_dev_metric" in run.summary for fraction in fractions]
+
+
+def dev_metric_at(run: RunRecords, fraction: float) -> float:
+    """The dev metric of the first evaluation at or after ``fraction`` of the steps, if it came within the next 5%
+    of the steps (what Dodge et al.'s rule reads at that point); NaN when the run was not evaluated there."""
+    if "eval" not in run.names("scalars"):
+        return math.nan
+    evals, steps = run.series("eval", kind="scalars"), int(run.summary["steps"])
+    at = [i for i, step in enumerate(evals.steps) if fraction * steps - 1e-9 <= step <= (fraction + 0.05) * steps]
+    return float(evals.values[at[0], 0]) if at else math.nan
 
 
 @dataclass(frozen=True)
