@@ -15,7 +15,6 @@ import torch
 
 from probes import catalogue
 from probes.base import Declared, Probe
-from probes.early_signals import encoder_mean
 
 
 def sign_like(exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor, step: int, betas: tuple[float, float], eps: float,
@@ -60,7 +59,3 @@ class AdamSignShare(Probe):
     def rows(self, block: np.ndarray) -> list[np.ndarray]:
         sizes = np.array([param.numel() for param in self.table.params], dtype="f8")
         return [self.table.layer_sums(block) / self.table.layer_sums(sizes[None, :])]
-
-    def signals(self, steps: np.ndarray, block: np.ndarray) -> dict:
-        """The mean share over the encoder blocks per step, for the early-failure features."""
-        return {"sign_share": (steps, encoder_mean(self.table.layers, self.rows(block)[0]))}

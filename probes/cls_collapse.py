@@ -9,7 +9,6 @@ micro-batch); under DDP over the ranks.
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from probes import catalogue, distributed
@@ -71,7 +70,3 @@ class ClsCollapse(Probe):
 
     def reduce(self, session, block: torch.Tensor) -> None:
         distributed.mean_(block, session.world)
-
-    def signals(self, steps: np.ndarray, block: np.ndarray) -> dict:
-        """Mean pairwise cosine and effective rank per step, for the early-failure features."""
-        return {"cls_cosine": (steps, block[:, 0]), "cls_rank": (steps, block[:, 1])}

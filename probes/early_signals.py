@@ -12,9 +12,13 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import dataclass
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
+from probes import catalogue
+from probes.catalogue import SeriesSpec
 from probes.records import RecordsError, RunRecords
 
 # The signals a run provides, each a per-step array: (steps,) values.
@@ -155,61 +159,84 @@ def total_steps(run: RunRecords) -> int | None:
     if "steps" in run.summary:
         return int(run.summary["steps"])
     try:
-        planned = run.series("early_warning").attrs.get("total_steps")
+        planned = run.get(catalogue.EARLY_WARNING).attrs.get("total_steps")
     except RecordsError:
         return None
     return None if planned is None else int(planned)
 
 
+def _column(name: str) -> Callable:
+    return lambda columns, values, attrs: np.asarray(values, dtype="f8")[:, list(columns).index(name)]
+
+
+def _over_ln_c(name: str) -> Callable:
+    """A column divided by ln C, the plateau of C classes (the series' ``ln_c`` attribute, ln 2 in records
+    written before it was stored)."""
+    return lambda columns, values, attrs: _column(name)(columns, values, attrs) / float(attrs.get("ln_c", math.log(2)))
+
+
+def _head(columns, values, attrs) -> np.ndarray:
+    values = np.asarray(values, dtype="f8")
+    return values[:, list(columns).index("head")] if "head" in columns else np.full(len(values), math.nan)
+
+
+@dataclass(frozen=True)
+class Signal:
+    """One early-failure signal: the recorded series it is computed from, and how, from that series' columns,
+    values ``(steps, columns)`` and attributes, as written. The online probe and the offline reader both call
+    ``compute`` on the same rows (:func:`signals_from`), so the two cannot differ."""
+
+    name: str
+    source: SeriesSpec
+    compute: Callable[[Sequence[str], np.ndarray, Mapping], np.ndarray]
+
+
+CATALOGUE = (
+    Signal("encoder_norm", catalogue.LAYER_NORMS, lambda columns, values, attrs: encoder_norm(columns, values)),
+    Signal("lower_norm", catalogue.LAYER_NORMS, lambda columns, values, attrs: lower_norm(columns, values)),
+    Signal("head_ratio", catalogue.HEAD_RATIO,
+           lambda columns, values, attrs: np.nanmedian(np.asarray(values, dtype="f8"), axis=1)),
+    Signal("loss_ratio", catalogue.LOSS_PLATEAU, _column("loss_over_ln_c")),
+    Signal("slope", catalogue.LOSS_PLATEAU, _over_ln_c("slope")),
+    Signal("majority_share", catalogue.PREDICTION_COLLAPSE, _column("majority_share")),
+    Signal("entropy_ratio", catalogue.PREDICTION_COLLAPSE, _over_ln_c("entropy")),
+    Signal("margin", catalogue.PREDICTION_COLLAPSE, _column("margin")),
+    Signal("moment_encoder", catalogue.SECOND_MOMENT, lambda columns, values, attrs: encoder_norm(columns, values)),
+    Signal("moment_head", catalogue.SECOND_MOMENT, _head),
+    Signal("lr", catalogue.TRAIN, _column("lr")),
+    Signal("update_ratio", catalogue.UPDATE_RATIOS, lambda columns, values, attrs: encoder_mean(columns, values)),
+    Signal("sign_share", catalogue.SIGN_SHARE, lambda columns, values, attrs: encoder_mean(columns, values)),
+    Signal("grad_cosine", catalogue.GRADIENT_COSINE, lambda columns, values, attrs: encoder_mean(columns, values)),
+    Signal("cls_cosine", catalogue.CLS_COLLAPSE, _column("cosine")),
+    Signal("cls_rank", catalogue.CLS_COLLAPSE, _column("effective_rank")),
+)
+SOURCES = tuple(dict.fromkeys(signal.source for signal in CATALOGUE))
+
+
+def signals_from(spec: SeriesSpec, steps: np.ndarray, columns: Sequence[str], values: np.ndarray,
+                 attrs: Mapping) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Every signal computed from one recorded series (its rows as written), keyed by signal name."""
+    with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN row (a step a probe skipped) stays NaN
+        return {signal.name: (np.asarray(steps), signal.compute(columns, values, attrs))
+                for signal in CATALOGUE if signal.source == spec}
+
+
 def run_signals(run: RunRecords) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """The per-step signals the run's records hold (a signal whose probe did not run is left out)."""
     signals = {}
-    names = {kind: set(run.names(kind)) for kind in run.records}
-    if "layers" in names.get("gradient_norms", ()):
-        layers = run.series("layers", kind="gradient_norms")
-        signals["encoder_norm"] = (layers.steps, encoder_norm(layers.columns, layers.values))
-    if "head_ratio" in names.get("gradient_norms", ()):
-        ratio = run.series("head_ratio", kind="gradient_norms")
-        signals["head_ratio"] = (ratio.steps, np.nanmedian(ratio.values, axis=1))
-    elif "layers" in names.get("gradient_norms", ()) and "head" in layers.columns:  # records made before the probe
-        values = np.asarray(layers.values, dtype="f8")
-        encoder = [i for i, name in enumerate(layers.columns) if name.startswith("encoder.")]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            per_depth = values[:, [layers.columns.index("head")]] / values[:, encoder]
-        signals["head_ratio"] = (layers.steps, np.nanmedian(per_depth, axis=1))
-    if "plateau" in names.get("scalars", ()):
-        plateau = run.series("plateau", kind="scalars")
-        ln_c = float(plateau.attrs.get("ln_c", math.log(2)))
-        signals["loss_ratio"] = (plateau.steps, plateau.column("loss_over_ln_c"))
-        signals["slope"] = (plateau.steps, plateau.column("slope") / ln_c)
-    if "predictions" in names.get("scalars", ()):
-        predictions = run.series("predictions", kind="scalars")
-        ln_c = float(run.series("plateau").attrs.get("ln_c", math.log(2))) if "loss_ratio" in signals else math.log(2)
-        signals["majority_share"] = (predictions.steps, predictions.column("majority_share"))
-        signals["entropy_ratio"] = (predictions.steps, predictions.column("entropy") / ln_c)
-        signals["margin"] = (predictions.steps, predictions.column("margin"))
-    if "layers" in names.get("gradient_norms", ()):
-        signals["lower_norm"] = (layers.steps, lower_norm(layers.columns, layers.values))
-    if "train" in names.get("scalars", ()):
-        train = run.series("train", kind="scalars")
-        signals["lr"] = (train.steps, train.column("lr"))
-    for kind, name, signal in (("update_ratios", "updates", "update_ratio"),
-                               ("optimizer_state", "sign_share", "sign_share"),
-                               ("gradient_cosine", "consecutive", "grad_cosine")):
-        if name in names.get(kind, ()):
-            series = run.series(name, kind=kind)
-            signals[signal] = (series.steps, encoder_mean(series.columns, series.values))
-    if "cls" in names.get("scalars", ()):
-        cls = run.series("cls", kind="scalars")
-        signals["cls_cosine"], signals["cls_rank"] = (cls.steps, cls.column("cosine")), \
-            (cls.steps, cls.column("effective_rank"))
-    if "second_moment" in names.get("optimizer_state", ()):
-        moment = run.series("second_moment", kind="optimizer_state")
-        encoder = [i for i, name in enumerate(moment.columns) if name.startswith("encoder.")]
-        values = np.asarray(moment.values, dtype="f8")
-        signals["moment_encoder"] = (moment.steps, np.sqrt(np.square(values[:, encoder]).sum(axis=1)))
-        if "head" in moment.columns:
-            signals["moment_head"] = (moment.steps, values[:, moment.columns.index("head")])
+    for spec in SOURCES:
+        if run.has(spec):
+            series = run.get(spec)
+            signals.update(signals_from(spec, series.steps, series.columns, series.values, series.attrs))
+    if "head_ratio" not in signals and run.has(catalogue.LAYER_NORMS):  # records made before that probe existed
+        layers = run.get(catalogue.LAYER_NORMS)
+        if "head" in layers.columns:
+            values = np.asarray(layers.values, dtype="f8")
+            encoder = [i for i, name in enumerate(layers.columns) if name.startswith("encoder.")]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                per_depth = values[:, [layers.columns.index("head")]] / values[:, encoder]
+            signals["head_ratio"] = (layers.steps, np.nanmedian(per_depth, axis=1))
     return signals
 
 

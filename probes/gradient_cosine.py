@@ -14,7 +14,6 @@ import torch
 
 from probes import catalogue
 from probes.base import Declared, Probe
-from probes.early_signals import encoder_mean
 from probes.norms import tensor_norms
 
 
@@ -49,7 +48,3 @@ class GradientCosine(Probe):
         before = self.table.layer_norms(block[:, 2 * self.count:])
         with np.errstate(divide="ignore", invalid="ignore"):
             return [dots / (now * before)]
-
-    def signals(self, steps: np.ndarray, block: np.ndarray) -> dict:
-        """The mean cosine over the encoder blocks per step, for the early-failure features."""
-        return {"grad_cosine": (steps, encoder_mean(self.table.layers, self.rows(block)[0]))}

@@ -11,7 +11,6 @@ import torch
 
 from probes import catalogue, distributed
 from probes.base import Declared, Probe
-from probes.early_signals import encoder_mean
 from probes.norms import local, tensor_norms
 
 
@@ -49,7 +48,3 @@ class ParameterNorms(Probe):
         updates = self.table.layer_norms(block[:, self.count:])
         with np.errstate(divide="ignore", invalid="ignore"):
             return [weights, updates / weights]
-
-    def signals(self, steps: np.ndarray, block: np.ndarray) -> dict:
-        """The mean update/weight ratio over the encoder blocks per step, for the early-failure features."""
-        return {"update_ratio": (steps, encoder_mean(self.table.layers, self.rows(block)[1]))}

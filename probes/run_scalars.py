@@ -113,7 +113,3 @@ class RunScalars(Probe):
             row[LOSS] = loss.detach().float().reshape(()) if torch.is_tensor(loss) else float(loss)
         if lr is not None:
             row[LR] = lr.detach().float().reshape(()) if torch.is_tensor(lr) else float(lr)
-
-    def signals(self, steps, block) -> dict:
-        """The learning rate per step, for the early-failure features (warm-up end, lr-normalised slope)."""
-        return {"lr": (steps, block[:, LR])}
