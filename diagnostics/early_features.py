@@ -15,14 +15,14 @@ from pathlib import Path
 from probes.early_benchmark import OUTCOME_COLUMNS, table
 from probes.early_signals import FEATURES
 
-NUMBERS = ("lr", "final_dev_metric", "majority", "fraction", *FEATURES)
+NUMBERS = ("lr", "final_dev_metric", "majority", "fraction", "dev_metric", *FEATURES)
 
 
 def write_table(runs: str | Path, out: str | Path) -> int:
     """Write the table of the finished runs under ``runs`` to the CSV ``out``; returns the number of runs."""
     rows = table([runs])
     with open(out, "w", newline="") as file:
-        writer = csv.DictWriter(file, [*OUTCOME_COLUMNS, "fraction", *FEATURES])
+        writer = csv.DictWriter(file, [*OUTCOME_COLUMNS, "fraction", "dev_metric", *FEATURES])
         writer.writeheader()
         for row in rows:
             writer.writerow({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()})
@@ -31,12 +31,12 @@ def write_table(runs: str | Path, out: str | Path) -> int:
 
 def read_table(path: str | Path) -> list[dict]:
     """The rows of a table written by :func:`write_table`: numbers as floats, ``seed``/``steps`` as ints,
-    ``failed`` as a bool."""
+    ``failed`` as a bool; a column an older table lacks (a feature added since) reads as NaN."""
     with open(path, newline="") as file:
         rows = list(csv.DictReader(file))
     for row in rows:
         for key in NUMBERS:
-            row[key] = float(row[key]) if row[key] not in ("", "nan") else math.nan
+            row[key] = float(row[key]) if row.get(key) not in (None, "", "nan") else math.nan
         row["seed"], row["steps"] = int(row["seed"]), int(row["steps"])
         row["failed"] = row["failed"] == "True"
     return rows

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from probes.early_benchmark import FOLDS, FRACTIONS, SCOPES, HeldOut, score, table, univariate
+from probes.early_protocol import Protocol
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,32 @@ class EarlyWarningReport:
         return "\n".join(lines) + "\n"
 
 
+def protocol_markdown(protocol: Protocol) -> str:
+    """The protocol's table (:mod:`probes.early_protocol`): within-cell scores first, the rows where we lose
+    included, then the pooled and held-out-group scores and each feature's within-cell AUC."""
+    cells = ", ".join(f"{task} {recipe} lr {lr} ({steps} steps)" for task, recipe, lr, _, steps in protocol.cells)
+    lines = [f"Seed bank: {protocol.runs} runs; uncertain cells (failure rate 15-85%, >= 10 runs): "
+             f"{cells or 'none'} ({protocol.uncertain_runs} runs, {protocol.uncertain_failed} failed).", "",
+             "| seen | method | within-cell AUC [95% CI] | p | pooled AUC | precision | recall | "
+             "task held out | lr held out |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in protocol.results:
+        lines.append(f"| {100 * r.fraction:.0f}% | {r.method} | {_f(r.within)} [{_f(r.low)}, {_f(r.high)}] | "
+                     f"{_f(r.p, 3)} | {_f(r.pooled)} | {_f(r.precision)} | {_f(r.recall)} | {_f(r.task_out)} | "
+                     f"{_f(r.lr_out)} |")
+    lines += ["", "Within-cell AUC: a failed run against a surviving run of the same configuration (only the seed "
+                  "differs), pooled over the uncertain cells; interval: bootstrap of runs within cells; p: outcomes "
+                  "shuffled within cells (one-sided). Pooled AUC, precision and recall: every run of the bank (flagged "
+                  "at P(fail) >= 0.5; Dodge: dev metric at or below the majority baseline). Task/lr held out: "
+                  "pooled AUC of models fitted without that task (learning rate). Fitted methods are scored on seeds "
+                  "they never saw.", ""]
+    for fraction, found in protocol.features.items():
+        ranked = sorted(found.items(), key=lambda item: -abs(np.nan_to_num(item[1][0], nan=0.5) - 0.5))
+        lines.append(f"Each feature's within-cell AUC at {100 * fraction:.0f}% (> 0.5: higher in failed runs): "
+                     + ", ".join(f"{name} {_f(auc)} [{_f(low)}, {_f(high)}]" for name, (auc, low, high) in ranked)
+                     + ".")
+    return "\n".join(lines) + "\n"
+
+
 def from_rows(rows: list[dict], fractions: tuple[float, ...] = FRACTIONS) -> EarlyWarningReport:
     """The report of feature rows (from records or from the committed table)."""
     reference = 0.2 if 0.2 in fractions else fractions[-1]
@@ -52,8 +79,8 @@ def evaluate(paths: list[Path], fractions: tuple[float, ...] = FRACTIONS) -> Ear
     return from_rows(table(paths, fractions), fractions)
 
 
-def _f(value: float) -> str:
-    return "n/a" if not math.isfinite(value) else f"{value:.2f}"
+def _f(value: float, digits: int = 2) -> str:
+    return "n/a" if not math.isfinite(value) else f"{value:.{digits}f}"
 
 
 def _percent(value: float) -> str:

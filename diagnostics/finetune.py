@@ -95,6 +95,7 @@ class FinetuneConfig:
     train_examples: int | None = None
     dev_examples: int | None = None
     probes: bool = True
+    interpolations: int | None = None  # loss-line probes per run: None = one per dev evaluation, 0 = none
 
     def resolved_recipe(self) -> Recipe:
         overrides = {f.name: getattr(self, f.name) for f in fields(Recipe) if hasattr(self, f.name)
@@ -218,7 +219,8 @@ def standard_probes(total: int, enabled: bool = True, sample: list[dict] | None 
     """What every run of this runner records at every step: loss, learning rate and total gradient norms
     (:class:`~probes.RunScalars`, always); unless ``enabled`` is False, per-layer and per-matrix gradient norms,
     per-depth activation gradients, the early-failure signals (prediction collapse, loss plateau, head-to-encoder
-    ratio, Adam's second moment), the early warning (the seed bank's predictor) over the first 15% of steps (runs of
+    ratio, Adam's second moment; parameter norms and update ratios, sign-like Adam steps, consecutive gradient
+    cosine, [CLS] collapse), the early warning (the seed bank's predictor) over the first 15% of steps (runs of
     30 steps or more) and, given a held ``sample``, loss and accuracy on the line from the start to the current
     weights ``times`` times per run (64 examples at 7 points: the forward passes of 28 training batches of 16 each
     time, so the runner ties ``times`` to its dev evaluations, ``--evals``)."""
@@ -227,7 +229,8 @@ def standard_probes(total: int, enabled: bool = True, sample: list[dict] | None 
 
     def attach(model: nn.Module, optimizer: torch.optim.Optimizer, writer: records.RunWriter):
         chosen = [probes.GradientNorms(), probes.ActivationGradients(), probes.PredictionCollapse(),
-                  probes.LossPlateau(), probes.HeadEncoderRatio(), probes.AdamSecondMoment()] if enabled else []
+                  probes.LossPlateau(), probes.HeadEncoderRatio(), probes.AdamSecondMoment(), probes.ParameterNorms(),
+                  probes.AdamSignShare(), probes.GradientCosine(), probes.ClsCollapse()] if enabled else []
         window_end = early_signals.window_end(total, EARLY_WARNING_FRACTION)
         if enabled and window_end >= 4:
             chosen.append(probes.EarlyWarning(window_end, total_steps=total))
@@ -373,9 +376,10 @@ def run(config: FinetuneConfig, probes: Probes | None = None, hardware: Hardware
         rw.add_series(catalogue.DEV_PREDICTIONS.name, [str(i) for i in range(len(task.dev))],
                       kind=catalogue.DEV_PREDICTIONS.kind)
         if probes is None:
-            sample = held_sample(task, tokenizer, model, config.max_length) if config.probes else None
+            times = config.evals if config.interpolations is None else config.interpolations
+            sample = held_sample(task, tokenizer, model, config.max_length) if config.probes and times else None
             probes = standard_probes(total_steps(task, recipe), config.probes, sample,
-                                     torch.bfloat16 if hardware.bf16 else None, times=config.evals)
+                                     torch.bfloat16 if hardware.bf16 else None, times=times)
         steps, final, final_loss = train(model, tokenizer, task, recipe, config, rw, probes, hardware, on_step)
     save(model, tokenizer, run_dir / "final")
     cls = dev_representations(model, tokenizer, task, config.max_length, hardware)

@@ -51,7 +51,7 @@ class BankConfig:
     max_length: int = 32
     train_examples: int = 320
     dev_examples: int = 200
-    evals: int = 2
+    evals: int = 20  # a dev evaluation every 5% of the steps: Dodge et al.'s rule reads the one at each fraction
 
     def runs(self) -> list[FinetuneConfig]:
         """Every run of the bank in the order they are built: seed by seed, the default cells of a seed followed
@@ -63,7 +63,7 @@ class BankConfig:
             chosen += [FinetuneConfig(
                 task=task, recipe=recipe, seed=seed, out=Path(self.out) / f"lr{lr:g}", lr=lr, epochs=self.epochs,
                 max_length=self.max_length, train_examples=self.train_examples, dev_examples=self.dev_examples,
-                evals=self.evals, threads=1, precision="fp32")
+                evals=self.evals, threads=1, precision="fp32", interpolations=0)
                 for lr in (self.lrs if recipe == "default" else self.corrected_lrs) for task in self.tasks]
         return chosen
 
@@ -99,13 +99,14 @@ def provenance(config: BankConfig) -> dict:
 def from_table(path: Path, fit: bool) -> int:
     """Print the benchmark of a features CSV, or fit and save the shipped predictor from it."""
     from diagnostics.early_features import read_table
-    from diagnostics.early_warning_report import from_rows
+    from diagnostics.early_warning_report import protocol_markdown
+    from probes.early_protocol import evaluate
 
     if not path.is_file():
         raise FinetuneError(f"{path} not found; write it with --out RUNS --features {path}")
     rows = read_table(path)
     if not fit:
-        print(from_rows(rows).markdown(), end="")
+        print(protocol_markdown(evaluate(rows, FRACTIONS)), end="")
         return 0
     models = {}
     for fraction in FRACTIONS:
@@ -129,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seeds", type=int, default=20, help="seeds per cell of the default recipe")
     parser.add_argument("--corrected-seeds", type=int, default=10, help="seeds per cell of the bias-corrected one")
     parser.add_argument("--workers", type=int, default=1, help="runs at a time (one thread each)")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs of every run (steps = epochs x examples / 16)")
+    parser.add_argument("--train-examples", type=int, default=320, help="training examples of every run")
+    parser.add_argument("--evals", type=int, default=20, help="dev evaluations per run, evenly spaced")
     parser.add_argument("--features", type=Path, help="write the per-run features to this CSV instead of building")
     parser.add_argument("--benchmark", type=Path, metavar="CSV",
                         help="print the held-out benchmark of a features CSV (what report --early prints for runs)")
@@ -148,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.out is None and not (args.benchmark or args.fit):
         return fail(ValueError("pass --out RUNS (or --benchmark/--fit CSV)"))
     config = BankConfig(out=args.out, tasks=args.tasks.split(","), lrs=lrs, corrected_lrs=corrected_lrs, seeds=args.seeds,
-                        corrected_seeds=args.corrected_seeds, workers=args.workers)
+                        corrected_seeds=args.corrected_seeds, workers=args.workers, epochs=args.epochs,
+                        train_examples=args.train_examples, evals=args.evals)
     if config.workers < 1 or config.seeds < 1 or config.corrected_seeds < 0:
         return fail(ValueError("--workers and --seeds must be >= 1, --corrected-seeds >= 0"))
     try:

@@ -5,7 +5,8 @@ Public API: :func:`attach` (a plain PyTorch loop, Accelerate, torchrun DDP), :cl
 Face ``Trainer``), :class:`Schedule`, the probes (:class:`GradientNorms`, :class:`ActivationGradients`,
 :class:`ParameterNorms`, :class:`RunScalars`, :class:`EarlyWarning`, :class:`Forgetting`, :class:`Interpolation`,
 the early-failure signals (:class:`PredictionCollapse`, :class:`LossPlateau`, :class:`HeadEncoderRatio`,
-:class:`AdamSecondMoment`), all over :class:`Probe`) and :func:`find_layers`. Names are imported when first used,
+:class:`AdamSecondMoment`, :class:`AdamSignShare`, :class:`GradientCosine`,
+:class:`ClsCollapse`), all over :class:`Probe`) and :func:`find_layers`. Names are imported when first used,
 so ``import probes.records`` (h5py and numpy only, what ``plots`` reads) loads neither torch nor transformers.
 """
 from importlib import import_module
@@ -13,8 +14,11 @@ from importlib import import_module
 _PUBLIC = {
     "ActivationGradients": "probes.activation_gradients",
     "AdamSecondMoment": "probes.adam_state",
+    "AdamSignShare": "probes.adam_sign",
+    "ClsCollapse": "probes.cls_collapse",
     "EarlyWarning": "probes.early_warning",
     "Forgetting": "probes.forgetting",
+    "GradientCosine": "probes.gradient_cosine",
     "GradientNorms": "probes.gradient_norms",
     "HeadEncoderRatio": "probes.head_ratio",
     "HookRecord": "probes.base",

@@ -43,12 +43,3 @@ class AdamSecondMoment(Probe):
     def reduce(self, session, block: torch.Tensor) -> None:
         if session.sharded:
             distributed.sum_norms_(block, session.world)
-
-    def signals(self, steps: np.ndarray, block: np.ndarray) -> dict:
-        """The encoder's and the head's second-moment norms per step, for the early warning."""
-        layers = self.table.layer_norms(block)
-        encoder = [i for i, name in enumerate(self.table.layers) if name.startswith("encoder.")]
-        found = {"moment_encoder": (steps, np.sqrt(np.square(layers[:, encoder]).sum(axis=1)))}
-        if "head" in self.table.layers:
-            found["moment_head"] = (steps, layers[:, self.table.layers.index("head")])
-        return found

@@ -72,6 +72,15 @@ HEAD_RATIO = SeriesSpec(
     "gradient_norms", "head_ratio", (), "||grad head|| / ||grad encoder block|| per depth (probes.HeadEncoderRatio)")
 SECOND_MOMENT = SeriesSpec(
     "optimizer_state", "second_moment", (), "L2 norm of Adam's exp_avg_sq per layer (probes.AdamSecondMoment)")
+SIGN_SHARE = SeriesSpec(
+    "optimizer_state", "sign_share", (), "share of each layer's coordinates whose bias-corrected Adam step is "
+    "sign-like, |m_hat| / (sqrt(v_hat) + eps) >= threshold (probes.AdamSignShare)")
+GRADIENT_COSINE = SeriesSpec(
+    "gradient_cosine", "consecutive", (), "cos(gradient, gradient of the previous recorded step) per layer "
+    "(probes.GradientCosine)")
+CLS_COLLAPSE = SeriesSpec(
+    "scalars", "cls", ("cosine", "effective_rank"), "the training batch's first-token representations per recorded "
+    "step: mean pairwise cosine and effective rank (probes.ClsCollapse)")
 DEV_PREDICTIONS = SeriesSpec(
     "predictions", "dev", (), "the predicted label of every dev example (columns 0..n-1) at each evaluation "
     "(diagnostics.finetune)")
@@ -102,6 +111,7 @@ LEGACY_PROBE_SCALARS = SeriesSpec("scalars", "probe", TRAIN.columns, "0.1 files:
 
 SERIES = (TRAIN, EVAL, EARLY_WARNING, LAYER_NORMS, COMPONENT_NORMS, ACTIVATION_NORMS, PARAMETER_NORMS,
           UPDATE_RATIOS, FORGETTING_DURING, FORGETTING_PROFILE_DURING, INTERPOLATION_START, INTERPOLATION_LAST_UPDATE, DEV_PREDICTIONS,
-          PREDICTION_COLLAPSE, LOSS_PLATEAU, HEAD_RATIO, SECOND_MOMENT)
+          PREDICTION_COLLAPSE, LOSS_PLATEAU, HEAD_RATIO, SECOND_MOMENT, SIGN_SHARE, GRADIENT_COSINE,
+          CLS_COLLAPSE)
 GRIDS = (FORGETTING, FORGETTING_PROFILE, SURFACE_PLANE, SURFACE_LINE, SURFACE_RANDOM, SURFACE_BARRIERS, DEV_CLS)
 KINDS = tuple(dict.fromkeys(spec.kind for spec in SERIES + GRIDS))

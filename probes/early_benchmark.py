@@ -19,6 +19,7 @@ from typing import Iterable
 import numpy as np
 from scipy.stats import rankdata
 
+from probes import catalogue
 from probes.early_signals import FEATURES, features_at
 from probes.predictor import Predictor
 from probes.records import RunRecords, iter_runs, open_run
@@ -50,8 +51,19 @@ def table(paths: list[str | Path], fractions: tuple[float, ...] = FRACTIONS) -> 
 
 def rows_of(runs: Iterable[RunRecords], fractions: tuple[float, ...] = FRACTIONS) -> list[dict]:
     """The rows of :func:`table` for records already read (unfinished runs are left out)."""
-    return [{**outcome(run), "fraction": fraction, **features_at(run, fraction)}
+    return [{**outcome(run), "fraction": fraction, "dev_metric": dev_metric_at(run, fraction),
+             **features_at(run, fraction)}
             for run in runs if "final_dev_metric" in run.summary for fraction in fractions]
+
+
+def dev_metric_at(run: RunRecords, fraction: float) -> float:
+    """The dev metric of the first evaluation at or after ``fraction`` of the steps, if it came within the next 5%
+    of the steps (what Dodge et al.'s rule reads at that point); NaN when the run was not evaluated there."""
+    if not run.has(catalogue.EVAL):
+        return math.nan
+    evals, steps = run.get(catalogue.EVAL), int(run.summary["steps"])
+    at = [i for i, step in enumerate(evals.steps) if fraction * steps - 1e-9 <= step <= (fraction + 0.05) * steps]
+    return float(evals.values[at[0], 0]) if at else math.nan
 
 
 @dataclass(frozen=True)

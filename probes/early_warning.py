@@ -26,7 +26,7 @@ import torch
 
 from probes import catalogue
 from probes.base import Declared, Probe
-from probes.early_signals import window_features
+from probes.early_signals import SOURCES, signals_from, window_features
 from probes.predictor import DEFAULT, Predictor, default_predictor
 
 DEFAULT_THRESHOLD = -1.0
@@ -53,7 +53,8 @@ class EarlyWarning(Probe):
     """Decide at step ``window_end`` whether the run is going to fail; warn, record, maybe stop.
 
     ``predictor``: a fitted :class:`Predictor`, ``"default"`` (the seed bank's, at ``window_end / total_steps``)
-    or None (the collapse score against ``threshold``). It reads the columns of the probes that have ``signals``.
+    or None (the collapse score against ``threshold``). It reads the rows the other probes write, the series the
+    signal catalogue names (:data:`probes.early_signals.CATALOGUE`).
     """
 
     def __init__(self, window_end: int, threshold: float = DEFAULT_THRESHOLD, stop: bool = False,
@@ -95,8 +96,10 @@ class EarlyWarning(Probe):
         steps_seen, rows = np.array(self._steps), np.concatenate(self._rows)
         signals = {}
         for probe in session.probes:
-            if hasattr(probe, "signals"):
-                signals.update(probe.signals(steps_seen, rows[:, probe.columns]))
+            declared = probe.series()
+            if any(one.spec in SOURCES for one in declared):
+                for one, values in zip(declared, probe.rows(rows[:, probe.columns])):
+                    signals.update(signals_from(one.spec, steps_seen, one.columns, values, one.attrs))
         self.features = window_features(signals, self.window_end)
         score = self.features["collapse"]
         probability = self.predictor.probability_of(self.features) if self.predictor else math.nan

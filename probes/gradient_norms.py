@@ -14,7 +14,6 @@ import torch
 
 from probes import catalogue, distributed
 from probes.base import Declared, Probe
-from probes.early_signals import encoder_norm
 
 ATTRS = {"clipping": "pre", "norm": "l2",
          "read_at": "end of the step's last backward: after accumulation and all-reduce, unscaled, before clipping"}
@@ -44,7 +43,3 @@ class GradientNorms(Probe):
     def reduce(self, session, block: torch.Tensor) -> None:
         if session.sharded:
             distributed.sum_norms_(block, session.world)
-
-    def signals(self, steps: np.ndarray, block: np.ndarray) -> dict:
-        """The encoder's total gradient norm per step, for the early warning (:mod:`probes.early_signals`)."""
-        return {"encoder_norm": (steps, encoder_norm(self.table.layers, self.table.layer_norms(block)))}

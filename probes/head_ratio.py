@@ -7,7 +7,6 @@ the ratio ||grad head|| / ||grad encoder.d|| grows by orders of magnitude. One c
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from probes import catalogue
@@ -35,7 +34,3 @@ class HeadEncoderRatio(Probe):
     def on_backward(self, session, row: torch.Tensor, first: bool) -> None:
         squares = session.grad_norms.double().square()  # float32 squares of norms below 1e-19 would underflow
         row.copy_((self._in_head @ squares).sqrt() / (self._in_block @ squares).sqrt())
-
-    def signals(self, steps: np.ndarray, block: np.ndarray) -> dict:
-        """The median ratio over depths per step, for the early warning (:mod:`probes.early_signals`)."""
-        return {"head_ratio": (steps, np.nanmedian(block, axis=1))}

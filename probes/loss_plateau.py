@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 
 from probes import catalogue, distributed
@@ -64,10 +63,6 @@ class LossPlateau(Probe):
         row[1] = least_squares_slope(self._steps, self._losses)
 
     on_skip = on_step
-
-    def signals(self, steps: np.ndarray, block: np.ndarray) -> dict:
-        """Loss over ln C and its slope in ln C per step, for the early warning (:mod:`probes.early_signals`)."""
-        return {"loss_ratio": (steps, block[:, 0]), "slope": (steps, block[:, 1] / self.ln_c)}
 
     def reduce(self, session, block: torch.Tensor) -> None:
         distributed.mean_(block, session.world)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 
 from probes import catalogue, distributed
@@ -42,7 +41,8 @@ class PredictionCollapse(Probe):
     def series(self) -> list[Declared]:
         return [Declared(catalogue.PREDICTION_COLLAPSE, COLUMNS, attrs={
             "read_at": "forward hook on the classifier head's output, training forwards of the recorded step",
-            "entropy": "mean entropy of softmax(logits) in nats", "margin": "mean top-1 minus top-2 logit"})]
+            "entropy": "mean entropy of softmax(logits) in nats", "margin": "mean top-1 minus top-2 logit",
+            "ln_c": self.ln_c})]
 
     def attach(self, session) -> None:
         head = head_module(session.model, session.layers.base_prefix)
@@ -73,11 +73,6 @@ class PredictionCollapse(Probe):
         self._examples = 0
 
     on_skip = on_step
-
-    def signals(self, steps: np.ndarray, block: np.ndarray) -> dict:
-        """Majority share, entropy over ln C and margin per step, for the early warning."""
-        return {"majority_share": (steps, block[:, 0]), "entropy_ratio": (steps, block[:, 1] / self.ln_c),
-                "margin": (steps, block[:, 2])}
 
     def reduce(self, session, block: torch.Tensor) -> None:
         distributed.mean_(block, session.world)

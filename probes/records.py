@@ -32,7 +32,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import h5py
 import numpy as np
 
-from probes.catalogue import KINDS
+from probes.catalogue import KINDS, GridSpec, SeriesSpec
 from probes.output_paths import make_parent
 
 try:
@@ -418,6 +418,17 @@ class RunRecords:
 
     def names(self, kind: str) -> list[str]:
         return list(self.records.get(kind, {}))
+
+    def has(self, spec: SeriesSpec | GridSpec) -> bool:
+        """Whether the file holds the record of this catalogue entry (``probes.catalogue``)."""
+        return isinstance(self.records.get(spec.kind, {}).get(spec.name), Series if isinstance(spec, SeriesSpec)
+                          else Grid)
+
+    def get(self, spec: SeriesSpec | GridSpec) -> Series | Grid:
+        """The record of a catalogue entry: how readers name what they read (one spelling, in the catalogue)."""
+        if isinstance(spec, SeriesSpec):
+            return self.series(spec.name, spec.kind)
+        return self.grid(spec.name, spec.kind)
 
     def series(self, name: str, kind: str | None = None) -> Series:
         return self._get(name, kind, Series)

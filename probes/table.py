@@ -37,6 +37,13 @@ class ParameterTable:
         np.add.at(sums.T, self.layer_index, squares.T)
         return np.sqrt(sums)
 
+    def layer_sums(self, values: np.ndarray) -> np.ndarray:
+        """Per-layer sums ``(N, layers)`` of per-tensor values ``(N, params)`` (counts, dot products)."""
+        values = np.asarray(values, dtype="f8")
+        sums = np.zeros((values.shape[0], len(self.layers)))
+        np.add.at(sums.T, self.layer_index, values.T)
+        return sums
+
 
 def parameter_table(model: nn.Module, layer_map: LayerMap, named: list | None = None) -> ParameterTable:
     """The trainable parameters of ``model`` (model order) with their layer and component columns; ``named``:
