@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from probes import catalogue, records
 from diagnostics.bert_adam import BertAdam
@@ -477,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     try:
         check(config)
-        with interrupt.stop_on_signals():
+        with interrupt.stop_on_signals(), logging_redirect_tqdm():  # the early warning prints above the bar
             result = run(config, announce=True)
     except (FinetuneError, RecipeError, CheckpointError, records.RecordsError, TaskError, HardwareError) as error:
         return fail(error)

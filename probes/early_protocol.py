@@ -35,7 +35,7 @@ from scipy.stats import rankdata
 
 from probes.early_benchmark import FOLDS, roc_auc
 from probes.early_signals import FEATURES
-from probes.predictor import Predictor
+from probes.predictor import FLAG_AT, Predictor
 
 UNCERTAIN = (0.15, 0.85)  # a cell's failure rate inside this range: its seeds really differ
 MIN_CELL = 10  # runs a cell needs before its failure rate is read as uncertain
@@ -124,7 +124,7 @@ def flagged(method: str, score: np.ndarray) -> np.ndarray:
     """Which runs a method flags: P(fail) >= 0.5, or for Dodge a dev metric at or below the baseline."""
     if method == "Dodge":
         return np.nan_to_num(score, nan=-np.inf) >= 0
-    return np.nan_to_num(score, nan=0.0) >= 0.5
+    return np.nan_to_num(score, nan=0.0) >= FLAG_AT
 
 
 def within_cell_auc(score: np.ndarray, failed: np.ndarray, cells: np.ndarray) -> float:
