@@ -51,7 +51,7 @@ from diagnostics.checkpoints import load_model as load_model_folder
 from diagnostics.command import CommandParser, fail
 from diagnostics.embedded import DEFAULT_MODEL
 from diagnostics.hardware import DEVICES, PRECISIONS, Hardware, HardwareError, choose_hardware
-from diagnostics.quiet import quiet_transformers
+from diagnostics.quiet import quiet_transformers, warnings_as_log_lines
 from diagnostics.recipes import RECIPES, Recipe, RecipeError, get_recipe, linear_schedule, parameter_groups, reinit_top
 from diagnostics.tasks import Example, Task, TaskError, encode, load_task, majority_baseline, metric
 
@@ -475,7 +475,8 @@ def check(config: FinetuneConfig) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     config = FinetuneConfig(**vars(args))
-    logging.basicConfig(level=logging.WARNING)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    warnings_as_log_lines()
     try:
         check(config)
         with interrupt.stop_on_signals(), logging_redirect_tqdm():  # the early warning prints above the bar

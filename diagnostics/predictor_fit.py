@@ -48,9 +48,12 @@ def fit(rows: list[dict], source: dict, fractions: tuple[float, ...] = FRACTIONS
 
 
 def prior_cells(rows: list[dict]) -> tuple[PriorCell, ...]:
-    """Each (bias correction, learning rate) of the runs with how many ran and failed (one row per run)."""
+    """Each (bias correction, learning rate) of the runs with how many ran and failed (one row per run; runs whose
+    learning rate is not recorded are in no cell)."""
     cells: dict[tuple[bool, float], list[dict]] = {}
     for row in rows:
+        if not math.isfinite(float(row["lr"])):
+            continue
         cells.setdefault((_corrected(row), float(row["lr"])), []).append(row)
     return tuple(PriorCell(bias, lr, len(found), sum(bool(row["failed"]) for row in found),
                            tuple(sorted({row["recipe"] for row in found})))

@@ -18,7 +18,7 @@ from typing import Callable
 
 from diagnostics import interrupt
 from diagnostics.finetune import FinetuneConfig, FinetuneResult, finished_run, run
-from diagnostics.quiet import quiet_transformers
+from diagnostics.quiet import quiet_transformers, warnings_as_log_lines
 from diagnostics.tasks import load_task
 
 _progress = None  # in a worker process: the queue the parent reads, 1 per optimiser step or a line of text to print
@@ -34,11 +34,12 @@ class _ToParent(logging.Handler):
 
 def _start_worker(progress) -> None:
     """Initializer of each worker process: signals as a worker takes them, the progress queue (a queue passes to a
-    process only when it starts) and warnings logged through it."""
+    process only when it starts), and log records and Python warnings sent through it as lines."""
     global _progress, _log
     interrupt.worker_signals()
     _progress, _log = progress, _ToParent(logging.WARNING)
     logging.getLogger().addHandler(_log)
+    warnings_as_log_lines()
 
 
 def _finetune_one(config: FinetuneConfig) -> FinetuneResult:

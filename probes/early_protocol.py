@@ -142,9 +142,12 @@ def within_cell_auc(score: np.ndarray, failed: np.ndarray, cells: np.ndarray) ->
 
 def bootstrap_interval(score: np.ndarray, failed: np.ndarray, cells: np.ndarray, seed: int = 0,
                        resamples: int = RESAMPLES) -> tuple[float, float]:
-    """The 2.5 and 97.5 percentiles of the within-cell AUC over resamples of runs within their cell."""
+    """The 2.5 and 97.5 percentiles of the within-cell AUC over resamples of runs within their cell (NaN for a
+    bank without an uncertain cell)."""
     rng = np.random.default_rng(seed)
     members = [np.flatnonzero(cells == cell) for cell in np.unique(cells)]
+    if not members:
+        return math.nan, math.nan
     values = []
     for _ in range(resamples):
         chosen = np.concatenate([rng.choice(index, size=len(index)) for index in members])
