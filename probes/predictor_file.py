@@ -54,10 +54,10 @@ class UpdateAuc:
     high: float
 
     def words(self) -> str:
-        if not math.isfinite(self.auc):
-            return f"its within-cell AUC at {100 * self.fraction:.0f}% is unmeasured (the bank has no uncertain cell)"
-        return (f"within-cell AUC of this update at {100 * self.fraction:.0f}%: {self.auc:.2f} "
-                f"[{self.low:.2f}, {self.high:.2f}]")
+        """"within-cell AUC of this update at 20%: 0.55 [0.38, 0.71]", or that it is unmeasured."""
+        measured = (f"{self.auc:.2f} [{self.low:.2f}, {self.high:.2f}]" if math.isfinite(self.auc) else
+                    "unmeasured, the bank has no uncertain cell")
+        return f"within-cell AUC of this update at {100 * self.fraction:.0f}%: {measured}"
 
 
 @dataclass(frozen=True)
