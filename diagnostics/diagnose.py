@@ -13,11 +13,12 @@ the predictor's P(fail) (:mod:`probes.predictor_file`: the shipped file fitted o
 from the model of the largest fraction of the steps seen (for a finished run: 30%), null before 5% of the steps,
 with ``update_auc``, that update's measured within-cell AUC and interval. A run outside the predictor's domain
 (architecture, depth, width, classes, run length, recipe) gets ``predicted_failure: null``, ``calibrated: false``
-and ``calibration``, one line saying why and how to calibrate. The evidence reads the records: vanishing encoder gradients (from which
-step, in which depths), the loss plateau at ln C, prediction collapse, Adam without bias correction, and the
-forgetting curve where one was measured; the advice is ranked by that evidence, after Mosbach et al. (2020) and
-Zhang et al. (2020). ``--until F`` cuts every record at the first F of the run's steps and ignores the outcome, so a
-finished run shows what the diagnosis said at that point. A file still being written is read as it stands.
+and ``calibration``, one line saying why and how to calibrate (docs/verdicts-usage.md). The evidence reads the
+records: vanishing encoder gradients (from which step, in which depths), the loss plateau at ln C, prediction
+collapse, Adam without bias correction, and the forgetting curve where one was measured; the advice is ranked by
+that evidence, after Mosbach et al. (2020) and Zhang et al. (2020), and never asks for what the run already does.
+``--until F`` cuts every record at the first F of the run's steps and ignores the outcome, so a finished run shows
+what the diagnosis said at that point. A file still being written is read as it stands.
 """
 from __future__ import annotations
 
@@ -50,9 +51,9 @@ class Diagnosis:
     seen_steps: int
     total_steps: int | None
     final_dev_metric: float | None
+    verdict: EarlyVerdict
     evidence: list[dict] = field(default_factory=list)
     advice: list[dict] = field(default_factory=list)
-    verdict: EarlyVerdict = field(default_factory=lambda: EarlyVerdict(False, "no predictor file"))
 
     def text(self) -> str:
         seen = (f"{self.seen_steps} of {self.total_steps} steps" if self.total_steps else f"{self.seen_steps} steps")
@@ -274,8 +275,8 @@ def diagnose(path: Path, until: float | None = None, predictor: Path = MODEL_FIL
                                     prediction_collapse(run), forgetting(run)) if found is not None]
     final = float(run.summary["final_dev_metric"]) if finished else None
     reinitialised = bool(((run.meta.get("config", {}) or {}).get("resolved_recipe", {}) or {}).get("reinit_layers"))
-    return Diagnosis(str(path), outcome, verdict.probability, seen, total, final, evidence,
-                     advise(evidence, outcome, verdict.probability, reinitialised), verdict)
+    return Diagnosis(str(path), outcome, verdict.probability, seen, total, final, verdict, evidence,
+                     advise(evidence, outcome, verdict.probability, reinitialised))
 
 
 def build_parser() -> argparse.ArgumentParser:

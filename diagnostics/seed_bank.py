@@ -10,8 +10,8 @@ early-failure predictor (README "Verdicts").
 
 The bank is built on ``--model`` (default: the embedded model) and ``--task`` (task names or task folders), so
 a predictor can be calibrated on the user's own model: a predictor file knows the domain it was fitted on, and
-``diagnose`` and the early warning give no P(fail) outside it. The grid: every task x learning rate (``--lrs``) with ``--seeds`` seeds for the ``default`` recipe (AdamW without
-bias correction), and every task x ``--corrected-lrs`` with ``--corrected-seeds`` seeds for the bias-corrected
+``diagnose`` and the early warning give no P(fail) outside it. The grid: every task x learning rate (``--lrs``)
+with ``--seeds`` seeds for the ``default`` recipe (AdamW without bias correction), and every task x ``--corrected-lrs`` with ``--corrected-seeds`` seeds for the bias-corrected
 ``mosbach`` recipe, run at the default's number of epochs so both see the same steps. Runs are small (``--train-examples``, ``--max-length``, ``--evals``) so ~100 fit
 in two hours of one core. Runs go to ``OUT/lr<LR>/<task>-<recipe>-s<seed>/`` in seed order (seed 0 of every cell
 first), so a bank stopped early is still balanced. Re-running the same command skips finished runs and redoes an

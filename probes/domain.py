@@ -51,8 +51,9 @@ def architecture(model: Any) -> dict | None:
 
 
 def _from_config(config: dict) -> dict:
-    """The architecture keys from a ``config.json`` dict (BERT-style or DistilBERT-style names)."""
-    labels = config.get("num_labels") or len(config.get("id2label") or {}) or None
+    """The architecture keys from a classifier's ``config.json`` dict (BERT-style or DistilBERT-style names); a
+    config without labels has transformers' default of two (saved configs leave the default out)."""
+    labels = config.get("num_labels") or len(config.get("id2label") or {}) or 2
     return {"model_type": config.get("model_type"),
             "layers": config.get("num_hidden_layers", config.get("n_layers")),
             "hidden": config.get("hidden_size", config.get("dim")), "classes": labels}

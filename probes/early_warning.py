@@ -161,5 +161,6 @@ class EarlyWarning(Probe):
         if self.decision is not None and not self._written:
             step, score, probability, flagged = self.decision
             threshold = FLAG_AT if math.isfinite(probability) else self.threshold
-            writer.append(catalogue.EARLY_WARNING.name, step, [score, probability, float(flagged), threshold, self.window_end])
+            writer.append(catalogue.EARLY_WARNING.name, step,
+                          [score, probability, float(flagged), threshold, self.window_end])
             self._written = True

@@ -1,6 +1,7 @@
 """The seed bank's grid and order, and its feature table round trip (write, read, benchmark) on real records."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -86,3 +87,20 @@ def test_build_runs_the_grid_in_workers_and_a_rerun_skips_finished_runs(tmp_path
         assert finished_run(run.run_dir("hedge")) is not None
         assert records.open_run(run.run_dir("hedge") / "run.h5").series("train").steps.size == 2
     assert build(config) == 0
+
+
+def test_the_table_carries_the_model_and_older_tables_read_blank(tmp_path):
+    """Model columns from the checkpoint a run saved beside its records; the committed table predates them."""
+    import tiny
+
+    for seed in range(2):
+        out = tmp_path / "runs" / f"rte-default-s{seed}"
+        (out / "step0").mkdir(parents=True)
+        tiny.config("roberta", len(tiny.tokenizer()), layers=3).save_pretrained(out / "step0")
+        records_factory.finetune_run(out / "run.h5", failed=seed == 0, seed=seed, steps=40, forgetting=False)
+    write_table(tmp_path / "runs", tmp_path / "features.csv")
+    rows = read_table(tmp_path / "features.csv")
+    assert {(row["model_type"], row["layers"], row["hidden"], row["classes"]) for row in rows} == {("roberta", 3, 32, 2)}
+    committed = Path(__file__).resolve().parents[1] / "data" / "seed_bank" / "features.csv"
+    if "model_type" not in committed.read_text().splitlines()[0]:  # a table written before the model columns
+        assert all(row["model_type"] == "" and math.isnan(row["layers"]) for row in read_table(committed))
