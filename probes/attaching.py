@@ -20,7 +20,7 @@ from probes.records import RunMeta, RunWriter
 from probes import distributed, zero
 from probes.activation_gradients import ActivationGradients
 from probes.base import Probe
-from probes.domain import architecture
+from probes.domain import ATTRIBUTE, architecture
 from probes.gradient_norms import GradientNorms
 from probes.model.layers import find_layers
 from probes.optimizer_audit import audit_optimizer
@@ -64,7 +64,7 @@ def attach(model: nn.Module, optimizer: torch.optim.Optimizer, writer: RunWriter
         if writer is not None and not writer.started:
             writer.set_attribute("optimizer_audit", audit)
             if architecture(inner) is not None:  # what the early-failure predictor's domain check reads
-                writer.set_attribute("architecture", architecture(inner))
+                writer.set_attribute(ATTRIBUTE, architecture(inner))
     session = ProbeSession(inner, unwrapped, writer, chosen, schedule or Schedule(), layers,
                            scaler=distributed.scaler_of(optimizer, scaler) or zero.loss_scale(zeroed),
                            start_step=start_step, flush_every=flush_every, strict=strict, post_clip=post_clip,

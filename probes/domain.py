@@ -18,9 +18,11 @@ from typing import Any
 
 import numpy as np
 
+from probes.catalogue import LOSS_PLATEAU, TRAIN
 from probes.early_signals import total_steps
 from probes.records import RunRecords
 
+ATTRIBUTE = "architecture"  # the records' root attribute probes.attach writes from a Hugging Face model
 CALIBRATE = ("to calibrate, build a bank on your model and task: python -m diagnostics.seed_bank --model PATH "
              "--task T --out RUNS, then --out RUNS --features F.csv, then --fit F.csv --predictor-out P.json, and "
              "pass --predictor P.json")
@@ -74,15 +76,15 @@ def run_profile(run: RunRecords) -> Profile:
     """The profile of a run from its records: the ``architecture`` attribute (or the checkpoint saved beside
     them), the number of classes (else from the loss plateau's ln C), the planned steps, the recipe, bias
     correction and peak learning rate (the recipe's, else the largest recorded)."""
-    found = run.meta.get("architecture") or _saved_architecture(run) or {}
+    found = run.meta.get(ATTRIBUTE) or _saved_architecture(run) or {}
     classes = found.get("classes")
-    plateau = run.records.get("scalars", {}).get("plateau")
+    plateau = run.records.get(LOSS_PLATEAU.kind, {}).get(LOSS_PLATEAU.name)
     if classes is None and plateau is not None and "ln_c" in plateau.attrs:
         classes = round(math.exp(float(plateau.attrs["ln_c"])))
     recipe = (run.meta.get("config", {}) or {}).get("resolved_recipe", {}) or {}
     correct_bias = recipe.get("correct_bias", (run.meta.get("optimizer_audit", {}) or {}).get("bias_correction"))
     lr = recipe.get("lr")
-    train = run.records.get("scalars", {}).get("train")
+    train = run.records.get(TRAIN.kind, {}).get(TRAIN.name)
     if lr is None and train is not None and "lr" in train.columns and np.isfinite(train.column("lr")).any():
         lr = float(np.nanmax(train.column("lr")))
     return Profile(found.get("model_type"), _int(found.get("layers")), _int(found.get("hidden")), _int(classes),
