@@ -134,3 +134,13 @@ def test_a_flagged_bias_corrected_run_is_not_told_to_use_bias_correction(tmp_pat
     assert "not calibrated: 4 layers, 32 wide, 10 steps: outside the bank (bert, 6 layers" in said[0]
     assert warning.verdict is not None and not warning.verdict.calibrated
     assert math.isnan(result.records.series("early_warning").column("probability")[0])
+
+
+@pytest.mark.parametrize("text", ["not json", '{"models": {"0.2": {"features": ["collapse"]}}}'])
+def test_a_malformed_predictor_file_is_one_line_naming_the_fix(tmp_path, text):
+    from probes.records import RecordsError
+
+    (tmp_path / "p.json").write_text(text)
+    with pytest.raises(RecordsError, match=r"is not a predictor file .*--fit CSV --predictor-out PATH") as error:
+        PredictorFile.load(tmp_path / "p.json")
+    assert "\n" not in str(error.value)
