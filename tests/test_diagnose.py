@@ -111,3 +111,15 @@ def test_a_run_still_being_written_is_too_early(tmp_path):
     finally:
         writer.kill()
         writer.wait()
+
+
+def test_advice_leaves_out_what_the_run_already_does():
+    """A failed run that re-initialised its top blocks (Zhang's recipe) is not told to re-initialise them; a
+    bias-corrected one (no ``no_bias_correction`` evidence) is not told to correct the bias."""
+    from diagnostics.diagnose import advise
+
+    plateau = [{"signal": "loss_plateau", "step": 10, "finding": "training loss flat at ln C"}]
+    for reinitialised in (False, True):
+        actions = " ".join(item["action"] for item in advise(plateau, "failed", 0.9, reinitialised))
+        assert ("re-initialise the top encoder blocks" in actions) is not reinitialised
+        assert "bias-corrected" not in actions and "lower the learning rate" in actions
