@@ -49,10 +49,10 @@ def fit(rows: list[dict], source: dict, fractions: tuple[float, ...] = FRACTIONS
 
 def prior_cells(rows: list[dict]) -> tuple[PriorCell, ...]:
     """Each (bias correction, learning rate) of the runs with how many ran and failed (one row per run; runs whose
-    learning rate is not recorded are in no cell)."""
+    learning rate or bias correction is not recorded are in no cell)."""
     cells: dict[tuple[bool, float], list[dict]] = {}
     for row in rows:
-        if not math.isfinite(float(row["lr"])):
+        if not math.isfinite(float(row["lr"])) or str(row["correct_bias"]) in ("", "nan", "None"):
             continue
         cells.setdefault((_corrected(row), float(row["lr"])), []).append(row)
     return tuple(PriorCell(bias, lr, len(found), sum(bool(row["failed"]) for row in found),

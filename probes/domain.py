@@ -123,7 +123,8 @@ class Domain:
         steps = [int(row["steps"]) for row in rows]
         return cls(seen("model_type"), seen("layers", _int), seen("hidden", _int), seen("classes", _int),
                    (min(steps), max(steps)) if steps else (0, 0), seen("recipe"),
-                   tuple(sorted({str(row["correct_bias"]) in ("True", "true", "1") for row in rows})), seen("task"))
+                   tuple(sorted({str(row["correct_bias"]) in ("True", "true", "1") for row in rows
+                                 if str(row["correct_bias"]) not in ("", "nan", "None")})), seen("task"))
 
     @classmethod
     def from_json(cls, values: dict) -> "Domain":
@@ -139,7 +140,8 @@ class Domain:
 
     def outside(self, profile: Profile) -> list[str]:
         """The properties of ``profile`` the bank did not cover, worded ("roberta", "3,000 steps"); an unknown
-        architecture counts as outside (nothing vouches for it), an unknown recipe or bias correction does not."""
+        architecture counts as outside (nothing vouches for it), an unknown recipe or bias correction (of the run or
+        of the bank) does not."""
         found = []
         if profile.model_type is None:
             found.append("architecture not recorded")
@@ -155,7 +157,8 @@ class Domain:
             found.append(f"{profile.steps:,} steps")
         if profile.recipe is not None and self.recipes and profile.recipe not in self.recipes:
             found.append(f"recipe {profile.recipe}")
-        if profile.correct_bias is not None and profile.correct_bias not in self.bias_correction:
+        if profile.correct_bias is not None and self.bias_correction and \
+                profile.correct_bias not in self.bias_correction:
             found.append("bias-corrected Adam" if profile.correct_bias else "Adam without bias correction")
         return found
 
