@@ -476,10 +476,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     config = FinetuneConfig(**vars(args))
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    warnings_as_log_lines()
     try:
         check(config)
-        with interrupt.stop_on_signals(), logging_redirect_tqdm():  # the early warning prints above the bar
+        # warnings and the early warning print as lines above the progress bar
+        with interrupt.stop_on_signals(), logging_redirect_tqdm(), warnings_as_log_lines():
             result = run(config, announce=True)
     except (FinetuneError, RecipeError, CheckpointError, records.RecordsError, TaskError, HardwareError) as error:
         return fail(error)

@@ -7,9 +7,11 @@ turns Python's warnings into one logged line each, which a progress bar can prin
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import warnings
+from collections.abc import Iterator
 
 
 def quiet_transformers() -> None:
@@ -21,10 +23,15 @@ def quiet_transformers() -> None:
     logging.disable_progress_bar()
 
 
-def warnings_as_log_lines() -> None:
-    """Each Python warning as one line ("UserWarning: message") on logger ``py.warnings``, without the echo of
-    the source line that would otherwise cut through a progress bar."""
+@contextlib.contextmanager
+def warnings_as_log_lines() -> Iterator[None]:
+    """Inside: each Python warning as one line ("UserWarning: message") on logger ``py.warnings``, without the
+    echo of the source line that would otherwise cut through a progress bar."""
     def show(message, category, filename, lineno, file=None, line=None) -> None:
         logging.getLogger("py.warnings").warning(f"{category.__name__}: {message}")
 
-    warnings.showwarning = show
+    previous, warnings.showwarning = warnings.showwarning, show
+    try:
+        yield
+    finally:
+        warnings.showwarning = previous

@@ -34,20 +34,19 @@ class _ToParent(logging.Handler):
 
 def _start_worker(progress) -> None:
     """Initializer of each worker process: signals as a worker takes them, the progress queue (a queue passes to a
-    process only when it starts), and log records and Python warnings sent through it as lines."""
+    process only when it starts), and log records sent through it as lines."""
     global _progress, _log
     interrupt.worker_signals()
     _progress, _log = progress, _ToParent(logging.WARNING)
     logging.getLogger().addHandler(_log)
-    warnings_as_log_lines()
 
 
 def _finetune_one(config: FinetuneConfig) -> FinetuneResult:
     """One run in a worker process (the runner attaches the standard probes); each update is counted on the
-    progress queue, and what the run logs is sent as text prefixed with the run."""
+    progress queue, and what the run logs or warns is sent as one line of text prefixed with the run."""
     name = f"{Path(config.out).name}/{Path(config.task).name}-{config.recipe}-s{config.seed}"
     _log.setFormatter(logging.Formatter(f"{name}: %(message)s"))
-    with interrupt.worker_run():  # SIGTERM from the parent (or Ctrl-C) closes this run's records
+    with interrupt.worker_run(), warnings_as_log_lines():  # SIGTERM (or Ctrl-C) closes this run's records
         quiet_transformers()
         return run(config, on_step=lambda: _progress.put(1))
 
