@@ -61,3 +61,16 @@ def test_a_tiny_roberta_is_uncalibrated_until_its_own_bank_calibrates_it(tmp_pat
     missing = _cli("diagnostics.diagnose", run, "--predictor", tmp_path / "nowhere.json")
     assert missing.returncode == 1 and missing.stderr.startswith("error: ") and "--predictor-out" in missing.stderr
     assert len(missing.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_the_runner_prints_a_warning_as_one_line(tiny_mlm_dir, tmp_path):
+    """The fine-tuning command shows Python's warnings as log lines, without the echo of a source line."""
+    task = tiny.lexical_task(tmp_path / "lexical")
+    done = _cli("diagnostics.finetune", "--task", task, "--recipe", "default", "--seed", "0", "--out", tmp_path,
+                "--model", tiny_mlm_dir, "--max-length", "16", "--evals", "1", "--epochs", "1", "--precision", "fp32")
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    assert any(line.startswith("UserWarning: optimiser audit: BertAdam runs Adam without bias correction")
+               for line in lines)
+    assert not any(line.strip().startswith("return probes.attach") for line in lines)
