@@ -3,15 +3,22 @@
     python -m diagnostics.diagnose runs/bank/lr0.0003/hedge-default-s4          # a run folder or its run.h5
     python -m diagnostics.diagnose runs/my-run.h5 --json                        # one JSON object
     python -m diagnostics.diagnose runs/bank/lr0.0003/hedge-default-s4 --until 0.2   # as if at 20% of the steps
+    python -m diagnostics.diagnose runs/mine/run.h5 --predictor mine.json       # a predictor fitted on your model
 
 The outcome is the run's own (``failed``: final dev metric at or below the majority baseline, Dodge et al. 2020;
-``succeeded``) once it has finished, else ``too early``. ``predicted_failure`` is the early-failure predictor's
-probability (:mod:`probes.early_warning`, fitted on the seed bank) at the share of the steps seen (for a finished
-run: at 30%), null before 5% of the steps. The evidence reads the records: vanishing encoder gradients (from which
-step, in which depths), the loss plateau at ln C, prediction collapse, Adam without bias correction, and the
-forgetting curve where one was measured; the advice is ranked by that evidence, after Mosbach et al. (2020) and
-Zhang et al. (2020). ``--until F`` cuts every record at the first F of the run's steps and ignores the outcome, so a
-finished run shows what the diagnosis said at that point. A file still being written is read as it stands.
+``succeeded``) once it has finished, else ``too early``. Prior and evidence come apart (:mod:`probes.early_verdict`):
+``prior`` is the share of the seed bank's seeds of the run's configuration (bias correction, learning rate) that
+failed, null when the bank has no such cell; ``predicted_failure`` is what this run's early signals change it to,
+the predictor's P(fail) (:mod:`probes.predictor_file`: the shipped file fitted on the seed bank, or ``--predictor``)
+from the model of the largest fraction of the steps seen (for a finished run: 30%), null before 5% of the steps,
+with ``update_auc``, that update's measured within-cell AUC and interval. A run outside the predictor's domain
+(architecture, depth, width, classes, run length, recipe) gets ``predicted_failure: null``, ``calibrated: false``
+and ``calibration``, one line saying why and how to calibrate (docs/verdicts-usage.md). The evidence reads the
+records: vanishing encoder gradients (from which step, in which depths), the loss plateau at ln C, prediction
+collapse, Adam without bias correction, and the forgetting curve where one was measured; the advice is ranked by
+that evidence, after Mosbach et al. (2020) and Zhang et al. (2020), and never asks for what the run already does.
+``--until F`` cuts every record at the first F of the run's steps and ignores the outcome, so a finished run shows
+what the diagnosis said at that point. A file still being written is read as it stands.
 """
 from __future__ import annotations
 
@@ -24,11 +31,14 @@ from pathlib import Path
 import numpy as np
 
 from diagnostics.command import CommandParser, fail, summary
+from probes.domain import run_profile
 from probes.early_signals import features_at, total_steps, window_end
-from probes.predictor import default_predictor
+from probes.early_verdict import EarlyVerdict, judge
+from probes.predictor import FLAG_AT
+from probes.predictor_file import MODEL_FILE, PredictorFile
 from probes.records import RecordsError, RunRecords, Series, open_run
 
-FIRST_FRACTION, LAST_FRACTION = 0.05, 0.30  # the predictor's range of training seen
+LAST_FRACTION = 0.30  # a finished run is judged as at this share of its steps, the predictor's last
 VANISHED = 1e-2  # an encoder block whose late gradient norm is below this share of its early one has vanished
 PLATEAU = 0.05  # loss within 5% of ln C is on the plateau
 
@@ -41,6 +51,7 @@ class Diagnosis:
     seen_steps: int
     total_steps: int | None
     final_dev_metric: float | None
+    verdict: EarlyVerdict
     evidence: list[dict] = field(default_factory=list)
     advice: list[dict] = field(default_factory=list)
 
@@ -49,8 +60,7 @@ class Diagnosis:
         lines = [f"{self.run}: {self.outcome.upper()} ({seen} seen"
                  + (f", final dev metric {self.final_dev_metric:.3f}" if self.final_dev_metric is not None else "")
                  + ")"]
-        if self.predicted_failure is not None:
-            lines.append(f"predicted failure: P = {self.predicted_failure:.2f}")
+        lines += self.verdict.lines()
         lines.append("evidence:" if self.evidence else "evidence: none of the failure signatures")
         lines += [f"  - {item['finding']}" for item in self.evidence]
         lines.append("advice:")
@@ -58,7 +68,9 @@ class Diagnosis:
         return "\n".join(lines) + "\n"
 
     def as_json(self) -> dict:
-        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in self.__dict__.items()}
+        fields = {k: v for k, v in self.__dict__.items() if k != "verdict"}
+        fields.update(self.verdict.as_json())
+        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in fields.items()}
 
 
 # ---------------------------------------------------------------- reading the records
@@ -195,14 +207,15 @@ def forgetting(run: RunRecords) -> dict | None:
 # ---------------------------------------------------------------- advice
 
 
-def advise(evidence: list[dict], outcome: str, predicted: float | None) -> list[dict]:
-    """Advice ranked by the evidence, after the papers."""
+def advise(evidence: list[dict], outcome: str, predicted: float | None, reinitialised: bool = False) -> list[dict]:
+    """Advice ranked by the evidence, after the papers; never what the run already does (bias correction only
+    where it is off, re-initialising the top blocks only where the run did not)."""
     signals = {item["signal"] for item in evidence}
     # Every run starts on the ln C plateau predicting one class: early on, only the predictor and vanishing
     # gradients say a run is failing.
     symptoms = {"vanishing_gradients"} if outcome == "too early" else \
         {"vanishing_gradients", "loss_plateau", "prediction_collapse"}
-    failing = outcome == "failed" or (predicted is not None and predicted >= 0.5) or bool(signals & symptoms)
+    failing = outcome == "failed" or (predicted is not None and predicted >= FLAG_AT) or bool(signals & symptoms)
     advice = []
     if outcome == "too early" and not failing:
         advice.append({"action": "too early to tell: look again later (the predictor decides from 5% of the steps "
@@ -216,9 +229,11 @@ def advise(evidence: list[dict], outcome: str, predicted: float | None) -> list[
                        "why": "vanishing gradients and the ln C plateau follow too large early updates"})
         advice.append({"action": "lengthen the warm-up, and train longer (Mosbach et al.: 20 epochs instead of 3)",
                        "why": "a longer run lets a slow start recover"})
-        advice.append({"action": "re-initialise the top encoder blocks and the pooler (--recipe zhang, "
-                                 "--reinit-layers 1..6)", "why": "Zhang et al. (2020): the top layers' pre-trained "
-                                                                  "weights are a poor start for the new task"})
+        if not reinitialised:
+            advice.append({"action": "re-initialise the top encoder blocks and the pooler (--recipe zhang, "
+                                     "--reinit-layers 1..6)", "why": "Zhang et al. (2020): the top layers' "
+                                                                      "pre-trained weights are a poor start for the "
+                                                                      "new task"})
     if "forgetting" in signals and not failing:
         advice.append({"action": "re-initialise or re-train the top blocks if forgetting matters to you",
                        "why": "the forgetting is localised in the top layers"})
@@ -231,13 +246,16 @@ def advise(evidence: list[dict], outcome: str, predicted: float | None) -> list[
 # ---------------------------------------------------------------- the command
 
 
-def diagnose(path: Path, until: float | None = None) -> Diagnosis:
-    """The diagnosis of the run at ``path`` (a run folder or records file), optionally as at ``until``."""
+def diagnose(path: Path, until: float | None = None, predictor: Path = MODEL_FILE) -> Diagnosis:
+    """The diagnosis of the run at ``path`` (a run folder or records file), optionally as at ``until``, with the
+    predictor file ``predictor``."""
     records_path = path / "run.h5" if path.is_dir() else path
     if not records_path.is_file():
         raise RecordsError(f"{records_path} not found; pass a run folder (holding run.h5) or a records file")
+    predictors = PredictorFile.load(predictor)
     run = open_run(records_path)
     total = total_steps(run)
+    profile = run_profile(run)
     if until is not None:
         if total is None:
             raise RecordsError(f"{records_path} does not say how many steps the run takes, so --until has nothing "
@@ -246,17 +264,19 @@ def diagnose(path: Path, until: float | None = None) -> Diagnosis:
     finished = "final_dev_metric" in run.summary
     outcome = ("failed" if run.summary.get("failed") else "succeeded") if finished else "too early"
     seen = int(run.summary.get("steps", 0)) if finished else seen_steps(run)
-    fraction = LAST_FRACTION if finished else (seen / total if total else 0.0)
-    predicted = None
-    if total and fraction >= FIRST_FRACTION:
-        at = min(fraction, LAST_FRACTION)
-        model = default_predictor(at)
-        if model is not None and model.fraction <= at + 1e-9:
-            predicted = model.probability_of(features_at(run, at, total))
+    if not total:
+        last_step = None
+    elif until is not None or finished:  # a share given, or a finished run judged as at LAST_FRACTION
+        last_step = window_end(total, until if until is not None else LAST_FRACTION)
+    else:  # a run still going: as far as its records reach
+        last_step = seen - 1
+    verdict = judge(predictors, profile, last_step, lambda fraction: features_at(run, fraction, total))
     evidence = [found for found in (optimiser(run), vanishing_gradients(run), loss_plateau(run),
                                     prediction_collapse(run), forgetting(run)) if found is not None]
     final = float(run.summary["final_dev_metric"]) if finished else None
-    return Diagnosis(str(path), outcome, predicted, seen, total, final, evidence, advise(evidence, outcome, predicted))
+    reinitialised = bool(((run.meta.get("config", {}) or {}).get("resolved_recipe", {}) or {}).get("reinit_layers"))
+    return Diagnosis(str(path), outcome, verdict.probability, seen, total, final, verdict, evidence,
+                     advise(evidence, outcome, verdict.probability, reinitialised))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -264,6 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("run", type=Path, help="a run folder (holding run.h5) or a records file")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--until", type=float, help="judge from the first share F of the run's steps only (0 < F <= 1)")
+    parser.add_argument("--predictor", type=Path, default=MODEL_FILE, metavar="PATH",
+                        help="predictor file (python -m diagnostics.seed_bank --fit CSV --predictor-out PATH; "
+                             "default: the shipped one, fitted on the seed bank)")
     return parser
 
 
@@ -274,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
             raise RecordsError(f"--until {args.until} must lie in (0, 1]: the share of the run's steps to judge from")
         if not args.run.exists():
             raise RecordsError(f"{args.run} does not exist; pass a run folder or a records file")
-        result = diagnose(args.run, args.until)
+        result = diagnose(args.run, args.until, args.predictor)
     except RecordsError as error:
         return fail(error)
     print(json.dumps(result.as_json(), indent=1) if args.json else result.text(), end="\n" if args.json else "")

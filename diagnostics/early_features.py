@@ -31,12 +31,16 @@ def write_table(runs: str | Path, out: str | Path) -> int:
 
 def read_table(path: str | Path) -> list[dict]:
     """The rows of a table written by :func:`write_table`: numbers as floats, ``seed``/``steps`` as ints,
-    ``failed`` as a bool; a column an older table lacks (a feature added since) reads as NaN."""
+    ``failed`` as a bool, ``layers``/``hidden``/``classes`` as ints; a column an older table lacks (a feature or a
+    model column added since) reads as NaN (``model_type``: blank)."""
     with open(path, newline="") as file:
         rows = list(csv.DictReader(file))
     for row in rows:
         for key in NUMBERS:
             row[key] = float(row[key]) if row.get(key) not in (None, "", "nan") else math.nan
         row["seed"], row["steps"] = int(row["seed"]), int(row["steps"])
+        row["model_type"] = row.get("model_type") or ""
+        for key in ("layers", "hidden", "classes"):
+            row[key] = int(row[key]) if row.get(key) not in (None, "") else math.nan
         row["failed"] = row["failed"] == "True"
     return rows

@@ -12,8 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from probes.early_benchmark import FOLDS, FRACTIONS, SCOPES, HeldOut, score, table, univariate
+from probes.early_benchmark import (FOLDS, FRACTIONS, MIN_SCORED, SCOPES, UNSCORED, HeldOut, score, table,
+                                    univariate)
 from probes.early_protocol import Protocol
+from probes.predictor import FLAG_AT
 
 
 @dataclass(frozen=True)
@@ -25,16 +27,18 @@ class EarlyWarningReport:
     def markdown(self) -> str:
         lines = ["Early-failure predictor (logistic, on the early features), fitted and scored by seed: each run is "
                  f"scored by a model fitted on other seeds' runs only ({FOLDS} groups of seeds); flagged at "
-                 "P(fail) >= 0.5.", "",
+                 f"P(fail) >= {FLAG_AT}.", "",
                  "| scope | seen | runs | failed | precision | recall | ROC AUC | steps saved | good runs lost |",
                  "|---|---|---|---|---|---|---|---|---|"]
         for r in self.results:
-            lines.append(f"| {r.scope} | {100 * r.fraction:.0f}% | {r.runs} | {r.failed} | {_f(r.precision)} | "
-                         f"{_f(r.recall)} | {_f(r.auc)} | {_percent(r.saved)} | {r.false_positives} |")
+            scored = (f"{_f(r.precision)} | {_f(r.recall)} | {_f(r.auc)} | {_percent(r.saved)} | "
+                      f"{r.false_positives}") if r.scorable else f"{UNSCORED} | | | |"
+            lines.append(f"| {r.scope} | {100 * r.fraction:.0f}% | {r.runs} | {r.failed} | {scored} |")
         ranked = sorted(self.univariate.items(), key=lambda item: -np.nan_to_num(item[1]))
         lines += ["", "`default`: runs without bias correction (failed vs surviving seeds of the same recipe); `all`: "
                       "every recipe. Steps saved: the share of the scope's training steps a sweep skips by stopping "
-                      "the flagged runs there; good runs lost: flagged runs that would have succeeded.", "",
+                      "the flagged runs there; good runs lost: flagged runs that would have succeeded. A scope with fewer "
+                      f"than {MIN_SCORED} runs, or runs of one outcome only, is {UNSCORED}.", "",
                   f"Each feature alone at {100 * self.reference:.0f}% (ROC AUC over the default-recipe runs, "
                   "in-sample, better direction, 0.5 = no information): "
                   + ", ".join(f"{name} {_f(auc)}" for name, auc in ranked) + "."]
@@ -56,7 +60,7 @@ def protocol_markdown(protocol: Protocol) -> str:
     lines += ["", "Within-cell AUC: a failed run against a surviving run of the same configuration (only the seed "
                   "differs), pooled over the uncertain cells; interval: bootstrap of runs within cells; p: outcomes "
                   "shuffled within cells (one-sided). Pooled AUC, precision and recall: every run of the bank (flagged "
-                  "at P(fail) >= 0.5; Dodge: dev metric at or below the majority baseline). Task/lr held out: "
+                  f"at P(fail) >= {FLAG_AT}; Dodge: dev metric at or below the majority baseline). Task/lr held out: "
                   "pooled AUC of models fitted without that task (learning rate). Fitted methods are scored on seeds "
                   "they never saw.", ""]
     for fraction, found in protocol.features.items():

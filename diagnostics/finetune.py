@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from probes import catalogue, records
 from diagnostics.bert_adam import BertAdam
@@ -50,7 +51,7 @@ from diagnostics.checkpoints import load_model as load_model_folder
 from diagnostics.command import CommandParser, fail
 from diagnostics.embedded import DEFAULT_MODEL
 from diagnostics.hardware import DEVICES, PRECISIONS, Hardware, HardwareError, choose_hardware
-from diagnostics.quiet import quiet_transformers
+from diagnostics.quiet import quiet_transformers, warnings_as_log_lines
 from diagnostics.recipes import RECIPES, Recipe, RecipeError, get_recipe, linear_schedule, parameter_groups, reinit_top
 from diagnostics.tasks import Example, Task, TaskError, encode, load_task, majority_baseline, metric
 
@@ -474,10 +475,11 @@ def check(config: FinetuneConfig) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     config = FinetuneConfig(**vars(args))
-    logging.basicConfig(level=logging.WARNING)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
     try:
         check(config)
-        with interrupt.stop_on_signals():
+        # warnings and the early warning print as lines above the progress bar
+        with interrupt.stop_on_signals(), logging_redirect_tqdm(), warnings_as_log_lines():
             result = run(config, announce=True)
     except (FinetuneError, RecipeError, CheckpointError, records.RecordsError, TaskError, HardwareError) as error:
         return fail(error)

@@ -27,6 +27,7 @@ from plots.registry import FIGURES
 from plots.runs import load_runs
 from plots.sources import MissingRecord, early_warning_decision
 from plots.style import paper_style
+from probes.early_benchmark import UNSCORED
 from probes.records import RunRecords, iter_runs, open_run
 
 STYLE = """
@@ -130,9 +131,11 @@ def render(report: Report, rows: list[RunRow], figures: dict[str, str], skipped:
                      "<th>runs</th><th>failed</th><th>precision</th><th>recall</th><th>ROC AUC</th>"
                      "<th>steps saved</th></tr>\n")
         for r in early.results:
-            cells = [r.scope, f"{100 * r.fraction:.0f}%", r.runs, r.failed, _share(r.precision), _share(r.recall),
-                     _share(r.auc), f"{100 * r.saved:.0f}%"]
-            parts.append("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in cells) + "</tr>\n")
+            cells = [r.scope, f"{100 * r.fraction:.0f}%", r.runs, r.failed]
+            scored = [_share(r.precision), _share(r.recall), _share(r.auc), f"{100 * r.saved:.0f}%"]
+            parts.append("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in cells)
+                         + ("".join(f"<td>{e(c)}</td>" for c in scored) if r.scorable else
+                            f'<td colspan="4">{e(UNSCORED)}</td>') + "</tr>\n")
         parts.append("</table>\n")
     parts.append("<h2>Figures</h2>\n")
     for name, svg in figures.items():

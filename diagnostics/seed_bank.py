@@ -5,14 +5,19 @@ early-failure predictor (docs/verdicts.md).
     python -m diagnostics.seed_bank --out runs/bank --features data/seed_bank/features.csv
     python -m diagnostics.seed_bank --benchmark data/seed_bank/features.csv  # held-out precision/recall/AUC
     python -m diagnostics.seed_bank --fit data/seed_bank/features.csv        # the predictor the probe ships
+    python -m diagnostics.seed_bank --model my-model --task my-task --out runs/mine --lrs 1e-5,3e-5
+    python -m diagnostics.seed_bank --fit runs/mine.csv --predictor-out mine.json   # diagnose --predictor mine.json
 
-The grid: every task x learning rate (``--lrs``) with ``--seeds`` seeds for the ``default`` recipe (AdamW without
-bias correction), and every task x ``--corrected-lrs`` with ``--corrected-seeds`` seeds for the bias-corrected
+The bank is built on ``--model`` (default: the embedded model) and ``--task`` (task names or task folders), so
+a predictor can be calibrated on the user's own model: a predictor file knows the domain it was fitted on, and
+``diagnose`` and the early warning give no P(fail) outside it. The grid: every task x learning rate (``--lrs``)
+with ``--seeds`` seeds for the ``default`` recipe (AdamW without bias correction), and every task x ``--corrected-lrs`` with ``--corrected-seeds`` seeds for the bias-corrected
 ``mosbach`` recipe, run at the default's number of epochs so both see the same steps. Runs are small (``--train-examples``, ``--max-length``, ``--evals``) so ~100 fit
 in two hours of one core. Runs go to ``OUT/lr<LR>/<task>-<recipe>-s<seed>/`` in seed order (seed 0 of every cell
 first), so a bank stopped early is still balanced. Re-running the same command skips finished runs and redoes an
 interrupted one (its folder is kept as ``<run>.interrupted-N``); Ctrl-C or SIGTERM stops cleanly. ``--features`` writes the
-compact per-run features and outcomes (:mod:`diagnostics.early_features`) with a provenance JSON beside them.
+compact per-run features and outcomes (:mod:`diagnostics.early_features`) with a provenance JSON beside them;
+``--fit`` writes a predictor file from them (:mod:`diagnostics.predictor_fit`).
 """
 from __future__ import annotations
 
@@ -24,16 +29,17 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 from tqdm import tqdm
 
 from diagnostics import interrupt
+from diagnostics.checkpoints import CheckpointError, checkpoint_folder
 from diagnostics.command import CommandParser, fail, summary
+from diagnostics.embedded import DEFAULT_MODEL
 from diagnostics.finetune import FinetuneConfig, FinetuneError, FinetuneResult, finished_run
+from diagnostics.tasks import TaskError, load_task
 from diagnostics.worker_pool import finetune_in_workers, set_aside_unfinished
 from probes.early_benchmark import FRACTIONS
-from probes.early_signals import FEATURES
-from probes.predictor import MODEL_FILE, Predictor
+from probes.predictor_file import MODEL_FILE
 
 
 @dataclass
@@ -41,6 +47,7 @@ class BankConfig:
     """The grid and the size of each run."""
 
     out: Path
+    model: Path = DEFAULT_MODEL
     tasks: list[str] = field(default_factory=lambda: ["hedge", "polarity"])
     lrs: list[float] = field(default_factory=lambda: [1e-4, 2e-4, 3e-4])
     corrected_lrs: list[float] = field(default_factory=lambda: [2e-4])
@@ -61,7 +68,8 @@ class BankConfig:
         chosen = []
         for seed, recipe in sorted(keyed):
             chosen += [FinetuneConfig(
-                task=task, recipe=recipe, seed=seed, out=Path(self.out) / f"lr{lr:g}", lr=lr, epochs=self.epochs,
+                task=task, recipe=recipe, seed=seed, out=Path(self.out) / f"lr{lr:g}", model=Path(self.model),
+                lr=lr, epochs=self.epochs,
                 max_length=self.max_length, train_examples=self.train_examples, dev_examples=self.dev_examples,
                 evals=self.evals, threads=1, precision="fp32", interpolations=0)
                 for lr in (self.lrs if recipe == "default" else self.corrected_lrs) for task in self.tasks]
@@ -70,7 +78,8 @@ class BankConfig:
 
 def build(config: BankConfig) -> int:
     """Run every unfinished run of the bank, ``workers`` at a time; returns how many were run now."""
-    todo = [one for one in config.runs() if finished_run(one.run_dir(one.task)) is None]
+    names = {task: load_task(task).name for task in config.tasks}  # a task folder's runs are named by its task
+    todo = [one for one in config.runs() if finished_run(one.run_dir(names[one.task])) is None]
     for one in todo:
         set_aside_unfinished(one)
     with tqdm(total=len(todo), desc="seed bank", unit="run") as bar:
@@ -79,7 +88,7 @@ def build(config: BankConfig) -> int:
                       f"{result.final_dev_metric:.3f} {'FAILED' if result.failed else 'ok'}, {result.seconds:.0f} s")
             bar.update()
 
-        return len(finetune_in_workers(todo, config.workers, report))
+        return len(finetune_in_workers(todo, config.workers, report, on_message=bar.write))
 
 
 def provenance(config: BankConfig) -> dict:
@@ -96,10 +105,12 @@ def provenance(config: BankConfig) -> dict:
             "argv": sys.argv}
 
 
-def from_table(path: Path, fit: bool) -> int:
-    """Print the benchmark of a features CSV, or fit and save the shipped predictor from it."""
+def from_table(path: Path, fit: bool, predictor_out: Path = MODEL_FILE) -> int:
+    """Print the benchmark of a features CSV, or fit a predictor file from it into ``predictor_out``."""
     from diagnostics.early_features import read_table
     from diagnostics.early_warning_report import protocol_markdown
+    from diagnostics.predictor_fit import backfill
+    from diagnostics.predictor_fit import fit as fit_file
     from probes.early_protocol import evaluate
 
     if not path.is_file():
@@ -108,23 +119,25 @@ def from_table(path: Path, fit: bool) -> int:
     if not fit:
         print(protocol_markdown(evaluate(rows, FRACTIONS)), end="")
         return 0
-    models = {}
-    for fraction in FRACTIONS:
-        at = [row for row in rows if row["fraction"] == fraction]
-        x = np.array([[row[name] for name in FEATURES] for row in at], dtype="f8")
-        failed = np.array([row["failed"] for row in at], dtype=bool)
-        models[f"{fraction:g}"] = asdict(Predictor.fit(x, failed, FEATURES, fraction=fraction))
     source = {"table": str(path), "runs": len({row["run"] for row in rows}),
               "failed": len({row["run"] for row in rows if row["failed"]})}
-    MODEL_FILE.write_text(json.dumps({"fitted_on": source, "models": models}, indent=1) + "\n")
-    print(f"{MODEL_FILE}: {len(models)} models fitted on {source['runs']} runs ({source['failed']} failed)")
+    fitted = fit_file(backfill(rows, path), source)
+    try:
+        predictor_out.write_text(fitted.to_json())
+    except OSError as error:
+        raise FinetuneError(f"cannot write {predictor_out} ({error.strerror}); pass a writable --predictor-out")
+    print(f"{predictor_out}: {len(fitted.models)} models fitted on {source['runs']} runs ({source['failed']} failed); "
+          f"domain: {fitted.domain.describe()}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = CommandParser(prog="python -m diagnostics.seed_bank", description=summary(__doc__))
     parser.add_argument("--out", type=Path, help="runs go to OUT/lr<LR>/<task>-<recipe>-s<seed>/")
-    parser.add_argument("--tasks", default="hedge,polarity", help="comma-separated task names")
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL,
+                        help="pre-trained checkpoint folder to build the bank on (default: the embedded model)")
+    parser.add_argument("--tasks", "--task", default="hedge,polarity",
+                        help="comma-separated task names or task folders")
     parser.add_argument("--lrs", default="1e-4,2e-4,3e-4", help="learning rates of the default recipe")
     parser.add_argument("--corrected-lrs", default="2e-4", help="learning rates of the bias-corrected recipe")
     parser.add_argument("--seeds", type=int, default=20, help="seeds per cell of the default recipe")
@@ -132,13 +145,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=1, help="runs at a time (one thread each)")
     parser.add_argument("--epochs", type=int, default=3, help="epochs of every run (steps = epochs x examples / 16)")
     parser.add_argument("--train-examples", type=int, default=320, help="training examples of every run")
+    parser.add_argument("--max-length", type=int, default=32, help="tokens per example of every run")
     parser.add_argument("--evals", type=int, default=20, help="dev evaluations per run, evenly spaced")
     parser.add_argument("--features", type=Path, help="write the per-run features to this CSV instead of building")
     parser.add_argument("--benchmark", type=Path, metavar="CSV",
                         help="print the held-out benchmark of a features CSV (what report --early prints for runs)")
     parser.add_argument("--fit", type=Path, metavar="CSV",
-                        help="fit the predictor on every run of a features CSV, one model per fraction, into "
-                             "probes/early_warning_model.json (what EarlyWarning and diagnose use)")
+                        help="fit a predictor file on every run of a features CSV: one model per fraction, the "
+                             "bank's domain, each configuration's prior and the measured within-cell AUC")
+    parser.add_argument("--predictor-out", type=Path, default=MODEL_FILE, metavar="PATH",
+                        help="where --fit writes the predictor file (default: the shipped "
+                             "probes/early_warning_model.json); pass it to diagnose --predictor PATH")
     return parser
 
 
@@ -151,14 +168,15 @@ def main(argv: list[str] | None = None) -> int:
         return fail(ValueError("--lrs and --corrected-lrs must be comma-separated numbers, e.g. 2e-4,3e-4"))
     if args.out is None and not (args.benchmark or args.fit):
         return fail(ValueError("pass --out RUNS (or --benchmark/--fit CSV)"))
-    config = BankConfig(out=args.out, tasks=args.tasks.split(","), lrs=lrs, corrected_lrs=corrected_lrs, seeds=args.seeds,
-                        corrected_seeds=args.corrected_seeds, workers=args.workers, epochs=args.epochs,
-                        train_examples=args.train_examples, evals=args.evals)
+    config = BankConfig(out=args.out, model=args.model, tasks=args.tasks.split(","), lrs=lrs,
+                        corrected_lrs=corrected_lrs, seeds=args.seeds, corrected_seeds=args.corrected_seeds,
+                        workers=args.workers, epochs=args.epochs,
+                        train_examples=args.train_examples, max_length=args.max_length, evals=args.evals)
     if config.workers < 1 or config.seeds < 1 or config.corrected_seeds < 0:
         return fail(ValueError("--workers and --seeds must be >= 1, --corrected-seeds >= 0"))
     try:
         if args.benchmark or args.fit:
-            return from_table(args.benchmark or args.fit, fit=bool(args.fit))
+            return from_table(args.benchmark or args.fit, fit=bool(args.fit), predictor_out=args.predictor_out)
         if args.features:
             from diagnostics.early_features import write_table
 
@@ -166,9 +184,10 @@ def main(argv: list[str] | None = None) -> int:
             args.features.with_suffix(".provenance.json").write_text(json.dumps(provenance(config), indent=1))
             print(f"{args.features}: {rows} runs")
             return 0
+        checkpoint_folder(config.model, "--model")
         with interrupt.stop_on_signals():
             print(f"{build(config)} runs done; the bank is in {config.out}")
-    except FinetuneError as error:
+    except (FinetuneError, CheckpointError, TaskError) as error:
         return fail(error)
     except KeyboardInterrupt as stop:
         print(f"interrupted by {interrupt.describe(stop)}: finished runs are kept; run the same command to go on",

@@ -118,7 +118,7 @@ def fine_tune_all(config: StudyConfig) -> list[FinetuneResult]:
             verdict = "FAILED" if result.failed else "ok"
             bar.write(f"{result.run_dir.name}: dev {result.metric} {result.final_dev_metric:.3f} {verdict}, {state}")
 
-        results = finetune_in_workers(configs, config.workers, report, bar.update)
+        results = finetune_in_workers(configs, config.workers, report, bar.update, bar.write)
     return sorted(results, key=lambda r: r.run_dir.name)
 
 

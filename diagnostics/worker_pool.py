@@ -1,38 +1,54 @@
 """Fine-tuning runs in worker processes, a few at a time, stopped cleanly by Ctrl-C or SIGTERM (the study and the
 seed bank both run their seeds this way).
 
-Each worker is a fresh (spawned) interpreter running one run at a time on one thread. Stopping follows
+Each worker is a fresh (spawned) interpreter running one run at a time on one thread. What a worker logs (the
+early warning, say) goes to the parent as one line naming the run, which prints it through its progress bar
+instead of across it. Stopping follows
 :mod:`diagnostics.interrupt`: the parent terminates its workers and waits; a worker stops its run with its records
 closed and declines the runs the pool had queued; a worker whose parent was killed stops and exits by itself.
 """
 from __future__ import annotations
 
+import logging
+import sys
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from multiprocessing import active_children, get_context
+from pathlib import Path
 from typing import Callable
 
 from diagnostics import interrupt
 from diagnostics.finetune import FinetuneConfig, FinetuneResult, finished_run, run
-from diagnostics.quiet import quiet_transformers
+from diagnostics.quiet import quiet_transformers, warnings_as_log_lines
 from diagnostics.tasks import load_task
 
-_steps = None  # in a worker process: the queue the parent's progress bar reads, one item per optimiser step
+_progress = None  # in a worker process: the queue the parent reads, 1 per optimiser step or a line of text to print
+_log = None  # in a worker process: the handler that sends its log records to the parent
 
 
-def _start_worker(steps) -> None:
-    """Initializer of each worker process: signals as a worker takes them, and the progress queue (a queue passes
-    to a process only when it starts)."""
-    global _steps
+class _ToParent(logging.Handler):
+    """Puts each log record, formatted as one line, on the progress queue."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        _progress.put(self.format(record))
+
+
+def _start_worker(progress) -> None:
+    """Initializer of each worker process: signals as a worker takes them, the progress queue (a queue passes to a
+    process only when it starts), and log records sent through it as lines."""
+    global _progress, _log
     interrupt.worker_signals()
-    _steps = steps
+    _progress, _log = progress, _ToParent(logging.WARNING)
+    logging.getLogger().addHandler(_log)
 
 
 def _finetune_one(config: FinetuneConfig) -> FinetuneResult:
     """One run in a worker process (the runner attaches the standard probes); each update is counted on the
-    progress queue."""
-    with interrupt.worker_run():  # SIGTERM from the parent (or Ctrl-C) closes this run's records
+    progress queue, and what the run logs or warns is sent as one line of text prefixed with the run."""
+    name = f"{Path(config.out).name}/{Path(config.task).name}-{config.recipe}-s{config.seed}"
+    _log.setFormatter(logging.Formatter(f"{name}: %(message)s"))
+    with interrupt.worker_run(), warnings_as_log_lines():  # SIGTERM (or Ctrl-C) closes this run's records
         quiet_transformers()
-        return run(config, on_step=lambda: _steps.put(1))
+        return run(config, on_step=lambda: _progress.put(1))
 
 
 def set_aside_unfinished(config: FinetuneConfig) -> None:
@@ -46,22 +62,29 @@ def set_aside_unfinished(config: FinetuneConfig) -> None:
 
 
 def finetune_in_workers(configs: list[FinetuneConfig], workers: int, on_result: Callable[[FinetuneResult], None],
-                        on_steps: Callable[[int], None] | None = None) -> list[FinetuneResult]:
+                        on_steps: Callable[[int], None] | None = None,
+                        on_message: Callable[[str], None] | None = None) -> list[FinetuneResult]:
     """Every run of ``configs``, ``workers`` at a time in fresh processes of one thread each; ``on_result`` sees each
-    result as it comes, ``on_steps`` the optimiser steps done since the last call. Ctrl-C or SIGTERM stops every
-    worker's run cleanly (its records closed) before ``KeyboardInterrupt`` goes on."""
+    result as it comes, ``on_steps`` the optimiser steps done since the last call, ``on_message`` each line a run
+    logged (default: printed to stderr; pass a progress bar's ``write``). Ctrl-C or SIGTERM stops every worker's
+    run cleanly (its records closed) before ``KeyboardInterrupt`` goes on."""
+    on_message = on_message or (lambda text: print(text, file=sys.stderr))
     results: list[FinetuneResult] = []
     context = get_context("spawn")  # fresh interpreters: no forked torch thread pools
-    steps = context.SimpleQueue()
+    progress = context.SimpleQueue()
     with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_start_worker,
-                             initargs=(steps,)) as pool:
+                             initargs=(progress,)) as pool:
         pending = {pool.submit(_finetune_one, one) for one in configs}
         try:
             while pending:
                 done, pending = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
                 counted = 0
-                while not steps.empty():
-                    counted += steps.get()
+                while not progress.empty():
+                    item = progress.get()
+                    if isinstance(item, str):
+                        on_message(item)
+                    else:
+                        counted += item
                 if on_steps and counted:
                     on_steps(counted)
                 for future in done:

@@ -1,18 +1,20 @@
 """The early-failure predictor's held-out precision, recall and ROC AUC against the share of training seen.
 
 From the command line: ``python -m plots early RUNS... -o early.pdf``. One panel per scope: the default recipe
-(failed against surviving seeds of Adam without bias correction) and every recipe; the target of 0.9 dashed. The
+(failed against surviving seeds of Adam without bias correction) and every recipe; the target of 0.9 dashed; a scope
+of fewer than ten runs, or of one outcome, says "too few runs to score" instead of lines. The
 numbers are those of ``python -m diagnostics.report RUNS --early`` (:mod:`probes.early_benchmark`: the predictor is
 fitted on some seeds and scored on the others).
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from probes.early_benchmark import FRACTIONS, SCOPES, rows_of, score
+from probes.early_benchmark import FRACTIONS, SCOPES, UNSCORED, rows_of, score
 from plots.runs import RecordsLike, load_runs
 from plots.sources import MissingRecord
 from plots.style import COLUMN, NEUTRAL, PALETTE, panel_title, panels, styled
@@ -36,8 +38,10 @@ def plot_early(records: RecordsLike | Sequence[RecordsLike] = (), ax: Sequence[A
         results = [score(list(rows), scope, fraction) for fraction in FRACTIONS]
         seen = [100 * r.fraction for r in results]
         for measure, colour, marker in MEASURES:
-            axis.plot(seen, [getattr(r, measure) for r in results], marker=marker, color=colour,
-                      label="ROC AUC" if measure == "auc" else measure)
+            axis.plot(seen, [getattr(r, measure) if r.scorable else math.nan for r in results], marker=marker,
+                      color=colour, label="ROC AUC" if measure == "auc" else measure)
+        if not any(r.scorable for r in results):
+            axis.text(0.5, 0.5, UNSCORED, transform=axis.transAxes, ha="center", va="center", color=NEUTRAL)
         axis.axhline(TARGET, color=NEUTRAL, linestyle="--", linewidth=0.8, label=f"target {TARGET}")
         axis.set_xlabel("training seen (% of steps)")
         axis.set_ylim(0, 1.05)

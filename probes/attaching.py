@@ -20,6 +20,7 @@ from probes.records import RunMeta, RunWriter
 from probes import distributed, zero
 from probes.activation_gradients import ActivationGradients
 from probes.base import Probe
+from probes.domain import ATTRIBUTE, architecture
 from probes.gradient_norms import GradientNorms
 from probes.model.layers import find_layers
 from probes.optimizer_audit import audit_optimizer
@@ -41,7 +42,8 @@ def attach(model: nn.Module, optimizer: torch.optim.Optimizer, writer: RunWriter
     skips the post-clipping total (a second pass over the gradients, ~2% of a BERT-base step on a CPU).
     The optimiser is audited first (:mod:`probes.optimizer_audit`; ``warmup_steps``/``total_steps`` tell it the
     schedule when no torch LR scheduler does): each problem is a warning at once, and the audit is stored as the
-    records' ``optimizer_audit`` attribute.
+    records' ``optimizer_audit`` attribute; a Hugging Face model's ``architecture`` (type, layers, width, classes)
+    is stored beside it.
     """
     distributed.refuse_unsupported(model, optimizer)
     inner = distributed.unwrap_model(model)
@@ -61,6 +63,8 @@ def attach(model: nn.Module, optimizer: torch.optim.Optimizer, writer: RunWriter
             warnings.warn(f"optimiser audit: {problem}", UserWarning, stacklevel=2)
         if writer is not None and not writer.started:
             writer.set_attribute("optimizer_audit", audit)
+            if architecture(inner) is not None:  # what the early-failure predictor's domain check reads
+                writer.set_attribute(ATTRIBUTE, architecture(inner))
     session = ProbeSession(inner, unwrapped, writer, chosen, schedule or Schedule(), layers,
                            scaler=distributed.scaler_of(optimizer, scaler) or zero.loss_scale(zeroed),
                            start_step=start_step, flush_every=flush_every, strict=strict, post_clip=post_clip,

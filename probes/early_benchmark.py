@@ -20,20 +20,25 @@ import numpy as np
 from scipy.stats import rankdata
 
 from probes import catalogue
+from probes.domain import run_profile
 from probes.early_signals import FEATURES, features_at
-from probes.predictor import Predictor
+from probes.predictor import FLAG_AT, Predictor
 from probes.records import RunRecords, iter_runs, open_run
 
 FRACTIONS = (0.05, 0.10, 0.15, 0.20, 0.30)
 FOLDS = 5
 SCOPES = ("default", "all")
+MIN_SCORED = 10  # a scope with fewer runs, or with one outcome only, is not scored: its numbers would mean nothing
+UNSCORED = "too few runs to score"
 OUTCOME_COLUMNS = ("run", "task", "recipe", "lr", "correct_bias", "seed", "steps", "final_dev_metric", "majority",
-                   "failed")
+                   "failed", "model_type", "layers", "hidden", "classes")
 
 
 def outcome(run) -> dict:
-    """The columns of :data:`OUTCOME_COLUMNS` for a finished run."""
+    """The columns of :data:`OUTCOME_COLUMNS` for a finished run (the model's columns blank where the records do
+    not say; :func:`probes.domain.run_profile`)."""
     config = run.meta.get("config", {}) or {}
+    profile = run_profile(run)
     recipe = config.get("resolved_recipe", {}) or {}
     path = Path(run.path)
     name = f"{path.parent.parent.name}/{path.parent.name}" if path.name == "run.h5" else path.stem
@@ -41,7 +46,9 @@ def outcome(run) -> dict:
             "lr": recipe.get("lr", math.nan), "correct_bias": recipe.get("correct_bias", ""),
             "seed": int(run.meta.get("seed", -1)), "steps": int(run.summary["steps"]),
             "final_dev_metric": float(run.summary["final_dev_metric"]),
-            "majority": float(run.summary.get("majority", math.nan)), "failed": bool(run.summary["failed"])}
+            "majority": float(run.summary.get("majority", math.nan)), "failed": bool(run.summary["failed"]),
+            "model_type": profile.model_type or "", **{key: "" if getattr(profile, key) is None else
+                                                       getattr(profile, key) for key in ("layers", "hidden", "classes")}}
 
 
 def table(paths: list[str | Path], fractions: tuple[float, ...] = FRACTIONS) -> list[dict]:
@@ -78,6 +85,11 @@ class HeldOut:
     false_positives: int
     auc: float
     saved: float  # share of the scope's steps a sweep saves by stopping the flagged runs there
+
+    @property
+    def scorable(self) -> bool:
+        """At least :data:`MIN_SCORED` runs and both outcomes among them (else every score is empty or 1.00)."""
+        return self.runs >= MIN_SCORED and 0 < self.failed < self.runs
 
     @property
     def precision(self) -> float:
@@ -126,7 +138,7 @@ def score(rows: list[dict], scope: str, fraction: float) -> HeldOut:
     p = held_out_probabilities(chosen)
     failed = np.array([row["failed"] for row in chosen], dtype=bool)
     steps = np.array([row["steps"] for row in chosen], dtype="f8")
-    flagged = p >= 0.5
+    flagged = p >= FLAG_AT
     saved = float(((1 - fraction) * steps[flagged]).sum() / steps.sum()) if len(chosen) else math.nan
     return HeldOut(scope, fraction, len(chosen), int(failed.sum()), int((flagged & failed).sum()),
                    int((flagged & ~failed).sum()), roc_auc(p, failed), saved)

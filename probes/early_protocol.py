@@ -35,7 +35,7 @@ from scipy.stats import rankdata
 
 from probes.early_benchmark import FOLDS, roc_auc
 from probes.early_signals import FEATURES
-from probes.predictor import Predictor
+from probes.predictor import FLAG_AT, Predictor
 
 UNCERTAIN = (0.15, 0.85)  # a cell's failure rate inside this range: its seeds really differ
 MIN_CELL = 10  # runs a cell needs before its failure rate is read as uncertain
@@ -124,7 +124,7 @@ def flagged(method: str, score: np.ndarray) -> np.ndarray:
     """Which runs a method flags: P(fail) >= 0.5, or for Dodge a dev metric at or below the baseline."""
     if method == "Dodge":
         return np.nan_to_num(score, nan=-np.inf) >= 0
-    return np.nan_to_num(score, nan=0.0) >= 0.5
+    return np.nan_to_num(score, nan=0.0) >= FLAG_AT
 
 
 def within_cell_auc(score: np.ndarray, failed: np.ndarray, cells: np.ndarray) -> float:
@@ -142,9 +142,12 @@ def within_cell_auc(score: np.ndarray, failed: np.ndarray, cells: np.ndarray) ->
 
 def bootstrap_interval(score: np.ndarray, failed: np.ndarray, cells: np.ndarray, seed: int = 0,
                        resamples: int = RESAMPLES) -> tuple[float, float]:
-    """The 2.5 and 97.5 percentiles of the within-cell AUC over resamples of runs within their cell."""
+    """The 2.5 and 97.5 percentiles of the within-cell AUC over resamples of runs within their cell (NaN for a
+    bank without an uncertain cell)."""
     rng = np.random.default_rng(seed)
     members = [np.flatnonzero(cells == cell) for cell in np.unique(cells)]
+    if not members:
+        return math.nan, math.nan
     values = []
     for _ in range(resamples):
         chosen = np.concatenate([rng.choice(index, size=len(index)) for index in members])

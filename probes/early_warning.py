@@ -9,28 +9,38 @@ measures it; README "Early warning" gives the precision and recall on held-out s
 
 As a probe, :class:`EarlyWarning` asks for a flush once the window is over and decides in ``on_flush``, where
 every rank sees the same numbers: the rows of the window, every probe's columns combined across ranks
-(``session.flushed``). It decides with the early-failure predictor (:class:`probes.predictor.Predictor`, by
-default the one fitted on the seed bank, ``probes/early_warning_model.json``) over the features of
-:mod:`probes.early_signals`: the same numbers ``python -m diagnostics.report --early`` and ``diagnose`` compute
-from the records. Without a predictor (``predictor=None``, or no model file) it falls back to the collapse score
-alone. It warns, writes the decision as series ``scalars/early_warning`` and, with ``stop=True``, asks the run to
-stop (``session.stop_requested``, honoured by the Hugging Face Trainer through :class:`probes.ProbeCallback`).
+(``session.flushed``). It decides with a predictor file (:mod:`probes.predictor_file`; by default the one fitted
+on the seed bank, ``probes/early_warning_model.json``) over the features of :mod:`probes.early_signals`: the same
+numbers ``python -m diagnostics.report --early`` and ``diagnose`` compute from the records, and the same verdict
+(:func:`probes.early_verdict.judge`): the configuration's prior from the bank, then this run's P(fail). A run
+outside the file's domain (another architecture, size, number of classes, run length or optimiser) gets no P(fail)
+but a line saying why and how to calibrate, and is judged, like a run without a predictor (``predictor=None``),
+by the collapse score alone. A flagged run is reported through :mod:`logging` (logger ``probes.early_warning``:
+one line, no source echo, so a progress bar can print it), the decision is written as series
+``scalars/early_warning`` and, with ``stop=True``, the run is asked to stop (``session.stop_requested``, honoured
+by the Hugging Face Trainer through :class:`probes.ProbeCallback`).
 """
 from __future__ import annotations
 
+import logging
 import math
-import warnings
+import os
 
 import numpy as np
 import torch
 
-from probes import catalogue
+from probes import catalogue, early_signals
 from probes.base import Declared, Probe
-from probes.early_signals import SOURCES, signals_from, window_features
-from probes.predictor import DEFAULT, Predictor, default_predictor
+from probes.early_signals import SOURCES, signals_from
+from probes.domain import live_profile
+from probes.early_verdict import EarlyVerdict, judge
+from probes.optimizer_audit import bias_correction
+from probes.predictor import DEFAULT, FLAG_AT, Predictor
+from probes.predictor_file import MODEL_FILE, PredictorFile
 
 DEFAULT_THRESHOLD = -1.0
 COLUMNS = catalogue.EARLY_WARNING.columns
+LOG = logging.getLogger(__name__)
 
 
 def collapse_score(steps: np.ndarray, encoder_norms: np.ndarray, window_end: int) -> float:
@@ -52,28 +62,38 @@ def collapse_score(steps: np.ndarray, encoder_norms: np.ndarray, window_end: int
 class EarlyWarning(Probe):
     """Decide at step ``window_end`` whether the run is going to fail; warn, record, maybe stop.
 
-    ``predictor``: a fitted :class:`Predictor`, ``"default"`` (the seed bank's, at ``window_end / total_steps``)
-    or None (the collapse score against ``threshold``). It reads the rows the other probes write, the series the
-    signal catalogue names (:data:`probes.early_signals.CATALOGUE`).
+    ``predictor``: ``"default"`` (the shipped predictor file), the path of a predictor file (``seed_bank --fit
+    --predictor-out``), a loaded :class:`PredictorFile`, a bare fitted :class:`Predictor` (applied at
+    ``window_end`` without a domain check or prior) or None (the collapse score against ``threshold``). It reads
+    the rows the other probes write, the series the signal catalogue names
+    (:data:`probes.early_signals.CATALOGUE`); ``total_steps`` (the run's planned steps) lets it check the
+    run's length against the bank's and pick the model of the share of steps seen.
     """
 
     def __init__(self, window_end: int, threshold: float = DEFAULT_THRESHOLD, stop: bool = False,
-                 predictor: Predictor | str | None = DEFAULT, total_steps: int | None = None) -> None:
+                 predictor: Predictor | PredictorFile | str | os.PathLike | None = DEFAULT,
+                 total_steps: int | None = None) -> None:
         if window_end < 4:
             raise ValueError(f"EarlyWarning(window_end={window_end}): the window needs at least 4 steps")
         self.window_end, self.threshold, self.stop, self.total_steps = window_end, threshold, stop, total_steps
-        fraction = (window_end + 1) / total_steps if total_steps else 0.15
-        self.predictor = default_predictor(fraction) if predictor == DEFAULT else predictor
+        if predictor == DEFAULT:
+            predictor = MODEL_FILE if MODEL_FILE.is_file() else None
+        if isinstance(predictor, (str, os.PathLike)):
+            predictor = PredictorFile.load(predictor)
+        self.predictor = predictor
         self.decision: tuple[int, float, float, bool] | None = None
+        self.verdict: EarlyVerdict | None = None
         self.features: dict[str, float] = {}
         self._written = False
 
     def bind(self, session) -> None:
         self._steps: list[int] = []
         self._rows: list[np.ndarray] = []
+        self._correct_bias = bias_correction(session.optimizer)
 
     def series(self) -> list[Declared]:
-        rule = ("flagged when the predictor's P(fail) >= 0.5 (probes/predictor.py)" if self.predictor else
+        rule = (f"flagged when the predictor's P(fail) >= {FLAG_AT} (probes/predictor.py), else when "
+                "collapse_score < threshold" if self.predictor else
                 "flagged when collapse_score < threshold (probes/early_warning.py)")
         attrs = {"rule": rule, "window_end": self.window_end}
         if self.total_steps:
@@ -100,23 +120,51 @@ class EarlyWarning(Probe):
             if any(one.spec in SOURCES for one in declared):
                 for one, values in zip(declared, probe.rows(rows[:, probe.columns])):
                     signals.update(signals_from(one.spec, steps_seen, one.columns, values, one.attrs))
-        self.features = window_features(signals, self.window_end)
-        score = self.features["collapse"]
-        probability = self.predictor.probability_of(self.features) if self.predictor else math.nan
-        flagged = bool(probability >= 0.5) if self.predictor else bool(score < self.threshold)
-        self.decision = (all_steps[-1], score, probability, flagged)
         self._rows.clear()
+        self.features = early_signals.window_features(signals, self.window_end)
+        score = self.features["collapse"]
+        probability = self._probability(session.model, signals)
+        flagged = bool(probability >= FLAG_AT) if math.isfinite(probability) else bool(score < self.threshold)
+        self.decision = (all_steps[-1], score, probability, flagged)
         if flagged:
-            evidence = (f"P(fail) = {probability:.2f} from the early signals, " if self.predictor else "") + \
-                       f"encoder gradient norms changed 10^{score:.1f}-fold over the window"
-            warnings.warn(f"early warning at step {all_steps[-1]}: {evidence}, the pattern of failed runs; consider "
-                          "bias-corrected Adam, a lower learning rate or re-initialising the top layers",
-                          RuntimeWarning, stacklevel=2)
+            LOG.warning(self._message(all_steps[-1], score, probability))
             session.stop_requested = session.stop_requested or self.stop
+        elif self.verdict is not None and not self.verdict.calibrated:
+            LOG.info(f"early warning at step {all_steps[-1]}: no P(fail); {self.verdict.note}")
+
+    def _probability(self, model, signals: dict) -> float:
+        """P(fail) from the predictor (NaN without one, or for a run outside its domain); keeps the verdict."""
+        if isinstance(self.predictor, Predictor):
+            return self.predictor.probability_of(self.features)
+        if self.predictor is None:
+            return math.nan
+        lr = signals.get("lr", (None, np.array([])))[1]
+        peak = float(np.nanmax(lr)) if np.isfinite(lr).any() else None
+        profile = live_profile(model, self._correct_bias, self.total_steps, peak)
+        total = self.total_steps
+
+        def features(fraction: float) -> dict[str, float]:
+            self.features = early_signals.window_features(signals, early_signals.window_end(total, fraction))
+            return self.features
+
+        self.verdict = judge(self.predictor, profile, self.window_end, features)
+        return math.nan if self.verdict.probability is None else self.verdict.probability
+
+    def _message(self, step: int, score: float, probability: float) -> str:
+        """One line: the prior and this run's evidence, then advice the run does not already follow."""
+        said = self.verdict.lines() if self.verdict is not None else []
+        if not said and math.isfinite(probability):
+            said = [f"P(fail) = {probability:.2f} from the early signals"]
+        said.append(f"encoder gradient norms changed 10^{score:.1f}-fold over the window")
+        advice = ["bias-corrected Adam"] if self._correct_bias is not True else []
+        advice += ["a lower learning rate", "re-initialising the top layers"]
+        return (f"early warning at step {step}: {'; '.join(said)}, the pattern of failed runs; consider "
+                f"{', '.join(advice[:-1])} or {advice[-1]}")
 
     def write(self, writer, steps: list[int], block: np.ndarray) -> None:
         if self.decision is not None and not self._written:
             step, score, probability, flagged = self.decision
-            threshold = 0.5 if self.predictor else self.threshold
-            writer.append(catalogue.EARLY_WARNING.name, step, [score, probability, float(flagged), threshold, self.window_end])
+            threshold = FLAG_AT if math.isfinite(probability) else self.threshold
+            writer.append(catalogue.EARLY_WARNING.name, step,
+                          [score, probability, float(flagged), threshold, self.window_end])
             self._written = True

@@ -8,19 +8,19 @@ Features are standardised with the training runs' mean and spread; a missing fea
 mean, so a run without one probe is still judged by the others. The fit is Newton's method on the penalised
 log-likelihood (``penalty`` on the standardised weights, none on the intercept): a handful of features and ~100
 runs need nothing heavier. ``diagnostics.early_warning_report`` fits it on some seeds and scores it on others; the
-model fitted on the whole committed seed bank ships as ``probes/early_warning_model.json`` for the online probe.
+models fitted on the whole committed seed bank ship in ``probes/early_warning_model.json``
+(:mod:`probes.predictor_file`). A run is flagged at P(fail) >= :data:`FLAG_AT`, live and in every benchmark.
 """
 from __future__ import annotations
 
 import json
 import warnings
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 
-MODEL_FILE = Path(__file__).with_name("early_warning_model.json")
 DEFAULT = "default"
+FLAG_AT = 0.5  # a run is flagged at P(fail) >= FLAG_AT: the early warning, the benchmark and the protocol alike
 # Ridge on the standardised weights, fixed before any held-out score was seen: a seed bank of tens of runs and nine
 # features needs strong shrinkage.
 PENALTY = 4.0
@@ -76,15 +76,6 @@ class Predictor:
     def from_json(cls, text: str) -> "Predictor":
         values = json.loads(text)
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
-
-
-def default_predictor(fraction: float) -> Predictor | None:
-    """The seed bank's predictor fitted at the fraction closest to ``fraction`` (None without a model file)."""
-    if not MODEL_FILE.is_file():
-        return None
-    models = json.loads(MODEL_FILE.read_text())["models"]
-    closest = min(models, key=lambda key: abs(float(key) - fraction))
-    return Predictor.from_json(json.dumps(models[closest]))
 
 
 def _standardise(x: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> np.ndarray:

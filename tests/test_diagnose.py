@@ -9,32 +9,19 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 import tiny
 from diagnostics.diagnose import cut, diagnose
 from diagnostics.finetune import FinetuneConfig, run
-from diagnostics.tasks import Example, write_task
 from probes.records import open_run
 
 REPO = Path(__file__).resolve().parents[1]
-WORDS = [w for w in tiny.WORDS if tiny.tokenizer().convert_tokens_to_ids(w) < len(tiny.tokenizer())]
 
 
 @pytest.fixture(scope="module")
 def lexical_task(tmp_path_factory) -> Path:
     """A 96/32 single-text task: the label says whether the text holds the task's first word."""
-    generator = torch.Generator().manual_seed(0)
-    examples = []
-    for i in range(128):
-        words = torch.randint(1, len(WORDS), (6,), generator=generator).tolist()
-        words[i % 6] = 0 if i % 2 else words[i % 6]
-        examples.append(Example(" ".join(WORDS[j] for j in words), None, int(0 in words)))
-    folder = tmp_path_factory.mktemp("tasks") / "lexical"
-    write_task(folder, examples[:96], examples[96:], {
-        "name": "lexical", "kind": "single", "label_names": ["no", "yes"], "metric": "accuracy",
-        "majority_baseline": 0.5, "sizes": {"train": 96, "dev": 32}})
-    return folder
+    return tiny.lexical_task(tmp_path_factory.mktemp("tasks") / "lexical")
 
 
 @pytest.fixture(scope="module")
@@ -124,3 +111,15 @@ def test_a_run_still_being_written_is_too_early(tmp_path):
     finally:
         writer.kill()
         writer.wait()
+
+
+def test_advice_leaves_out_what_the_run_already_does():
+    """A failed run that re-initialised its top blocks (Zhang's recipe) is not told to re-initialise them; a
+    bias-corrected one (no ``no_bias_correction`` evidence) is not told to correct the bias."""
+    from diagnostics.diagnose import advise
+
+    plateau = [{"signal": "loss_plateau", "step": 10, "finding": "training loss flat at ln C"}]
+    for reinitialised in (False, True):
+        actions = " ".join(item["action"] for item in advise(plateau, "failed", 0.9, reinitialised))
+        assert ("re-initialise the top encoder blocks" in actions) is not reinitialised
+        assert "bias-corrected" not in actions and "lower the learning rate" in actions

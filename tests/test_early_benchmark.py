@@ -116,11 +116,13 @@ def test_report_early_and_plots_early_end_to_end(tmp_path, repo_root):
 def test_the_shipped_model_covers_every_fraction_and_feature():
     """probes/early_warning_model.json (fitted on the committed seed bank by `seed_bank --fit`)."""
     from probes.early_benchmark import FRACTIONS
-    from probes.predictor import MODEL_FILE, default_predictor
+    from probes.predictor_file import MODEL_FILE, PredictorFile
 
     if not MODEL_FILE.is_file():
         pytest.skip("no fitted model shipped yet")
+    shipped = PredictorFile.load(MODEL_FILE)
+    assert sorted(shipped.models) == list(FRACTIONS) and shipped.domain is not None and shipped.priors
     for fraction in FRACTIONS:
-        model = default_predictor(fraction)
+        model = shipped.models[fraction]
         assert model.fraction == pytest.approx(fraction) and model.features == FEATURES
         assert 0.0 <= model.probability_of({}) <= 1.0

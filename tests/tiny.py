@@ -107,3 +107,21 @@ def pair_task(folder: Path, dev: int) -> Path:
         "name": "toy", "kind": "pair", "label_names": ["no", "yes"], "metric": "accuracy",
         "majority_baseline": 0.5, "sizes": {"train": 48, "dev": dev}})
     return folder
+
+
+def lexical_task(folder: Path) -> Path:
+    """A 96/32 single-text task in the tokenizer's words: the label says whether the text holds the first word.
+    Written to ``folder`` as the task files of ``diagnostics.tasks``."""
+    from diagnostics.tasks import Example, write_task
+
+    words = [w for w in WORDS if tokenizer().convert_tokens_to_ids(w) < len(tokenizer())]
+    generator = torch.Generator().manual_seed(0)
+    examples = []
+    for i in range(128):
+        chosen = torch.randint(1, len(words), (6,), generator=generator).tolist()
+        chosen[i % 6] = 0 if i % 2 else chosen[i % 6]
+        examples.append(Example(" ".join(words[j] for j in chosen), None, int(0 in chosen)))
+    write_task(folder, examples[:96], examples[96:], {
+        "name": "lexical", "kind": "single", "label_names": ["no", "yes"], "metric": "accuracy",
+        "majority_baseline": 0.5, "sizes": {"train": 96, "dev": 32}})
+    return folder
