@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from probes.attaching import attach
 from probes.schedule import Schedule
 
 
@@ -61,20 +62,20 @@ class StepOps:
 
 
 def probe_step_ops(build: Callable[[], nn.Module], batch: Mapping[str, torch.Tensor], steps: int = 3,
-                   schedule: Schedule = Schedule(every=2, dense=0), probes: Sequence | None = None) -> list[StepOps]:
+                   schedule: Schedule = Schedule(every=2, dense=0), probes: Sequence | None = None,
+                   attach_with: Callable = attach) -> list[StepOps]:
     """Train two copies of ``build()`` for ``steps`` steps on ``batch`` (forward, backward, clipping at 1.0, AdamW),
     one with probes attached (``schedule``, ``probes``; nothing written), each step counted, and return what the
     probes added to each step. The default schedule records steps 0 and 2 and not step 1: the first recorded step,
     an unrecorded one and a recorded one after it. Clipping goes tensor by tensor here: under a dispatch mode
     torch's fused in-place operations (``_foreach_mul_``) leave the tensors' version counters alone, which would
-    hide the clipping from the probes and count a cheaper path than a real run takes."""
-    from probes.attaching import attach
-
+    hide the clipping from the probes and count a cheaper path than a real run takes. ``attach_with`` is the
+    ``attach`` of the probes to count (another version's, to compare)."""
     counts = []
     for probed in (False, True):
         model = build().train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
-        session = attach(model, optimizer, None, schedule=schedule, probes=probes) if probed else None
+        session = attach_with(model, optimizer, None, schedule=schedule, probes=probes) if probed else None
         try:
             per_step = []
             for _ in range(steps):
