@@ -27,11 +27,6 @@ class DeviceRows:
     def full(self) -> bool:
         return len(self.steps) == len(self.values)
 
-    def open_row(self) -> torch.Tensor:
-        """The row of the step in progress (NaN where nothing was written yet)."""
-        self.is_open = True
-        return self._rows[len(self.steps)]
-
     def open_parts(self) -> list[torch.Tensor]:
         """Each part of the row of the step in progress, in the order of ``parts``."""
         self.is_open = True
