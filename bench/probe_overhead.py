@@ -352,9 +352,10 @@ def report(results: dict, config: BenchConfig) -> str:
         for version, (unrecorded, recorded) in timing.get("operations", {}).items():
             lines.append(f"  operations the probes{version} add to a step: {unrecorded} unrecorded, {recorded} recorded")
         base_cpu, base_wall = timing["no probe"]
-        for name, (cpu, wall) in timing.items():
+        for name, value in timing.items():
             if name == "operations":
                 continue
+            cpu, wall = value
             if name.startswith("flush: "):
                 cpu, wall = cpu / FLUSH_EVERY, wall / FLUSH_EVERY
                 name = name.replace("flush: ", "flush share: ")
