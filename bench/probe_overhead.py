@@ -6,16 +6,22 @@ same training step (forward, backward, clipping at 1.0, AdamW) is timed with:
 
 * no probe;
 * the probes every step (with and without the post-clipping total) and every 10 steps (gradient norms, activation
-  gradients, run scalars, written to HDF5);
+  gradients, run scalars, written to HDF5), and attached but recording no step of the block (what an unrecorded
+  step costs: hooks that return at once);
 * a per-tensor ``p.grad.norm().item()`` loop every step (how the papers' code logged);
 * per-tensor histograms every step (how ``wandb.watch`` logs: ``torch.histc``, 64 bins, copied to the host).
 
 Blocks of ``--steps`` steps are interleaved round-robin (the order rotating each repetition) to cancel drift; the
 table gives each variant's median step time and its ratio to no probe, in CPU time of this process (one torch
 thread: the work done, steady when other jobs share the machine) and in wall time (which such jobs make noisy).
-The probes' own work per recorded step (the two fused norm passes) is also timed alone, as a share of a step.
-``--device cuda`` times the same on a GPU, each block synchronised before its time is read; compare the wall-time
-ratios there (the CPU only launches kernels).
+A block times its steps; the flush of its recorded rows (one host copy and the HDF5 writes, which a run pays once
+per 50 recorded steps) is timed on its own and printed beside, and the records file's close (once per run) is not
+timed. The operations the probes add to an unrecorded and to a recorded step are counted
+(:func:`probes.op_count.probe_step_ops`) and printed above each table; on a GPU each is a kernel launch. The probes'
+own work per recorded step (the two fused norm passes) is also timed alone, as a share of a step. ``--device cuda``
+times the same on a GPU, each block synchronised before its time is read; compare the wall-time ratios there (the
+CPU only launches kernels). ``--against DIR`` times another version of the probes (the ``probes`` package in DIR,
+a checkout of another commit) beside this one in the same blocks, and counts its operations too.
 
 ``--processes 2`` adds the 2-process columns: the embedded default under torchrun on gloo (one thread per
 process, the same global batch split between them), wrapped in DDP, in FSDP1 (FULL_SHARD, flat parameters,
@@ -26,7 +32,9 @@ reported (``--worker ddp|fsdp1|zero2`` is that worker).
 from __future__ import annotations
 
 import argparse
+import importlib
 import importlib.util
+import inspect
 import json
 import os
 import statistics
@@ -44,11 +52,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import probes  # noqa: E402
 from diagnostics.embedded import DEFAULT_MODEL  # noqa: E402
 from probes.norms import tensor_norms, total_norm  # noqa: E402
+from probes.op_count import probe_step_ops  # noqa: E402
 
 DISTRIBUTED_VARIANTS = ("no probe", "probes every step", "probes every 10 steps")
 WRAPPERS = ("ddp", "fsdp1", "zero2")
-VARIANTS = ("no probe", "probes every step", "probes every step, post_clip=False", "probes every 10 steps",
+UNRECORDED = "probes attached, no step recorded"
+VARIANTS = ("no probe", "probes every step", "probes every step, post_clip=False", "probes every 10 steps", UNRECORDED,
             "per-tensor .norm().item()", "per-tensor histc (wandb.watch)")
+AGAINST = ("probes every step", "probes every 10 steps")  # timed again with the probes of --against
+FLUSH_EVERY = 50  # recorded rows per flush in a run (probes.attach's default)
 
 
 @dataclass
@@ -63,6 +75,7 @@ class BenchConfig:
     models: tuple[str, ...] = ("bert-base", "embedded")
     processes: int = 1
     device: str = "cpu"
+    against: Path | None = None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "on gloo)")
     parser.add_argument("--device", default=defaults.device, choices=("cpu", "cuda"),
                         help="cuda: time on the GPU (compare the wall-time ratios there: the CPU only launches)")
+    parser.add_argument("--against", type=Path, help="a folder holding another version's probes package (a checkout "
+                        "of another commit), timed and counted beside this one")
     parser.add_argument("--worker", choices=WRAPPERS, help=argparse.SUPPRESS)
     return parser
 
@@ -100,38 +115,93 @@ def embedded(folder: Path):
     return AutoModelForSequenceClassification.from_pretrained(folder, num_labels=2)
 
 
-def time_model(model, config: BenchConfig) -> dict[str, tuple[float, float]]:
-    """Median (CPU, wall) seconds per step of each variant (blocks interleaved), and the probes' own work."""
+def time_model(model, config: BenchConfig, other=None) -> dict[str, tuple[float, float]]:
+    """Median (CPU, wall) seconds per step of each variant (blocks interleaved), with ``other`` (another version's
+    ``probes`` module) beside this one's; the flush of each probe variant's rows, timed on its own; the probes' own
+    work; and the operations the probes add to an unrecorded and a recorded step."""
     device = torch.device(config.device)
     model.to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
     batch = {"input_ids": torch.randint(1000, 2000, (config.batch, config.length), device=device),
              "labels": torch.randint(0, 2, (config.batch,), device=device)}
     hooks = _Extras(model)
+    counts = {"": _counted(model, batch, probes.attach)}
+    if other is not None:
+        counts[f" ({config.against})"] = _counted(model, batch, other.attach)
     for _ in range(config.warmup):
         _step(model, optimizer, batch, None)
-    times: dict[str, list[tuple[float, float]]] = {name: [] for name in VARIANTS}
+    names = VARIANTS + tuple(f"{name} ({config.against})" for name in AGAINST if other is not None)
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
+    flushes: dict[str, list[tuple[float, float]]] = {}
     with tempfile.TemporaryDirectory() as folder:
         for repetition in range(config.repetitions):
-            order = VARIANTS[repetition % len(VARIANTS):] + VARIANTS[: repetition % len(VARIANTS)]
+            order = names[repetition % len(names):] + names[: repetition % len(names)]
             for name in order:
-                every = 10 if "10 steps" in name else 1 if name.startswith("probes") else None
-                session = (probes.attach(model, optimizer, Path(folder) / f"{name}-{repetition}.h5",
-                                         schedule=probes.Schedule(every=every, dense=0),
-                                         post_clip="post_clip=False" not in name) if every else None)
+                session = _session(name, model, optimizer, Path(folder) / f"{name}-{repetition}.h5",
+                                   other if name.endswith(f"({config.against})") else probes)
                 start = time.process_time(), time.perf_counter()  # attaching is once per run: not timed
                 for _ in range(config.steps):
                     _step(model, optimizer, batch, hooks.get(name))
-                if session is not None:
-                    session.close()  # timed: it writes the block's rows (a run writes every 50 recorded steps)
                 if device.type == "cuda":
                     torch.cuda.synchronize()  # the block's kernels have run when its time is read
                 times[name].append(((time.process_time() - start[0]) / config.steps,
                                     (time.perf_counter() - start[1]) / config.steps))
+                if session is not None:
+                    start = time.process_time(), time.perf_counter()
+                    session.flush()  # what a run pays once per 50 recorded steps: timed apart from the steps
+                    flushes.setdefault(name, []).append((time.process_time() - start[0],
+                                                         time.perf_counter() - start[1]))
+                    session.close()  # once per run: not timed
     result = {name: (statistics.median(cpu for cpu, _ in values), statistics.median(wall for _, wall in values))
               for name, values in times.items()}
+    result.update({f"flush: {name}": (statistics.median(cpu for cpu, _ in values),
+                                      statistics.median(wall for _, wall in values))
+                   for name, values in flushes.items()})
     result["probe work per recorded step"] = _probe_work(model)
+    result["operations"] = counts
     return result
+
+
+def _session(name: str, model, optimizer, path: Path, package):
+    """The probe session of variant ``name`` (None for the variants without probes), from ``package``."""
+    if not name.startswith("probes"):
+        return None
+    every = 10 if "10 steps" in name else 1
+    if name == UNRECORDED:  # steps counted from 1 and none of them a multiple of the period
+        return package.attach(model, optimizer, path, schedule=probes.Schedule(every=10 ** 9, dense=0), start_step=1)
+    return package.attach(model, optimizer, path, schedule=probes.Schedule(every=every, dense=0),
+                          post_clip="post_clip=False" not in name)
+
+
+def _counted(model, batch, attach) -> tuple[int, int]:
+    """(unrecorded, recorded): the operations ``attach``'s default probes add to a step of ``model``."""
+    steps = probe_step_ops(lambda: model, batch, attach_with=attach)
+    return (max(step.total for step in steps if not step.recorded),
+            max(step.total for step in steps if step.recorded))
+
+
+def other_probes(folder: Path):
+    """The ``probes`` package in ``folder`` (another version), imported beside this one: this one's modules are set
+    aside while it imports, then put back, so that each keeps its own."""
+    def ours() -> dict:
+        return {name: module for name, module in sys.modules.items() if name == "probes" or name.startswith("probes.")}
+
+    mine = ours()
+    for name in mine:
+        del sys.modules[name]
+    sys.path.insert(0, str(folder))
+    try:
+        other = importlib.import_module("probes")
+        other.attach  # noqa: B018 - the package imports its names when first used: while its folder is on the path
+    finally:
+        sys.path.remove(str(folder))
+        for name in ours():
+            del sys.modules[name]
+        sys.modules.update(mine)
+    source = Path(inspect.getsourcefile(other.attach)).resolve()
+    if (folder / "probes").resolve() not in source.parents:
+        raise RuntimeError(f"--against {folder}: its attach comes from {source}")
+    return other
 
 
 def _step(model, optimizer, batch, extra) -> None:
@@ -194,10 +264,10 @@ def time_distributed(wrapper: str, config: BenchConfig) -> dict[str, tuple[float
                 start = time.process_time(), time.perf_counter()
                 for _ in range(config.steps):
                     _step(model, optimizer, batch, None)
-                if session is not None:
-                    session.close()
                 times[name].append(((time.process_time() - start[0]) / config.steps,
                                     (time.perf_counter() - start[1]) / config.steps))
+                if session is not None:
+                    session.close()  # the flush's collectives and the file's close: not timed, as in one process
     dist.barrier()
     dist.destroy_process_group()
     return {name: (statistics.median(cpu for cpu, _ in values), statistics.median(wall for _, wall in values))
@@ -252,10 +322,11 @@ def _probe_work(model, repeats: int = 5) -> tuple[float, float]:
 
 def run(config: BenchConfig) -> dict[str, dict | str]:
     results: dict[str, dict | str] = {}
+    other = other_probes(config.against) if config.against is not None else None
     if "bert-base" in config.models:
-        results["BERT-base size (random weights)"] = time_model(bert_base(), config)
+        results["BERT-base size (random weights)"] = time_model(bert_base(), config, other)
     if "embedded" in config.models and (config.embedded / "config.json").exists():
-        results[f"embedded default ({config.embedded})"] = time_model(embedded(config.embedded), config)
+        results[f"embedded default ({config.embedded})"] = time_model(embedded(config.embedded), config, other)
     elif "embedded" in config.models:
         results["embedded default"] = f"skipped: no model at {config.embedded} yet (build it with data/build_model.py)"
     if config.processes == 2 and (config.embedded / "config.json").exists():
@@ -270,19 +341,25 @@ def run(config: BenchConfig) -> dict[str, dict | str]:
 
 def report(results: dict, config: BenchConfig) -> str:
     lines = [f"batch {config.batch} x {config.length} tokens, {config.steps} steps per block, {config.repetitions} "
-             f"interleaved repetitions, {torch.get_num_threads()} thread(s); medians per step",
-             f"  {'':38s} {'CPU s':>8s} {'ratio':>7s} {'wall s':>8s} {'ratio':>7s}"]
+             f"interleaved repetitions, {torch.get_num_threads()} thread(s), {config.device}; medians per step "
+             f"(flush: per flush, a run's every {FLUSH_EVERY} recorded steps; share: of a step, per recorded step)",
+             f"  {'':52s} {'CPU s':>8s} {'ratio':>7s} {'wall s':>8s} {'ratio':>7s}"]
     for model, timing in results.items():
         lines.append(f"\n{model}")
         if isinstance(timing, str):
             lines.append(f"  {timing}")
             continue
+        for version, (unrecorded, recorded) in timing.get("operations", {}).items():
+            lines.append(f"  operations the probes{version} add to a step: {unrecorded} unrecorded, {recorded} recorded")
         base_cpu, base_wall = timing["no probe"]
-        for name in (*VARIANTS, "probe work per recorded step"):
-            if name not in timing:
+        for name, value in timing.items():
+            if name == "operations":
                 continue
-            cpu, wall = timing[name]
-            lines.append(f"  {name:38s} {cpu:8.3f} {cpu / base_cpu:6.3f}x {wall:8.3f} {wall / base_wall:6.3f}x")
+            cpu, wall = value
+            if name.startswith("flush: "):
+                cpu, wall = cpu / FLUSH_EVERY, wall / FLUSH_EVERY
+                name = name.replace("flush: ", "flush share: ")
+            lines.append(f"  {name:52s} {cpu:8.4f} {cpu / base_cpu:6.3f}x {wall:8.4f} {wall / base_wall:6.3f}x")
     return "\n".join(lines)
 
 
@@ -298,8 +375,13 @@ def main(argv: list[str] | None = None) -> int:
     if not models or set(models) - {"bert-base", "embedded"}:
         print(f"--models {args.models!r}: use bert-base, embedded or both, comma-separated", file=sys.stderr)
         return 2
+    if args.against is not None and not (args.against / "probes" / "__init__.py").exists():
+        print(f"--against {args.against}: no probes package there (give the folder that holds probes/)",
+              file=sys.stderr)
+        return 2
     config = BenchConfig(args.batch, args.length, args.steps, args.repetitions, threads=args.threads,
-                         embedded=args.embedded, models=models, processes=args.processes, device=args.device)
+                         embedded=args.embedded, models=models, processes=args.processes, device=args.device,
+                         against=args.against)
     torch.set_num_threads(config.threads)
     if args.worker:
         result = time_distributed(args.worker, config)

@@ -5,7 +5,9 @@ gradient's norm to its depth. ALBERT runs one shared block at every depth, so th
 times per forward: calls are counted within each forward of the model, the k-th call being depth k. Calls outside
 the model's forward (gradient-checkpointing recomputation) are ignored. Micro-batches and DDP ranks are combined
 as the norm of the whole step's activation gradient, for the loss averaged over ranks as DDP does (so one process
-on the global batch gives the same numbers). Recorded only on scheduled steps; no hooks fire on the others.
+on the global batch gives the same numbers). Recorded only on scheduled steps: on the others the block hooks only
+count calls and register nothing. On a recorded step each depth costs one operation (its norm, in the tensor hook);
+the depths are then stacked into the row in one more.
 """
 from __future__ import annotations
 
@@ -16,7 +18,6 @@ import torch
 
 from probes import catalogue, distributed
 from probes.base import Declared, Probe
-from probes.norms import combine
 
 
 class ActivationGradients(Probe):
@@ -30,7 +31,8 @@ class ActivationGradients(Probe):
             self.modules.setdefault(id(block), (block, []))[1].append(depth)
         self.calls = {key: 0 for key in self.modules}
         self.in_forward = False
-        self.sums = torch.zeros(self.depth, dtype=torch.float32, device=session.device)
+        self.pending: list[tuple[int, torch.Tensor]] = []  # (depth, norm) of each block-output gradient seen
+        self.zero = torch.zeros((), dtype=torch.float32, device=session.device)
 
     def series(self) -> list[Declared]:
         return [Declared(catalogue.ACTIVATION_NORMS, [f"encoder.{d}" for d in range(1, self.depth + 1)],
@@ -47,9 +49,27 @@ class ActivationGradients(Probe):
             session.hooks.add(block.register_forward_hook(hook), "activation gradient of a block output")
 
     def on_backward(self, session, row: torch.Tensor, first: bool) -> None:
-        norms = self.sums.sqrt() if session.loss_scale is None else self.sums.sqrt() / session.loss_scale
-        row.copy_(combine(row, norms, first))
-        self.sums.zero_()
+        pending, self.pending = self.pending, []
+        scale = session.loss_scale
+        norms = self._depth_norms(pending, row if first and scale is None else None)
+        if scale is not None:
+            norms = norms / scale
+        if not first:
+            torch.hypot(row, norms, out=row)
+        elif norms is not row:
+            row.copy_(norms)
+
+    def _depth_norms(self, pending: list[tuple[int, torch.Tensor]], out: torch.Tensor | None) -> torch.Tensor:
+        """``(depth,)`` norms of the gradients seen per depth (one operation when each depth was seen once; a
+        depth seen several times, as when two forwards share one backward, gets the norm of its parts)."""
+        by_depth: list[list[torch.Tensor]] = [[] for _ in range(self.depth)]
+        for depth, norm in pending:
+            by_depth[depth - 1].append(norm)
+        parts = [norms[0] if len(norms) == 1 else self._combined(norms) for norms in by_depth]
+        return torch.stack(parts) if out is None else torch.stack(parts, out=out)
+
+    def _combined(self, norms: list[torch.Tensor]) -> torch.Tensor:
+        return torch.linalg.vector_norm(torch.stack(norms)) if norms else self.zero
 
     def reduce(self, session, block: torch.Tensor) -> None:
         distributed.sum_norms_(block, session.world)
@@ -73,4 +93,4 @@ class ActivationGradients(Probe):
             hidden.register_hook(partial(self._output_grad, depth))
 
     def _output_grad(self, depth: int, grad: torch.Tensor) -> None:
-        self.sums[depth - 1] += torch.linalg.vector_norm(grad, dtype=torch.float32).square()
+        self.pending.append((depth, torch.linalg.vector_norm(grad, dtype=torch.float32)))

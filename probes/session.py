@@ -4,7 +4,8 @@
 training loop is all a run needs (README, "Attaching probes to your own run"). :class:`StepEvents` says when a
 step's gradients are final, when it steps and when it was skipped; on recorded steps (``schedule``) the session
 computes the per-tensor gradient norms in one fused pass (unscaled from a GradScaler), hands each probe its slice
-of a device buffer row, and commits the row when the step ends. Steps are counted from ``start_step``, one per
+of a device buffer row, and commits the row when the step ends; on the other steps the hooks return at once and
+dispatch no operation (docs/probe-overhead.md). Steps are counted from ``start_step``, one per
 ``optimizer.step()`` or skipped step. Values stay on the device until a flush (when the next step needs a row and
 ``flush_every`` recorded steps wait, or a probe asked for one, and at close): one host copy, collectives across
 ranks where a probe needs them, then rank 0 writes. :class:`RunScalars` always runs first. Every hook
@@ -69,7 +70,7 @@ class ProbeSession:
                 probe.bind(self)
                 probe.columns = slice(width, width + probe.width)
                 width += probe.width
-            self.rows = DeviceRows(width, self._flush_every, self.device)
+            self.rows = DeviceRows(width, self._flush_every, self.device, [probe.columns for probe in self.probes])
             if self.writer is not None:
                 for probe in self.probes:
                     probe.declare(self.writer)
@@ -119,7 +120,7 @@ class ProbeSession:
     def step_loss(self) -> torch.Tensor:
         """The loss :class:`RunScalars` recorded for the step in progress (it runs first: from ``on_step`` or
         ``on_skip`` on, a 0-d tensor on the device, NaN when none was seen)."""
-        return self.rows.open_row()[self.scalars.columns][LOSS]
+        return self.rows.open_parts()[0][LOSS]  # RunScalars' part comes first
 
     def flush(self, collective: bool = True) -> None:
         """Copy the recorded rows to the host (one synchronisation) and append them to the records."""
@@ -150,8 +151,8 @@ class ProbeSession:
     # ------------------------------------------------------------------------------------------ step events
 
     def loss_seen(self, loss: torch.Tensor) -> None:
-        if self.active and self.recording:
-            self.scalars.loss_seen(loss)
+        if self.active and self.recording:  # nothing is dispatched for the loss of a step not recorded
+            self.scalars.loss_seen(loss.detach())
 
     def backward_ended(self) -> None:
         if self.active and self.recording:
@@ -159,15 +160,15 @@ class ProbeSession:
 
     def step_begins(self) -> None:
         if self.active and self.recording:
-            row = self._row()
-            for probe in self.probes:
-                self._guarded(probe.on_step, self, row[probe.columns])
+            parts = self._parts()
+            for probe, part in zip(self.probes, parts):
+                self._guarded(probe.on_step, self, part)
 
     def step_ended(self, stepped: bool) -> None:
         if self.active and self.recording and stepped:
-            row = self._row()
-            for probe in self.probes:
-                self._guarded(probe.after_step, self, row[probe.columns])
+            parts = self._parts()
+            for probe, part in zip(self.probes, parts):
+                self._guarded(probe.after_step, self, part)
         if self.active:
             self._guarded(self._end_step, stepped)
 
@@ -178,23 +179,23 @@ class ProbeSession:
         self.grad_norms = norms if scale is None else norms / scale
         self.grad_total = total_norm(self.grad_norms)
         first = not self.rows.is_open
-        row = self._row()
-        for probe in self.probes:
-            probe.on_backward(self, row[probe.columns], first)
+        for probe, part in zip(self.probes, self._parts()):
+            probe.on_backward(self, part, first)
 
-    def _row(self) -> torch.Tensor:
-        """The row of the step in progress; a flush that is due happens first (so the last step's row stays on
-        the device until then, where ``log_scalars`` after ``optimizer.step()`` can still reach it)."""
+    def _parts(self) -> list[torch.Tensor]:
+        """Each probe's part of the row of the step in progress; a flush that is due happens first (so the last
+        step's row stays on the device until then, where ``log_scalars`` after ``optimizer.step()`` can still reach
+        it)."""
         if not self.rows.is_open and (self.rows.full or (self.flush_requested and self.rows.steps)):
             self.flush()
-        return self.rows.open_row()
+        return self.rows.open_parts()
 
     def _end_step(self, stepped: bool) -> None:
         if self.recording:
-            row = self._row()
+            parts = self._parts()
             if not stepped:
-                for probe in self.probes:
-                    probe.on_skip(self, row[probe.columns])
+                for probe, part in zip(self.probes, parts):
+                    probe.on_skip(self, part)
             self.rows.commit(self.step)
         self.step += 1
         self.recording = self.schedule(self.step)

@@ -11,7 +11,8 @@
 * ``step_ended(False)``: a forward pre-hook notices that a step ended without ``optimizer.step()`` (all gradients
   cleared with ``zero_grad()``, as after a GradScaler skip). A loop that zeroes gradients in place
   (``set_to_none=False``) hides such steps, which then merge into the next one;
-* ``loss_seen(loss)``: the model's ``output.loss`` of each training forward (a 0-d tensor, detached).
+* ``loss_seen(loss)``: the model's ``output.loss`` of each training forward (one element, not detached: the
+  listener detaches it only on a step it records, so that the others dispatch no operation).
 
 Under DeepSpeed ZeRO (``zero``: its optimiser; ``optimizer``: the torch one inside it) gradients are reduced after
 the autograd backward, so ``backward_ended()`` and ``step_begins()`` come together at the start of ZeRO's step, and
@@ -76,7 +77,7 @@ class StepEvents:
         self.forward_seen = True
         loss = output.get("loss") if isinstance(output, dict) else getattr(output, "loss", None)
         if torch.is_tensor(loss) and loss.numel() == 1:
-            self.listener.loss_seen(loss.detach().float().reshape(()))
+            self.listener.loss_seen(loss)
 
     def _output_grad(self, grad: torch.Tensor) -> None:
         if not self.queued:
