@@ -51,13 +51,16 @@ def protocol_markdown(protocol: Protocol) -> str:
     cells = ", ".join(f"{task} {recipe} lr {lr} ({steps} steps)" for task, recipe, lr, _, steps in protocol.cells)
     lines = [f"Seed bank: {protocol.runs} runs; uncertain cells (failure rate 15-85%, >= 10 runs): "
              f"{cells or 'none'} ({protocol.uncertain_runs} runs, {protocol.uncertain_failed} failed).", "",
-             "| seen | method | within-cell AUC [95% CI] | p | pooled AUC | precision | recall | "
-             "task held out | lr held out |", "|---|---|---|---|---|---|---|---|---|"]
+             "| seen | method | runs | pairs | within-cell AUC [95% CI] | p | pooled AUC | precision | recall | "
+             "task held out | lr held out |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in protocol.results:
-        lines.append(f"| {100 * r.fraction:.0f}% | {r.method} | {_f(r.within)} [{_f(r.low)}, {_f(r.high)}] | "
+        lines.append(f"| {100 * r.fraction:.0f}% | {r.method} | {r.runs} | {r.pairs} | "
+                     f"{_f(r.within)} [{_f(r.low)}, {_f(r.high)}] | "
                      f"{_f(r.p, 3)} | {_f(r.pooled)} | {_f(r.precision)} | {_f(r.recall)} | {_f(r.task_out)} | "
                      f"{_f(r.lr_out)} |")
-    lines += ["", "Within-cell AUC: a failed run against a surviving run of the same configuration (only the seed "
+    lines += ["", "Runs: the runs a method could score (Dodge's rule needs a dev evaluation at that point). Pairs: "
+                  "the comparisons behind the within-cell AUC. "
+                  "Within-cell AUC: a failed run against a surviving run of the same configuration (only the seed "
                   "differs), pooled over the uncertain cells; interval: bootstrap of runs within cells; p: outcomes "
                   "shuffled within cells (one-sided). Pooled AUC, precision and recall: every run of the bank (flagged "
                   f"at P(fail) >= {FLAG_AT}; Dodge: dev metric at or below the majority baseline). Task/lr held out: "

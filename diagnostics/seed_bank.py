@@ -3,8 +3,8 @@ early-failure predictor (docs/verdicts.md).
 
     python -m diagnostics.seed_bank --out runs/bank --workers 1              # build or continue the bank
     python -m diagnostics.seed_bank --out runs/bank --features data/seed_bank/features.csv
-    python -m diagnostics.seed_bank --benchmark data/seed_bank/features.csv  # held-out precision/recall/AUC
-    python -m diagnostics.seed_bank --fit data/seed_bank/features.csv        # the predictor the probe ships
+    python -m diagnostics.seed_bank --benchmark data/seed_bank/*.csv         # the early-failure protocol
+    python -m diagnostics.seed_bank --fit data/seed_bank/*.csv               # the predictor the probe ships
     python -m diagnostics.seed_bank --model my-model --task my-task --out runs/mine --lrs 1e-5,3e-5
     python -m diagnostics.seed_bank --fit runs/mine.csv --predictor-out mine.json   # diagnose --predictor mine.json
 
@@ -105,23 +105,26 @@ def provenance(config: BankConfig) -> dict:
             "argv": sys.argv}
 
 
-def from_table(path: Path, fit: bool, predictor_out: Path = MODEL_FILE) -> int:
-    """Print the benchmark of a features CSV, or fit a predictor file from it into ``predictor_out``."""
+def from_table(paths: list[Path], fit: bool, predictor_out: Path = MODEL_FILE) -> int:
+    """Print the benchmark of one or more features CSVs (banks of the same model, read as one), or fit a predictor
+    file from them into ``predictor_out``."""
     from diagnostics.early_features import read_table
     from diagnostics.early_warning_report import protocol_markdown
     from diagnostics.predictor_fit import backfill
     from diagnostics.predictor_fit import fit as fit_file
     from probes.early_protocol import evaluate
 
-    if not path.is_file():
-        raise FinetuneError(f"{path} not found; write it with --out RUNS --features {path}")
-    rows = read_table(path)
+    for path in paths:
+        if not path.is_file():
+            raise FinetuneError(f"{path} not found; write it with --out RUNS --features {path}")
+    tables = [(path, read_table(path)) for path in paths]
+    rows = [row for _, table in tables for row in table]
     if not fit:
         print(protocol_markdown(evaluate(rows, FRACTIONS)), end="")
         return 0
-    source = {"table": str(path), "runs": len({row["run"] for row in rows}),
+    source = {"table": ", ".join(map(str, paths)), "runs": len({row["run"] for row in rows}),
               "failed": len({row["run"] for row in rows if row["failed"]})}
-    fitted = fit_file(backfill(rows, path), source)
+    fitted = fit_file([row for path, table in tables for row in backfill(table, path)], source)
     try:
         predictor_out.write_text(fitted.to_json())
     except OSError as error:
@@ -148,10 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-length", type=int, default=32, help="tokens per example of every run")
     parser.add_argument("--evals", type=int, default=20, help="dev evaluations per run, evenly spaced")
     parser.add_argument("--features", type=Path, help="write the per-run features to this CSV instead of building")
-    parser.add_argument("--benchmark", type=Path, metavar="CSV",
-                        help="print the held-out benchmark of a features CSV (what report --early prints for runs)")
-    parser.add_argument("--fit", type=Path, metavar="CSV",
-                        help="fit a predictor file on every run of a features CSV: one model per fraction, the "
+    parser.add_argument("--benchmark", type=Path, nargs="+", metavar="CSV",
+                        help="print the early-failure protocol of one or more features CSVs (read as one bank)")
+    parser.add_argument("--fit", type=Path, nargs="+", metavar="CSV",
+                        help="fit a predictor file on every run of one or more features CSVs: one model per fraction, the "
                              "bank's domain, each configuration's prior and the measured within-cell AUC")
     parser.add_argument("--predictor-out", type=Path, default=MODEL_FILE, metavar="PATH",
                         help="where --fit writes the predictor file (default: the shipped "

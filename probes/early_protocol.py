@@ -182,12 +182,19 @@ def permutation_p(score: np.ndarray, failed: np.ndarray, cells: np.ndarray, seed
     return (above + 1) / (resamples + 1)
 
 
+def comparisons(failed: np.ndarray, cells: np.ndarray) -> int:
+    """How many (failed, surviving) pairs share a cell: the evidence behind a within-cell AUC."""
+    return int(sum(failed[cells == cell].sum() * (~failed[cells == cell]).sum() for cell in np.unique(cells)))
+
+
 @dataclass(frozen=True)
 class MethodScore:
     """One method at one fraction: within the uncertain cells, pooled, and on held-out tasks and learning rates."""
 
     method: str
     fraction: float
+    runs: int  # runs the method could score (Dodge: those with a dev evaluation at the fraction)
+    pairs: int  # within-cell comparisons behind ``within`` (failed vs surviving, same cell, same fit)
     within: float
     low: float
     high: float
@@ -225,17 +232,19 @@ def evaluate(rows: list[dict], fractions: tuple[float, ...], resamples: int = RE
         task_out = scores(at, np.array([row["task"] for row in at]))
         lr_out = scores(at, np.array([f"{float(row['lr']):g}" for row in at]))
         for method in METHODS:
-            score = found[method]
-            hit = flagged(method, score)
+            score, scored = found[method], np.isfinite(found[method])
+            hit, lost = flagged(method, score) & scored, failed & scored
+            chosen = inside & scored
             results.append(MethodScore(
-                method, fraction, within_cell_auc(score[inside], failed[inside], cell_keys[inside]),
-                *bootstrap_interval(score[inside], failed[inside], cell_keys[inside], resamples=resamples),
-                permutation_p(score[inside], failed[inside], cell_keys[inside], resamples=resamples),
-                roc_auc(np.nan_to_num(score, nan=0.0), failed),
+                method, fraction, int(scored.sum()), comparisons(failed[chosen], cell_keys[chosen]),
+                within_cell_auc(score[chosen], failed[chosen], cell_keys[chosen]),
+                *bootstrap_interval(score[chosen], failed[chosen], cell_keys[chosen], resamples=resamples),
+                permutation_p(score[chosen], failed[chosen], cell_keys[chosen], resamples=resamples),
+                roc_auc(score[scored], failed[scored]),
                 float((hit & failed).sum() / hit.sum()) if hit.any() else math.nan,
-                float((hit & failed).sum() / failed.sum()) if failed.any() else math.nan,
-                roc_auc(np.nan_to_num(task_out[method], nan=0.0), failed),
-                roc_auc(np.nan_to_num(lr_out[method], nan=0.0), failed)))
+                float((hit & failed).sum() / lost.sum()) if lost.any() else math.nan,
+                roc_auc(task_out[method][scored], failed[scored]),
+                roc_auc(lr_out[method][scored], failed[scored])))
         features[fraction] = {}
         for name in FEATURES:
             values = np.array([row.get(name, math.nan) for row in at], dtype="f8")[inside]
