@@ -13,6 +13,10 @@ in two hours of one core. Runs go to ``OUT/lr<LR>/<task>-<recipe>-s<seed>/`` in 
 first), so a bank stopped early is still balanced. Re-running the same command skips finished runs and redoes an
 interrupted one (its folder is kept as ``<run>.interrupted-N``); Ctrl-C or SIGTERM stops cleanly. ``--features`` writes the
 compact per-run features and outcomes (:mod:`diagnostics.early_features`) with a provenance JSON beside them.
+
+``--engine ray|slurm`` builds the bank on a cluster (docs/many-machines.md). ``--stop-early dodge|predictor``
+stops doomed seeds early and writes ``OUT/stop-early.md``: the compute saved and, given ``--against`` a bank of
+the same grid run to the end, the good runs lost. Stopped runs have no outcome, so ``--features`` leaves them out.
 """
 from __future__ import annotations
 
@@ -21,15 +25,18 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from diagnostics import interrupt
-from diagnostics.finetune import FinetuneConfig, FinetuneError, FinetuneResult, finished_run
-from diagnostics.worker_pool import finetune_in_workers, set_aside_unfinished
+from diagnostics import engines, interrupt
+from diagnostics.command import CommandParser, fail
+from diagnostics.finetune import FinetuneConfig, FinetuneError, FinetuneResult, finished_run, planned_steps
+from diagnostics.stop_early import StopRule
+from diagnostics.stop_early_report import savings
+from probes import records
 from probes.early_benchmark import FRACTIONS
 from probes.early_signals import FEATURES
 from probes.predictor import MODEL_FILE, Predictor
@@ -51,6 +58,8 @@ class BankConfig:
     train_examples: int = 320
     dev_examples: int = 200
     evals: int = 2
+    engine: engines.Engine = field(default_factory=engines.Engine)  # its workers: ``workers``
+    stop_early: str | None = None  # a rule of diagnostics.stop_early; None runs every seed to the end
 
     def runs(self) -> list[FinetuneConfig]:
         """Every run of the bank in the order they are built: seed by seed, the default cells of a seed followed
@@ -62,23 +71,35 @@ class BankConfig:
             chosen += [FinetuneConfig(
                 task=task, recipe=recipe, seed=seed, out=Path(self.out) / f"lr{lr:g}", lr=lr, epochs=self.epochs,
                 max_length=self.max_length, train_examples=self.train_examples, dev_examples=self.dev_examples,
-                evals=self.evals, threads=1, precision="fp32")
+                evals=self.evals, threads=1, precision="fp32", stop_early=self.stop_early)
                 for lr in (self.lrs if recipe == "default" else self.corrected_lrs) for task in self.tasks]
         return chosen
 
 
-def build(config: BankConfig) -> int:
-    """Run every unfinished run of the bank, ``workers`` at a time; returns how many were run now."""
+def build(config: BankConfig) -> int | None:
+    """Run every unfinished run of the bank on its engine, ``workers`` at a time, with one progress bar over the
+    optimiser steps of those runs; returns how many were run now (None: submitted without waiting)."""
     todo = [one for one in config.runs() if finished_run(one.run_dir(one.task)) is None]
-    for one in todo:
-        set_aside_unfinished(one)
-    with tqdm(total=len(todo), desc="seed bank", unit="run") as bar:
+    with tqdm(total=sum(planned_steps(todo).values()), desc="seed bank", unit="step", smoothing=0.05) as bar:
         def report(result: FinetuneResult) -> None:
+            verdict = f"stopped early ({result.stopped})" if result.stopped else "FAILED" if result.failed else "ok"
             bar.write(f"{result.run_dir.parent.name}/{result.run_dir.name}: {result.metric} "
-                      f"{result.final_dev_metric:.3f} {'FAILED' if result.failed else 'ok'}, {result.seconds:.0f} s")
-            bar.update()
+                      f"{result.final_dev_metric:.3f} {verdict}, {result.seconds:.0f} s")
 
-        return len(finetune_in_workers(todo, config.workers, report))
+        done = engines.finetune_all(todo, replace(config.engine, workers=config.workers), report, bar.update)
+    return None if done is None else len(done)
+
+
+def stop_report(config: BankConfig, against: Path | None) -> str:
+    """``OUT/stop-early.md``: what ``--stop-early`` saved on the bank and, ``against`` a bank of the same grid run
+    to the end, the good runs it lost; returns its table."""
+    if against is not None and not against.is_dir():
+        raise FinetuneError(f"--against {against} is not a folder; pass a bank of the same grid run to the end")
+    table = savings(config.out, against).markdown()
+    (config.out / "stop-early.md").write_text(
+        f"# Stopping doomed seeds early\n\n`--stop-early {StopRule.parse(config.stop_early)}` on the bank in "
+        f"{config.out}" + (f", against {against} run to the end" if against else "") + f".\n\n{table}")
+    return table
 
 
 def provenance(config: BankConfig) -> dict:
@@ -120,7 +141,7 @@ def from_table(path: Path, fit: bool) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m diagnostics.seed_bank", description=__doc__.splitlines()[0])
+    parser = CommandParser(prog="python -m diagnostics.seed_bank", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, help="runs go to OUT/lr<LR>/<task>-<recipe>-s<seed>/")
     parser.add_argument("--tasks", default="hedge,polarity", help="comma-separated task names")
     parser.add_argument("--lrs", default="1e-4,2e-4,3e-4", help="learning rates of the default recipe")
@@ -128,12 +149,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seeds", type=int, default=20, help="seeds per cell of the default recipe")
     parser.add_argument("--corrected-seeds", type=int, default=10, help="seeds per cell of the bias-corrected one")
     parser.add_argument("--workers", type=int, default=1, help="runs at a time (one thread each)")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs of every run")
+    parser.add_argument("--train-examples", type=int, default=320, help="the first N training examples of each task")
+    parser.add_argument("--stop-early", metavar="RULE",
+                        help="dodge or predictor: stop doomed seeds early; writes OUT/stop-early.md")
+    parser.add_argument("--against", type=Path, metavar="BANK",
+                        help="with --stop-early: a bank of the same grid run to the end, to count the good runs lost")
     parser.add_argument("--features", type=Path, help="write the per-run features to this CSV instead of building")
     parser.add_argument("--benchmark", type=Path, metavar="CSV",
                         help="print the held-out benchmark of a features CSV (what report --early prints for runs)")
     parser.add_argument("--fit", type=Path, metavar="CSV",
                         help="fit the predictor on every run of a features CSV, one model per fraction, into "
                              "probes/early_warning_model.json (what EarlyWarning and diagnose use)")
+    engines.add_arguments(parser)
     return parser
 
 
@@ -148,12 +176,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.out is None and not (args.benchmark or args.fit):
         print("error: pass --out RUNS (or --benchmark/--fit CSV)", file=sys.stderr)
         return 1
-    config = BankConfig(out=args.out, tasks=args.tasks.split(","), lrs=lrs, corrected_lrs=corrected_lrs, seeds=args.seeds,
-                        corrected_seeds=args.corrected_seeds, workers=args.workers)
-    if config.workers < 1 or config.seeds < 1 or config.corrected_seeds < 0:
-        print("error: --workers and --seeds must be >= 1, --corrected-seeds >= 0", file=sys.stderr)
+    if args.workers < 1 or args.seeds < 1 or args.corrected_seeds < 0 or args.epochs < 1 or args.train_examples < 1:
+        print("error: --workers, --seeds, --epochs and --train-examples must be >= 1, --corrected-seeds >= 0",
+              file=sys.stderr)
         return 1
     try:
+        config = BankConfig(out=args.out, tasks=args.tasks.split(","), lrs=lrs, corrected_lrs=corrected_lrs,
+                            seeds=args.seeds, corrected_seeds=args.corrected_seeds, workers=args.workers,
+                            epochs=args.epochs, train_examples=args.train_examples, engine=engines.from_args(args),
+                            stop_early=args.stop_early)
+        if args.stop_early:
+            StopRule.parse(args.stop_early)
+        elif args.against:
+            raise FinetuneError("--against compares a bank built with --stop-early: add --stop-early RULE")
         if args.benchmark or args.fit:
             return from_table(args.benchmark or args.fit, fit=bool(args.fit))
         if args.features:
@@ -163,11 +198,16 @@ def main(argv: list[str] | None = None) -> int:
             args.features.with_suffix(".provenance.json").write_text(json.dumps(provenance(config), indent=1))
             print(f"{args.features}: {rows} runs")
             return 0
+        engines.check(config.engine, config.out)
         with interrupt.stop_on_signals():
-            print(f"{build(config)} runs done; the bank is in {config.out}")
-    except FinetuneError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+            done = build(config)
+        if done is None:
+            return 0
+        print(f"{done} runs done; the bank is in {config.out}")
+        if config.stop_early:
+            print(stop_report(config, args.against), end="")
+    except (ValueError, records.RecordsError) as error:
+        return fail(error)
     except KeyboardInterrupt as stop:
         print(f"interrupted by {interrupt.describe(stop)}: finished runs are kept; run the same command to go on",
               file=sys.stderr)

@@ -28,10 +28,11 @@ def _start_worker(steps) -> None:
 
 
 def _finetune_one(config: FinetuneConfig) -> FinetuneResult:
-    """One run in a worker process (the runner attaches the standard probes); each update is counted on the
-    progress queue."""
+    """One run in a worker process (the runner attaches the standard probes), after setting aside what an
+    interrupted attempt left; each update is counted on the progress queue."""
     with interrupt.worker_run():  # SIGTERM from the parent (or Ctrl-C) closes this run's records
         quiet_transformers()
+        set_aside_unfinished(config)
         return run(config, on_step=lambda: _steps.put(1))
 
 
