@@ -6,7 +6,8 @@ Compute is counted in optimiser steps: the steps the runs under ``root`` took ov
 run to the end (a stopped run's summary keeps its ``planned_steps``). A run stopped early has no outcome of its own;
 ``against`` is a sweep of the same runs (same grid, seeds and sizes: runs are reproducible, so the stopped run's
 first steps are the same) run to the end, whose outcomes say which stopped runs would have succeeded (good runs
-lost) and which would have failed (failures caught). Runs are matched by their path under each root.
+lost) and which would have failed (failures caught). Runs are matched by their path under each root and must
+agree on the recipe and the data (:data:`SAME`); the stopped runs without such a match are counted apart.
 """
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from probes.records import open_run
+
+SAME = ("resolved_recipe", "model", "max_length", "train_examples", "dev_examples", "precision")
 
 
 @dataclass(frozen=True)
@@ -53,15 +56,16 @@ class Savings:
 
 
 def run_summaries(root: Path) -> dict[str, dict]:
-    """The summary of every run folder under ``root`` that has one, by its path under ``root`` (folders set aside
-    as ``<run>.interrupted-N`` are left out)."""
+    """The summary of every run folder under ``root`` that has one, with the settings of :data:`SAME` under
+    ``"same"``, by its path under ``root`` (folders set aside as ``<run>.interrupted-N`` are left out)."""
     found = {}
     for path in sorted(Path(root).rglob("run.h5")):
         if ".interrupted-" in path.parent.name:
             continue
-        summary = open_run(path).summary
-        if "steps" in summary:
-            found[str(path.parent.relative_to(root))] = summary
+        run = open_run(path)
+        config = run.meta.get("config", {}) or {}
+        if "steps" in run.summary:
+            found[str(path.parent.relative_to(root))] = {**run.summary, "same": [config.get(k) for k in SAME]}
     return found
 
 
@@ -74,7 +78,8 @@ def savings(root: Path, against: Path | None = None) -> Savings:
     failed_kept = sum(bool(summary.get("failed")) for summary in runs.values())
     if against is None:
         return Savings(len(runs), len(stopped), steps_run, planned, failed_kept)
-    ended = {name: summary for name, summary in run_summaries(against).items() if "final_dev_metric" in summary}
+    ended = {name: summary for name, summary in run_summaries(against).items()
+             if "final_dev_metric" in summary and name in runs and summary["same"] == runs[name]["same"]}
     lost = tuple(name for name in stopped if name in ended and not ended[name]["failed"])
     caught = tuple(name for name in stopped if name in ended and ended[name]["failed"])
     unmatched = tuple(name for name in stopped if name not in ended)

@@ -116,7 +116,7 @@ def finetune_all(configs: list[FinetuneConfig], engine: Engine, on_result: OnRes
     if not configs:
         return results
     with connected(engine):
-        check_shared(Path(configs[0].out))
+        check_shared(Path(os.path.commonpath([str(Path(one.out).resolve()) for one in configs])))
         steps = Queue(actor_options={"num_cpus": 0})
         pending = {finetune_task.options(num_cpus=one.threads or 1, num_gpus=int(one.device == "cuda"),
                                          max_retries=engine.retries).remote(one, steps): one for one in configs}
