@@ -79,7 +79,9 @@ def connected(engine: Engine) -> Iterator[None]:
         yield
         return
     joining = address(engine)
-    options = dict(address=joining) if joining else dict(num_cpus=engine.workers, object_store_memory=OBJECT_STORE)
+    # "local": a cluster of its own, even where an earlier one left its address in /tmp/ray
+    options = dict(address=joining) if joining else dict(address="local", num_cpus=engine.workers,
+                                                          object_store_memory=OBJECT_STORE)
     try:
         ray.init(**options, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
     except ConnectionError as error:
