@@ -28,6 +28,7 @@ from diagnostics.quiet import quiet_transformers
 from diagnostics.worker_pool import set_aside_unfinished
 
 OBJECT_STORE = 200 * 1024 ** 2  # a cluster started here moves configs and results only: the minimum is plenty
+SHARE = "put --out on storage every node mounts at the same path (NFS, Lustre, ...)"
 CANCEL_WAIT_S = 120  # how long Ctrl-C waits for the cancelled runs to close their records
 
 
@@ -42,15 +43,23 @@ def finetune_task(config: FinetuneConfig, steps: Queue) -> FinetuneResult:
 
 @ray.remote(num_cpus=0)
 def sees(path: str, token: str) -> str | None:
-    """None when this node reads ``token`` from ``path`` and can write beside it; else what it found, and where."""
-    host = socket.gethostname()
+    """None when this node reads ``token`` from ``path`` and can write an HDF5 file beside it; else the one-line
+    error, naming the node."""
+    import h5py
+
+    host, out = socket.gethostname(), Path(path).parent
+    unshared = f"--out {out} is not shared with the Ray workers: {host}"
     try:
         if Path(path).read_text() != token:
-            return f"{host} finds another {path}"
-        Path(f"{path}.{host}").write_text(token)
-        os.remove(f"{path}.{host}")
+            return f"{unshared} finds another file there; {SHARE}"
+        with h5py.File(f"{path}.{host}.h5", "w"):  # locks the file as a run's records do
+            pass
+        os.remove(f"{path}.{host}.h5")
     except OSError as error:
-        return f"{host} cannot use it ({error.strerror or error})"
+        if "lock" in str(error).lower():
+            return (f"{host} cannot lock HDF5 files in {out} ({str(error).splitlines()[0]}); set "
+                    "HDF5_USE_FILE_LOCKING=FALSE where you start the command (each records file has one writer)")
+        return f"{unshared} cannot use it ({error.strerror or error}); {SHARE}"
     return None
 
 
@@ -82,6 +91,8 @@ def connected(engine: Engine) -> Iterator[None]:
     # "local": a cluster of its own, even where an earlier one left its address in /tmp/ray
     options = dict(address=joining) if joining else dict(address="local", num_cpus=engine.workers,
                                                           object_store_memory=OBJECT_STORE)
+    if "HDF5_USE_FILE_LOCKING" in os.environ:  # the workers of a joined cluster do not inherit this environment
+        options["runtime_env"] = {"env_vars": {"HDF5_USE_FILE_LOCKING": os.environ["HDF5_USE_FILE_LOCKING"]}}
     try:
         ray.init(**options, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
     except ConnectionError as error:
@@ -107,8 +118,7 @@ def check_shared(out: Path) -> None:
         probe.unlink()
     wrong = [answer for answer in answers if answer]
     if wrong:
-        raise EngineError(f"--out {out} is not shared with the Ray workers: {wrong[0]}; put --out on storage every "
-                          "node mounts at the same path (NFS, Lustre, ...)")
+        raise EngineError(wrong[0])
 
 
 def finetune_all(configs: list[FinetuneConfig], engine: Engine, on_result: OnResult,
