@@ -86,6 +86,16 @@ def ray_worker_running(name: str) -> list[int]:
     return found
 
 
+def writing_records(pid: int, out: Path) -> bool:
+    """Whether process ``pid`` holds a records file under ``out`` open."""
+    import psutil
+
+    try:
+        return any(f.path.startswith(str(out)) and f.path.endswith("run.h5") for f in psutil.Process(pid).open_files())
+    except psutil.Error:
+        return False
+
+
 @pytest.mark.slow
 @EMBEDDED
 @RAY
@@ -101,12 +111,12 @@ def test_quick_study_on_ray_with_a_worker_killed_matches_the_local_engine(tmp_pa
     killed = None
     deadline = time.monotonic() + 600
     while killed is None and study.poll() is None and time.monotonic() < deadline:
-        if any(on_ray.glob("*/step0")):  # a run has started: its model and folder exist
-            workers = ray_worker_running("finetune_task")
-            if workers:
-                os.kill(workers[0], signal.SIGKILL)
-                killed = workers[0]
-        time.sleep(0.2)
+        for pid in ray_worker_running("finetune_task"):
+            if writing_records(pid, on_ray):  # in the middle of a run: its records are open
+                os.kill(pid, signal.SIGKILL)
+                killed = pid
+                break
+        time.sleep(0.1)
     stdout, stderr = study.communicate(timeout=900)
     assert killed is not None, "no Ray worker was running a run"
     assert study.returncode == 0, stderr[-3000:]
@@ -205,3 +215,31 @@ def test_slurm_path_on_submitits_debug_executor_names_the_run_that_failed(tmp_pa
         finetune_all(configs, Engine("slurm", workers=1, slurm_cluster="debug"), lambda result: None)
     assert finished_run(tmp_path / "runs" / "hedge-default-s1") is not None
     assert not (tmp_path / "runs" / "hedge-default-s0").exists()
+
+
+@pytest.mark.slow
+@EMBEDDED
+@RAY
+def test_ctrl_c_cancels_the_ray_tasks_and_leaves_closed_readable_records(tmp_path, repo_root):
+    import h5py
+
+    out = tmp_path / "bank"
+    bank = subprocess.Popen([sys.executable, "-m", "diagnostics.seed_bank", "--out", str(out), "--tasks", "hedge",
+                             "--lrs", "2e-4", "--seeds", "2", "--corrected-seeds", "0", "--epochs", "2",
+                             "--engine", "ray", "--workers", "2"],
+                            cwd=repo_root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 600
+    while not list(out.glob("lr*/*/run.h5")) and bank.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(3)  # into the training steps
+    bank.send_signal(signal.SIGINT)
+    _, stderr = bank.communicate(timeout=300)
+    assert bank.returncode == 130, stderr[-3000:]
+    assert stderr.strip().splitlines()[-1].startswith("interrupted by SIGINT: finished runs are kept")
+    runs = list(out.glob("lr*/*/run.h5"))
+    assert runs and all(finished_run(path.parent) is None for path in runs), "the runs were stopped, not finished"
+    for path in runs:
+        with h5py.File(path, "r", locking=False):  # a writer that closed leaves no 'open for write' flag
+            pass
+        open_run(path)
+    assert not ray_worker_running("finetune_task"), "the cluster started for the command is gone"
