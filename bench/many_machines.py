@@ -42,9 +42,9 @@ def timed(args: list[str]) -> float:
 def ray_start_seconds(workers: int) -> float:
     """Seconds to start and stop a Ray cluster of this machine as the engine does."""
     code = ("import logging, time, ray; from diagnostics.engines.ray_cluster import OBJECT_STORE; "
-            "t = time.monotonic(); ray.init(address='local', num_cpus=%d, object_store_memory=OBJECT_STORE, include_dashboard=False, "
-            "log_to_driver=False, logging_level=logging.WARNING); print(time.monotonic() - t); ray.shutdown()"
-            % workers)
+            "t = time.monotonic(); ray.init(address='local', num_cpus=%d, object_store_memory=OBJECT_STORE, "
+            "include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING); "
+            "print(time.monotonic() - t); ray.shutdown()" % workers)
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     return float(done.stdout.split()[-1])
 
@@ -93,8 +93,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder)
         found["ray_start_s"] = ray_start_seconds(args.workers)
-        for name, command, runs in (("study", ["-m", "diagnostics.study", "--quick", "--workers", str(args.workers)], 4),
-                                    ("bank", bank, args.seeds)):
+        study = ["-m", "diagnostics.study", "--quick", "--workers", str(args.workers)]
+        for name, command, runs in (("study", study, 4), ("bank", bank, args.seeds)):
             local = timed([*command, "--out", str(out / f"{name}-local")])
             on_ray = timed([*command, "--out", str(out / f"{name}-ray"), "--engine", "ray"])
             found[name] = {"runs": runs, "local_s": local, "ray_s": on_ray, "ratio": on_ray / local,

@@ -20,6 +20,8 @@ What it does, in order, everything into OUT:
    matrix, the early warning's precision and recall, where the records came from), draws every figure into
    ``OUT/figures/`` and writes ``report.html`` (one self-contained page: the tables, each run's verdict, every
    figure inline, links to the records).
+``--engine ray|slurm`` runs the seeds on a Ray cluster or as a SLURM job array, and ``--stop-early dodge|predictor``
+stops doomed seeds early (docs/many-machines.md); the records and the report do not depend on the engine.
 ``report.md`` and the figures are derived from the records and are redrawn on every run; records are never
 overwritten. Every run of a study computes in one precision, fp32 unless ``--precision bf16`` (faster where bf16 is
 native, and labelled so in the report), on the GPU when torch sees one (``--device``), so the report does not
@@ -193,7 +195,8 @@ def write_report(config: StudyConfig, results: list[FinetuneResult], barriers=No
     basins = f"## Loss barriers between seeds\n\n```\n{barriers.table()}\n```\n\n" if barriers else ""
     stopped, stop_table = stop_section(config)
     path.write_text("# Stability study\n\n"
-                    f"{len(results)} runs{stopped}: tasks {', '.join(config.tasks)}; recipes {', '.join(config.recipes)}; "
+                    f"{len(results)} runs{stopped}: tasks {', '.join(config.tasks)}; "
+                    f"recipes {', '.join(config.recipes)}; "
                     f"seeds {', '.join(map(str, config.seeds))}; {size}, max length {config.max_length}, "
                     f"{config.evals} dev evaluations per run; precision **{precision}**; command "
                     f"`python -m diagnostics.study {' '.join(sys.argv[1:])}`.\n\n"
@@ -208,7 +211,8 @@ def stop_section(config: StudyConfig) -> tuple[str, str]:
     if not config.stop_early:
         return "", ""
     saved = savings(config.out)
-    return (f" run to the end ({saved.stopped} more stopped early by `--stop-early {StopRule.parse(config.stop_early)}`)",
+    rule = StopRule.parse(config.stop_early)
+    return (f" run to the end ({saved.stopped} more stopped early by `--stop-early {rule}`)",
             f"\n## Stopped early\n\n{saved.markdown()}")
 
 
@@ -241,16 +245,22 @@ def forgetting_section(run_dirs: list[Path]) -> str:
             + "\n".join(rows) + "\n")
 
 
-def draw(config: StudyConfig):
+def figure_records(config: StudyConfig, results: list[FinetuneResult]) -> list[Path]:
+    """What the figures are drawn from: the records of the runs run to the end and the surfaces, not the folders
+    set aside as ``<run>.interrupted-N`` (a worker killed outright may have left one unreadable) nor stopped runs."""
+    surfaces = config.out / "surfaces.h5"
+    return sorted([r.run_dir / "run.h5" for r in results] + ([surfaces] if surfaces.is_file() else []))
+
+
+def draw(config: StudyConfig, records: list[Path]):
     from plots.batch import draw_figures
     from plots.registry import FIGURES
 
     folder = config.out / "figures"
     folder.mkdir(exist_ok=True)
-    drawn = draw_figures({name: folder / f"{name}.pdf" for name in FIGURES}, [config.out], overwrite=True,
-                         strict=False)
+    drawn = draw_figures({name: folder / f"{name}.pdf" for name in FIGURES}, records, overwrite=True, strict=False)
     # PNGs at 200 dpi (1,400 px across a page-wide figure) for a README or a report page
-    draw_figures({name: folder / f"{name}.png" for name in drawn.drawn}, [config.out], overwrite=True, strict=False)
+    draw_figures({name: folder / f"{name}.png" for name in drawn.drawn}, records, overwrite=True, strict=False)
     return folder, drawn
 
 
@@ -274,8 +284,9 @@ def run(config: StudyConfig) -> StudyResult | None:
     barriers = measure_barriers(config, results, config.tasks[0])
     analysis = report_run(ReportConfig(runs=[str(r.run_dir / "run.h5") for r in results], early=True))
     report = write_report(config, results, barriers, analysis)
-    figures, drawn = draw(config)
-    write_html(analysis, [r.run_dir / "run.h5" for r in results], config.out / "report.html", figure_records=[config.out],
+    figures, drawn = draw(config, figure_records(config, results))
+    write_html(analysis, [r.run_dir / "run.h5" for r in results], config.out / "report.html",
+               figure_records=figure_records(config, results),
                intro=f"{len(results)} runs of python -m diagnostics.study {' '.join(sys.argv[1:])}")
     return StudyResult(everything, report, figures, drawn.skipped, time.monotonic() - started)
 
