@@ -13,7 +13,9 @@ Writes ``OUT/<task>-<recipe>-s<seed>/``:
   ``--evals`` times evenly and at the end), the predicted label of every dev example at each evaluation
   (``predictions/dev``) and the final model's [CLS] representations of the dev examples (``predictions/dev_cls``,
   for ``diagnostics.instability``), and a summary (final dev metric, majority baseline, failed flag = final
-  metric at or below the majority baseline, Dodge et al. 2020).
+  metric at or below the majority baseline, Dodge et al. 2020). ``--stop-early dodge|predictor``
+  (:mod:`diagnostics.stop_early`) may end a doomed run early: its summary then says where and why, with no
+  outcome, and no ``final/`` is saved.
 
 The seed sets the classifier (and pooler) initialisation, dropout and the data order. Re-running a finished run
 prints "already finished, skipping" and exits 0 (seed sweeps rely on this); a folder holding an unfinished run, or

@@ -3,6 +3,7 @@ LocalExecutor (a subprocess per job) and DebugExecutor, and the one-line refusal
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import signal
@@ -41,6 +42,7 @@ def one_error_line(result: subprocess.CompletedProcess) -> str:
 @pytest.mark.parametrize("args, says", [
     (["--engine", "ray", "--ray-address", "127.0.0.1:1"], "no Ray cluster answers at --ray-address 127.0.0.1:1"),
     (["--engine", "slurm", "--slurm-option", "account"], "--slurm-option 'account' is not KEY=VALUE"),
+    (["--engine", "slurm"], "--engine slurm submits with sbatch, which is not on this machine"),
     (["--no-wait"], "--no-wait submits SLURM jobs"),
     (["--stop-early", "hyperband"], "the rule is dodge or predictor"),
     (["--stop-early", "dodge:keep=2"], "dodge takes at and keep, each a number in (0, 1]"),
@@ -202,6 +204,35 @@ def test_slurm_path_on_submitits_local_executor_submits_without_waiting_then_col
     for seed in (0, 1):
         assert finished_run(out / "lr0.0002" / f"hedge-default-s{seed}") is not None
     assert not list(out.rglob("*.interrupted-*"))
+
+
+@pytest.mark.slow
+@EMBEDDED
+@SUBMITIT
+def test_a_preempted_slurm_job_is_requeued_and_its_run_restarted_in_a_fresh_folder(tmp_path, repo_root):
+    """SIGUSR2 to a running job, as SLURM sends before preempting it: submitit requeues the job, the run restarts
+    in a fresh folder and the interrupted one is kept as <run>.interrupted-1."""
+    import psutil
+
+    out = tmp_path / "bank"
+    args = [*BANK, "--seeds", "1", "--epochs", "3", "--out", str(out), "--engine", "slurm", "--slurm-cluster",
+            "local", "--slurm-time", "10", "--no-wait"]
+    with open(tmp_path / "submit.log", "w") as into:
+        assert subprocess.run([sys.executable, *args], cwd=repo_root, stdout=into, stderr=into).returncode == 0
+    controller = int(next(iter(json.loads((out / "lr0.0002" / "slurm" / "jobs.json").read_text()).values())))
+    deadline = time.monotonic() + 300
+    preempted = False
+    while not preempted and time.monotonic() < deadline:
+        for job in psutil.Process(controller).children():
+            if writing_records(job.pid, out):
+                job.send_signal(signal.SIGUSR2)
+                preempted = True
+        time.sleep(0.1)
+    assert preempted, "the job never got to training"
+    collected = command(repo_root, [arg for arg in args if arg != "--no-wait"])
+    assert collected.returncode == 0, collected.stderr[-3000:]
+    assert finished_run(out / "lr0.0002" / "hedge-default-s0") is not None
+    assert (out / "lr0.0002" / "hedge-default-s0.interrupted-1" / "run.h5").is_file()
 
 
 @pytest.mark.slow

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -87,7 +88,7 @@ def from_args(args: argparse.Namespace) -> Engine:
 
 def check(engine: Engine, out: Path) -> None:
     """Refuse, in one line and before any run starts, an engine that is not installed, a Ray cluster that cannot be
-    reached or an ``out`` its workers do not see."""
+    reached or a SLURM engine without ``sbatch``."""
     module = {"ray": "ray", "slurm": "submitit"}.get(engine.name)
     if module and importlib.util.find_spec(module) is None:
         raise EngineError(f"--engine {engine.name} needs {module}, which is not installed: {EXTRA}")
@@ -95,6 +96,9 @@ def check(engine: Engine, out: Path) -> None:
         from diagnostics.engines import ray_cluster
 
         ray_cluster.check(engine, out)
+    if engine.name == "slurm" and engine.slurm_cluster == "slurm" and shutil.which("sbatch") is None:
+        raise EngineError("--engine slurm submits with sbatch, which is not on this machine: run the command on the "
+                          "cluster's login node (or try the same path here with --slurm-cluster local)")
 
 
 def finetune_all(configs: list[FinetuneConfig], engine: Engine, on_result: OnResult,

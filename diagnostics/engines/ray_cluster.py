@@ -164,6 +164,6 @@ def _result(ref, config: FinetuneConfig, engine: Engine) -> FinetuneResult:
     except ray.exceptions.RayTaskError as error:
         raise error.cause from None
     except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError) as error:
-        raise EngineError(f"run {config.seed} of {config.task}-{config.recipe}: its Ray worker died "
+        raise EngineError(f"run {config.task}-{config.recipe}-s{config.seed}: its Ray worker died "
                           f"{engine.retries + 1} times ({type(error).__name__}); its folders are kept as "
                           "<run>.interrupted-N, see the Ray logs") from None
