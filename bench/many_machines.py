@@ -86,6 +86,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1, help="epochs of each bank run (20 steps each)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--json", type=Path, default=Path("many_machines.json"))
+    parser.add_argument("--dodge-only", action="store_true",
+                        help="only part 3: the bank under the local engine, to the end and with --stop-early dodge")
     args = parser.parse_args()
     found = {"hardware": hardware(), "workers": args.workers, "bank": f"{args.seeds} runs x {args.epochs} epochs"}
     bank = ["-m", "diagnostics.seed_bank", "--tasks", "hedge", "--lrs", "2e-4", "--seeds", str(args.seeds),
@@ -94,7 +96,9 @@ def main() -> None:
         out = Path(folder)
         found["ray_start_s"] = ray_start_seconds(args.workers)
         study = ["-m", "diagnostics.study", "--quick", "--workers", str(args.workers)]
-        for name, command, runs in (("study", study, 4), ("bank", bank, args.seeds)):
+        if args.dodge_only:
+            found["bank"] = {"runs": args.seeds, "local_s": timed([*bank, "--out", str(out / "bank-local")])}
+        for name, command, runs in (("study", study, 4), ("bank", bank, args.seeds))[:0 if args.dodge_only else 2]:
             local = timed([*command, "--out", str(out / f"{name}-local")])
             on_ray = timed([*command, "--out", str(out / f"{name}-ray"), "--engine", "ray"])
             found[name] = {"runs": runs, "local_s": local, "ray_s": on_ray, "ratio": on_ray / local,
@@ -110,11 +114,11 @@ def main() -> None:
                           "stopped": saved.stopped, "good_runs_lost": len(saved.lost),
                           "failures_caught": len(saved.caught), "failed_kept": saved.failed_kept}
     args.json.write_text(json.dumps(found, indent=1))
-    h, s, b, d = found["hardware"], found["study"], found["bank"], found["dodge"]
+    h, s, b, d = found["hardware"], found.get("study"), found["bank"], found["dodge"]
     print(f"{h['cpu']} ({h['cpu_capability']}, {h['cores']} cores), torch {h['torch']}, {h['version']} at "
           f"{h['commit']}, {h['date']}; {args.workers} workers; Ray start-up {found['ray_start_s']:.1f} s\n")
     print("| | local | ray | ray / local | ray's cost per run | records equal |\n|---|---|---|---|---|---|")
-    for name, row in (("quick study (4 runs)", s), (f"bank ({b['runs']} runs)", b)):
+    for name, row in (("quick study (4 runs)", s), (f"bank ({b['runs']} runs)", b))[:0 if args.dodge_only else 2]:
         print(f"| {name} | {row['local_s']:.0f} s | {row['ray_s']:.0f} s | {row['ratio']:.2f} | "
               f"{row['ray_per_run_s']:+.1f} s | {'yes' if row['same_records'] else 'NO'} |")
     print(f"\n--stop-early dodge on the bank: {d['stopped']} of {b['runs']} runs stopped, {d['steps_run']} of "

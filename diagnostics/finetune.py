@@ -325,7 +325,8 @@ def train(model, tokenizer, task: Task, recipe: Recipe, config: FinetuneConfig, 
             bar.update()
             if on_step is not None:
                 on_step()
-            stopped = stopper and stopper.after_step(step, session, dev_metric if step in scheduled else None)
+            stopped = stopper and stopper.after_step(step, session,
+                                                     (dev_metric, dev_loss) if step in scheduled else None)
             if stopped:
                 break
     return step, dev_metric, sum(last_losses) / len(last_losses), stopped

@@ -9,7 +9,8 @@ The decision is taken inside the run, so it works the same whatever runs it. ``d
 metric at step ``ceil(at x steps)`` (an evaluation is added there) with those of the runs of the same task and
 recipe under the same ``--out`` that got there before it: each writes its metric to ``OUT/stop-early/<run>.json``
 (written whole, then renamed), so the runs share nothing but the output folder every engine needs anyway. It keeps
-the run when its metric is among the best ``keep`` share of those so far (ties kept): the first run always goes on.
+the run when it is among the best ``keep`` share of those so far, ranked by dev metric and then, among equal metrics
+(early on, many runs still predict the majority class), by lower dev loss: the first run always goes on.
 ``predictor`` reads the calibrated P(fail) of the early warning probe (:func:`failure_probability`). A stopped run
 is recorded as stopped, not failed: its summary has ``stopped_at`` and ``stop_rule`` and no ``failed`` flag.
 """
@@ -74,16 +75,16 @@ class Stopper:
         self.rule, self.run_dir, self.total = rule, Path(run_dir), total
         self.decided = False
 
-    def after_step(self, step: int, session, dev_metric: float | None) -> str | None:
-        """Decide once: dodge at its decision step (``dev_metric`` is that step's evaluation), the predictor as
-        soon as the early warning has a probability."""
+    def after_step(self, step: int, session, evaluation: tuple[float, float] | None) -> str | None:
+        """Decide once: dodge at its decision step (``evaluation``: that step's dev metric and dev loss), the
+        predictor as soon as the early warning has a probability."""
         if self.decided:
             return None
         if self.rule.name == "dodge":
             if step != self.rule.decision_step(self.total):
                 return None
             self.decided = True
-            return self._dodge(step, dev_metric)
+            return self._dodge(step, *evaluation)
         probability = failure_probability(session)
         if probability is None:
             return None
@@ -92,22 +93,26 @@ class Stopper:
             return f"P(fail) {probability:.2f} >= {self.rule.threshold:g} at step {step}"
         return None
 
-    def _dodge(self, step: int, dev_metric: float) -> str | None:
+    def _dodge(self, step: int, dev_metric: float, dev_loss: float) -> str | None:
         """Write this run's metric to the ledger, then stop it unless it is among the best ``keep`` so far."""
         ledger = self.run_dir.parent / LEDGER
         ledger.mkdir(exist_ok=True)
         name = self.run_dir.name
         partial = ledger / f".{name}.json.partial"
-        partial.write_text(json.dumps({"step": step, "dev_metric": dev_metric}))
+        partial.write_text(json.dumps({"step": step, "dev_metric": dev_metric, "dev_loss": dev_loss}))
         os.replace(partial, ledger / f"{name}.json")
         group = name.rsplit("-s", 1)[0]
-        so_far = [json.loads(path.read_text())["dev_metric"] for path in ledger.glob(f"{group}-s*.json")]
-        kept = math.ceil(self.rule.keep * len(so_far))
-        bar = sorted(so_far, reverse=True)[kept - 1]
-        if dev_metric >= bar:
+        so_far = [_rank(json.loads(path.read_text())) for path in ledger.glob(f"{group}-s*.json")]
+        bar = sorted(so_far, reverse=True)[math.ceil(self.rule.keep * len(so_far)) - 1]
+        if _rank({"dev_metric": dev_metric, "dev_loss": dev_loss}) >= bar:
             return None
-        return (f"dev metric {dev_metric:.3f} at step {step} below the best {self.rule.keep:.0%} of "
-                f"{len(so_far)} runs so far ({bar:.3f})")
+        return (f"dev metric {dev_metric:.3f} (loss {dev_loss:.3f}) at step {step} below the best "
+                f"{self.rule.keep:.0%} of {len(so_far)} runs so far ({bar[0]:.3f}, loss {-bar[1]:.3f})")
+
+
+def _rank(entry: dict) -> tuple[float, float]:
+    """A ledger entry's rank key: higher dev metric first, then lower dev loss."""
+    return entry["dev_metric"], -entry["dev_loss"]
 
 
 def failure_probability(session) -> float | None:

@@ -30,21 +30,22 @@ def test_rules_parse_with_their_defaults_and_refuse_what_they_do_not_take():
 
 
 def test_dodge_keeps_the_best_share_of_the_runs_of_its_recipe_so_far(tmp_path):
-    def decide(seed: int, metric: float, recipe: str = "default") -> str | None:
+    def decide(seed: int, metric: float, recipe: str = "default", loss: float = 0.7) -> str | None:
         stopper = Stopper(StopRule("dodge", at=0.5, keep=0.5), tmp_path / f"hedge-{recipe}-s{seed}", total=10)
         assert stopper.after_step(4, None, None) is None  # before its evaluation at step 5
-        decision = stopper.after_step(5, None, metric)
+        decision = stopper.after_step(5, None, (metric, loss))
         assert stopper.after_step(6, None, None) is None  # decided once
         return decision
 
     assert decide(0, 0.2) is None  # the first run always goes on
-    assert "below the best 50% of 2 runs so far (0.200)" in decide(1, 0.1)
+    assert "below the best 50% of 2 runs so far (0.200, loss 0.700)" in decide(1, 0.1)
     assert decide(2, 0.3) is None
-    assert decide(3, 0.2) is None  # best 2 of 4 are 0.3 and 0.2: a tie is kept
-    assert decide(4, 0.15) is not None  # best 3 of 5: 0.3, 0.2, 0.2
+    assert decide(3, 0.2, loss=0.6) is None  # best 2 of 4: 0.3, then 0.2 at the lower loss (this one)
+    assert decide(4, 0.2, loss=0.65) is None  # best 3 of 5: 0.3, 0.2 (0.6), 0.2 (0.65)
+    assert decide(5, 0.2, loss=0.69) is not None  # best 3 of 6 as before: equal metric, higher loss
     assert decide(0, 0.0, recipe="mosbach") is None  # another recipe is another sweep
     assert sorted(p.name for p in (tmp_path / LEDGER).iterdir()) == [
-        *(f"hedge-default-s{seed}.json" for seed in range(5)), "hedge-mosbach-s0.json"]
+        *(f"hedge-default-s{seed}.json" for seed in range(6)), "hedge-mosbach-s0.json"]
 
 
 @pytest.mark.slow
@@ -53,7 +54,7 @@ def test_a_run_stopped_by_dodge_is_recorded_as_stopped_and_counted_against_its_r
     full = run(FinetuneConfig(out=tmp_path / "full", train_examples=64, probes=False, **SMALL))
     ledger = tmp_path / "dodge" / LEDGER
     ledger.mkdir(parents=True)
-    (ledger / "hedge-default-s9.json").write_text(json.dumps({"step": 1, "dev_metric": 2.0}))  # beyond any metric
+    (ledger / "hedge-default-s9.json").write_text(json.dumps({"step": 1, "dev_metric": 2.0, "dev_loss": 0.0}))
     config = FinetuneConfig(out=tmp_path / "dodge", train_examples=64, probes=False, stop_early="dodge:at=0.25",
                             **SMALL)
     stopped = run(config)
