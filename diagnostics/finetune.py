@@ -13,7 +13,9 @@ Writes ``OUT/<task>-<recipe>-s<seed>/``:
   ``--evals`` times evenly and at the end), the predicted label of every dev example at each evaluation
   (``predictions/dev``) and the final model's [CLS] representations of the dev examples (``predictions/dev_cls``,
   for ``diagnostics.instability``), and a summary (final dev metric, majority baseline, failed flag = final
-  metric at or below the majority baseline, Dodge et al. 2020).
+  metric at or below the majority baseline, Dodge et al. 2020). ``--stop-early dodge|predictor``
+  (:mod:`diagnostics.stop_early`) may end a doomed run early: its summary then says where and why, with no
+  outcome, and no ``final/`` is saved.
 
 The seed sets the classifier (and pooler) initialisation, dropout and the data order. Re-running a finished run
 prints "already finished, skipping" and exits 0 (seed sweeps rely on this); a folder holding an unfinished run, or
@@ -53,6 +55,7 @@ from diagnostics.embedded import DEFAULT_MODEL
 from diagnostics.hardware import DEVICES, PRECISIONS, Hardware, HardwareError, choose_hardware
 from diagnostics.quiet import quiet_transformers, warnings_as_log_lines
 from diagnostics.recipes import RECIPES, Recipe, RecipeError, get_recipe, linear_schedule, parameter_groups, reinit_top
+from diagnostics.stop_early import StopRule, StopRuleError, Stopper
 from diagnostics.tasks import Example, Task, TaskError, encode, load_task, majority_baseline, metric
 
 EVAL_BATCH = 64
@@ -97,6 +100,7 @@ class FinetuneConfig:
     dev_examples: int | None = None
     probes: bool = True
     interpolations: int | None = None  # loss-line probes per run: None = one per dev evaluation, 0 = none
+    stop_early: str | None = None  # a rule of diagnostics.stop_early, e.g. "dodge"; None runs to the end
 
     def resolved_recipe(self) -> Recipe:
         overrides = {f.name: getattr(self, f.name) for f in fields(Recipe) if hasattr(self, f.name)
@@ -109,7 +113,8 @@ class FinetuneConfig:
 
 @dataclass(frozen=True)
 class FinetuneResult:
-    """What a run ended with (`skipped` when it had finished before)."""
+    """What a run ended with (`skipped` when it had finished before). A run stopped early says why in `stopped`;
+    its `final_dev_metric` is the last evaluation and `failed` is False (its outcome is unknown)."""
 
     run_dir: Path
     skipped: bool
@@ -119,6 +124,7 @@ class FinetuneResult:
     failed: bool
     steps: int
     seconds: float
+    stopped: str | None = None
 
 
 # ---------------------------------------------------------------- model set-up
@@ -215,6 +221,15 @@ def total_steps(task: Task, recipe: Recipe) -> int:
     return -(-len(task.train) // recipe.batch_size) * recipe.epochs
 
 
+def planned_steps(configs: list[FinetuneConfig]) -> dict[int, int]:
+    """The optimiser steps of each run (by its index in ``configs``), 0 for a finished one: what is left to do."""
+    planned = {}
+    for index, one in enumerate(configs):
+        task = subset(load_task(one.task), one.train_examples, one.dev_examples)
+        planned[index] = 0 if finished_run(one.run_dir(task.name)) else total_steps(task, one.resolved_recipe())
+    return planned
+
+
 def standard_probes(total: int, enabled: bool = True, sample: list[dict] | None = None,
                     autocast: torch.dtype | None = None, times: int = 10) -> Probes:
     """What every run of this runner records at every step: loss, learning rate and total gradient norms
@@ -265,11 +280,11 @@ def subset(task: Task, train_examples: int | None, dev_examples: int | None) -> 
 
 def train(model, tokenizer, task: Task, recipe: Recipe, config: FinetuneConfig, run: records.RunWriter,
           probes: Probes, hardware: Hardware | None = None,
-          on_step: Callable[[], None] | None = None) -> tuple[int, float, float]:
+          on_step: Callable[[], None] | None = None) -> tuple[int, float, float, str | None]:
     """The training loop on `hardware` (default: CPU, fp32) under ``probes`` (they record the `train` rows, at the
     0-based step of each update); appends `eval` rows (after that many updates); calls `on_step` after each update
-    (then it shows no progress bar of its own); returns (optimiser steps, final dev metric, mean training loss of
-    the last 10% of steps)."""
+    (then it shows no progress bar of its own); stops early where ``config.stop_early``'s rule says so; returns
+    (optimiser steps, last dev metric, mean training loss of the last 10% of steps, why it stopped early or None)."""
     hardware = hardware or choose_hardware("cpu", "fp32")
     model.to(hardware.device)
     optimizer = BertAdam(parameter_groups(model, recipe), lr=recipe.lr, betas=recipe.adam_betas,
@@ -280,6 +295,11 @@ def train(model, tokenizer, task: Task, recipe: Recipe, config: FinetuneConfig, 
     warmup = max(1, round(recipe.warmup_ratio * total))
     last_losses: list[float] = []
     scheduled = eval_steps(total, config.evals)
+    stopper, stopped = None, None
+    if config.stop_early:
+        rule = StopRule.parse(config.stop_early)
+        stopper = Stopper(rule, config.run_dir(task.name), total)
+        scheduled |= {rule.decision_step(total)} - {None}
     generator = torch.Generator().manual_seed(config.seed)
     lengths = token_lengths(task.train, tokenizer, config.max_length)
     with probes(model, optimizer, run) as session, tqdm(total=total, desc=config.run_dir(task.name).name,
@@ -288,35 +308,40 @@ def train(model, tokenizer, task: Task, recipe: Recipe, config: FinetuneConfig, 
         run.start()
         step = 0
         model.train()
-        for _ in range(recipe.epochs):
-            for examples in batches(task.train, lengths, recipe.batch_size, generator):
-                lr_scale = linear_schedule(step, total, warmup)
-                for group in optimizer.param_groups:
-                    group["lr"] = recipe.lr * group["lr_scale"] * lr_scale
-                with hardware.autocast():
-                    loss = model(**to_device(encode(examples, tokenizer, config.max_length), hardware.device)).loss
-                session.log_scalars(lr=recipe.lr * lr_scale)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                last_losses = (last_losses + [float(loss.detach())])[-max(1, total // 10):]
-                step += 1
-                if step in scheduled:
-                    dev_metric, dev_loss, predictions = evaluate(model, tokenizer, task, config.max_length, hardware)
-                    run.append(catalogue.EVAL.name, step, [dev_metric, dev_loss])
-                    run.append(catalogue.DEV_PREDICTIONS.name, step, predictions)
-                bar.update()
-                if on_step is not None:
-                    on_step()
-    return total, dev_metric, sum(last_losses) / len(last_losses)
+        for examples in (batch for _ in range(recipe.epochs)
+                         for batch in batches(task.train, lengths, recipe.batch_size, generator)):
+            lr_scale = linear_schedule(step, total, warmup)
+            for group in optimizer.param_groups:
+                group["lr"] = recipe.lr * group["lr_scale"] * lr_scale
+            with hardware.autocast():
+                loss = model(**to_device(encode(examples, tokenizer, config.max_length), hardware.device)).loss
+            session.log_scalars(lr=recipe.lr * lr_scale)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            last_losses = (last_losses + [float(loss.detach())])[-max(1, total // 10):]
+            step += 1
+            if step in scheduled:
+                dev_metric, dev_loss, predictions = evaluate(model, tokenizer, task, config.max_length, hardware)
+                run.append(catalogue.EVAL.name, step, [dev_metric, dev_loss])
+                run.append(catalogue.DEV_PREDICTIONS.name, step, predictions)
+            bar.update()
+            if on_step is not None:
+                on_step()
+            stopped = stopper and stopper.after_step(step, session,
+                                                     (dev_metric, dev_loss) if step in scheduled else None)
+            if stopped:
+                break
+    return step, dev_metric, sum(last_losses) / len(last_losses), stopped
 
 
 # ---------------------------------------------------------------- the run and its folder
 
 
 def finished_run(run_dir: Path) -> records.RunRecords | None:
-    """The records of a finished run in `run_dir` (one with a summary), None if there is none."""
+    """The records of a finished run in `run_dir` (one with a summary: run to the end or stopped early), None if
+    there is none."""
     path = run_dir / "run.h5"
     if not path.is_file():
         return None
@@ -324,7 +349,7 @@ def finished_run(run_dir: Path) -> records.RunRecords | None:
         done = records.open_run(path)
     except (records.RecordsError, OSError):
         return None
-    return done if "final_dev_metric" in done.summary else None
+    return done if "final_dev_metric" in done.summary or "stopped_at" in done.summary else None
 
 
 def skipped_result(run_dir: Path, done: records.RunRecords, recipe: Recipe,
@@ -343,6 +368,9 @@ def skipped_result(run_dir: Path, done: records.RunRecords, recipe: Recipe,
         raise FinetuneError(f"{run_dir} holds a finished run with other settings ({', '.join(changed)}); "
                             "pick another --out")
     summary = done.summary
+    if "stopped_at" in summary:
+        return FinetuneResult(run_dir, True, float(summary["dev_metric_at_stop"]), str(summary["metric"]),
+                              float(summary["majority"]), False, int(summary["steps"]), 0.0, str(summary["stop_rule"]))
     return FinetuneResult(run_dir, True, float(summary["final_dev_metric"]), str(summary["metric"]),
                           float(summary["majority"]), bool(summary["failed"]), int(summary["steps"]), 0.0)
 
@@ -381,7 +409,11 @@ def run(config: FinetuneConfig, probes: Probes | None = None, hardware: Hardware
             sample = held_sample(task, tokenizer, model, config.max_length) if config.probes and times else None
             probes = standard_probes(total_steps(task, recipe), config.probes, sample,
                                      torch.bfloat16 if hardware.bf16 else None, times=times)
-        steps, final, final_loss = train(model, tokenizer, task, recipe, config, rw, probes, hardware, on_step)
+        steps, final, final_loss, stopped = train(model, tokenizer, task, recipe, config, rw, probes, hardware,
+                                                  on_step)
+    if stopped:
+        return stopped_result(run_dir, task, final, (steps, total_steps(task, recipe)), time.monotonic() - started,
+                              f"{StopRule.parse(config.stop_early)}: {stopped}")
     save(model, tokenizer, run_dir / "final")
     cls = dev_representations(model, tokenizer, task, config.max_length, hardware)
     records.write_grid(run_dir / "run.h5", catalogue.DEV_CLS.name,
@@ -394,6 +426,19 @@ def run(config: FinetuneConfig, probes: Probes | None = None, hardware: Hardware
         "failed": result.failed, "steps": steps, "final_train_loss": final_loss,
         "seconds": round(result.seconds, 1)})
     return result
+
+
+def stopped_result(run_dir: Path, task: Task, dev_metric: float, steps: tuple[int, int], seconds: float,
+                   why: str) -> FinetuneResult:
+    """Record a run stopped early after ``steps`` = (run, planned) optimiser steps: the summary says where and
+    why, with no ``final_dev_metric`` and no ``failed`` flag (its outcome is unknown), so reports of finished runs
+    leave it out; no ``final/`` model is saved."""
+    steps, planned = steps
+    records.write_summary(run_dir / "run.h5", {
+        "stopped_at": steps, "stop_rule": why, "dev_metric_at_stop": float(dev_metric), "metric": task.metric,
+        "majority": task.majority_baseline, "steps": steps, "planned_steps": planned, "seconds": round(seconds, 1)})
+    return FinetuneResult(run_dir, False, float(dev_metric), task.metric, task.majority_baseline, False, steps,
+                          seconds, why)
 
 
 def save(model: nn.Module, tokenizer, folder: Path) -> None:
@@ -427,6 +472,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dev-examples", type=int, help="use only the first N dev examples")
     parser.add_argument("--no-probes", dest="probes", action="store_false",
                         help="record only loss, lr, total gradient norms and the dev metric (no per-layer probes)")
+    parser.add_argument("--stop-early", metavar="RULE",
+                        help="dodge or predictor (diagnostics.stop_early): stop the run early if it looks doomed")
     overrides = parser.add_argument_group("recipe overrides (default: the recipe's value)")
     overrides.add_argument("--lr", type=float)
     overrides.add_argument("--epochs", type=int)
@@ -470,6 +517,8 @@ def check(config: FinetuneConfig) -> None:
     bad = [k for k, v in positive.items() if v is not None and v <= 0]
     if bad:
         raise FinetuneError(f"{', '.join('--' + k.replace('_', '-') for k in bad)} must be positive")
+    if config.stop_early:
+        StopRule.parse(config.stop_early)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -481,13 +530,16 @@ def main(argv: list[str] | None = None) -> int:
         # warnings and the early warning print as lines above the progress bar
         with interrupt.stop_on_signals(), logging_redirect_tqdm(), warnings_as_log_lines():
             result = run(config, announce=True)
-    except (FinetuneError, RecipeError, CheckpointError, records.RecordsError, TaskError, HardwareError) as error:
+    except (FinetuneError, RecipeError, CheckpointError, records.RecordsError, TaskError, HardwareError,
+            StopRuleError) as error:
         return fail(error)
     except KeyboardInterrupt as stop:
         print(f"interrupted by {interrupt.describe(stop)}: {kept(config)}", file=sys.stderr)
         return interrupt.exit_status(stop)
     if result.skipped:
         print(f"{result.run_dir}: already finished, skipping")
+    elif result.stopped:
+        print(f"{result.run_dir}: stopped early after {result.steps} steps ({result.stopped})")
     else:
         print(f"{result.run_dir}: dev {result.metric} {result.final_dev_metric:.4f} (majority "
               f"{result.majority:.4f}){' FAILED' if result.failed else ''}, {result.steps} steps, "

@@ -18,6 +18,10 @@ first), so a bank stopped early is still balanced. Re-running the same command s
 interrupted one (its folder is kept as ``<run>.interrupted-N``); Ctrl-C or SIGTERM stops cleanly. ``--features`` writes the
 compact per-run features and outcomes (:mod:`diagnostics.early_features`) with a provenance JSON beside them;
 ``--fit`` writes a predictor file from them (:mod:`diagnostics.predictor_fit`).
+
+``--engine ray|slurm`` builds the bank on a cluster (docs/many-machines.md). ``--stop-early dodge|predictor``
+stops doomed seeds early and writes ``OUT/stop-early.md``: the compute saved and, given ``--against`` a bank of
+the same grid run to the end, the good runs lost. Stopped runs have no outcome, so ``--features`` leaves them out.
 """
 from __future__ import annotations
 
@@ -26,18 +30,20 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from tqdm import tqdm
 
-from diagnostics import interrupt
+from diagnostics import engines, interrupt
 from diagnostics.checkpoints import CheckpointError, checkpoint_folder
 from diagnostics.command import CommandParser, fail, summary
 from diagnostics.embedded import DEFAULT_MODEL
-from diagnostics.finetune import FinetuneConfig, FinetuneError, FinetuneResult, finished_run
+from diagnostics.finetune import FinetuneConfig, FinetuneError, FinetuneResult, finished_run, planned_steps
+from diagnostics.stop_early import StopRule
+from diagnostics.stop_early_report import savings
 from diagnostics.tasks import TaskError, load_task
-from diagnostics.worker_pool import finetune_in_workers, set_aside_unfinished
+from probes import records
 from probes.early_benchmark import FRACTIONS
 from probes.predictor_file import MODEL_FILE
 
@@ -59,6 +65,8 @@ class BankConfig:
     train_examples: int = 320
     dev_examples: int = 200
     evals: int = 20  # a dev evaluation every 5% of the steps: Dodge et al.'s rule reads the one at each fraction
+    engine: engines.Engine = field(default_factory=engines.Engine)  # its workers: ``workers``
+    stop_early: str | None = None  # a rule of diagnostics.stop_early; None runs every seed to the end
 
     def runs(self) -> list[FinetuneConfig]:
         """Every run of the bank in the order they are built: seed by seed, the default cells of a seed followed
@@ -71,24 +79,36 @@ class BankConfig:
                 task=task, recipe=recipe, seed=seed, out=Path(self.out) / f"lr{lr:g}", model=Path(self.model),
                 lr=lr, epochs=self.epochs,
                 max_length=self.max_length, train_examples=self.train_examples, dev_examples=self.dev_examples,
-                evals=self.evals, threads=1, precision="fp32", interpolations=0)
+                evals=self.evals, threads=1, precision="fp32", interpolations=0, stop_early=self.stop_early)
                 for lr in (self.lrs if recipe == "default" else self.corrected_lrs) for task in self.tasks]
         return chosen
 
 
-def build(config: BankConfig) -> int:
-    """Run every unfinished run of the bank, ``workers`` at a time; returns how many were run now."""
+def build(config: BankConfig) -> int | None:
+    """Run every unfinished run of the bank on its engine, ``workers`` at a time, with one progress bar over the
+    optimiser steps of those runs; returns how many were run now (None: submitted without waiting)."""
     names = {task: load_task(task).name for task in config.tasks}  # a task folder's runs are named by its task
     todo = [one for one in config.runs() if finished_run(one.run_dir(names[one.task])) is None]
-    for one in todo:
-        set_aside_unfinished(one)
-    with tqdm(total=len(todo), desc="seed bank", unit="run") as bar:
+    with tqdm(total=sum(planned_steps(todo).values()), desc="seed bank", unit="step", smoothing=0.05) as bar:
         def report(result: FinetuneResult) -> None:
+            verdict = f"stopped early ({result.stopped})" if result.stopped else "FAILED" if result.failed else "ok"
             bar.write(f"{result.run_dir.parent.name}/{result.run_dir.name}: {result.metric} "
-                      f"{result.final_dev_metric:.3f} {'FAILED' if result.failed else 'ok'}, {result.seconds:.0f} s")
-            bar.update()
+                      f"{result.final_dev_metric:.3f} {verdict}, {result.seconds:.0f} s")
 
-        return len(finetune_in_workers(todo, config.workers, report, on_message=bar.write))
+        done = engines.finetune_all(todo, replace(config.engine, workers=config.workers), report, bar.update, bar.write)
+    return None if done is None else len(done)
+
+
+def stop_report(config: BankConfig, against: Path | None) -> str:
+    """``OUT/stop-early.md``: what ``--stop-early`` saved on the bank and, ``against`` a bank of the same grid run
+    to the end, the good runs it lost; returns its table."""
+    if against is not None and not against.is_dir():
+        raise FinetuneError(f"--against {against} is not a folder; pass a bank of the same grid run to the end")
+    table = savings(config.out, against).markdown()
+    (config.out / "stop-early.md").write_text(
+        f"# Stopping doomed seeds early\n\n`--stop-early {StopRule.parse(config.stop_early)}` on the bank in "
+        f"{config.out}" + (f", against {against} run to the end" if against else "") + f".\n\n{table}")
+    return table
 
 
 def provenance(config: BankConfig) -> dict:
@@ -159,6 +179,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--predictor-out", type=Path, default=MODEL_FILE, metavar="PATH",
                         help="where --fit writes the predictor file (default: the shipped "
                              "probes/early_warning_model.json); pass it to diagnose --predictor PATH")
+    parser.add_argument("--stop-early", metavar="RULE",
+                        help="dodge or predictor: stop doomed seeds early; writes OUT/stop-early.md")
+    parser.add_argument("--against", type=Path, metavar="BANK",
+                        help="with --stop-early: a bank of the same grid run to the end, to count the good runs lost")
+    engines.add_arguments(parser)
     return parser
 
 
@@ -171,13 +196,18 @@ def main(argv: list[str] | None = None) -> int:
         return fail(ValueError("--lrs and --corrected-lrs must be comma-separated numbers, e.g. 2e-4,3e-4"))
     if args.out is None and not (args.benchmark or args.fit):
         return fail(ValueError("pass --out RUNS (or --benchmark/--fit CSV)"))
-    config = BankConfig(out=args.out, model=args.model, tasks=args.tasks.split(","), lrs=lrs,
-                        corrected_lrs=corrected_lrs, seeds=args.seeds, corrected_seeds=args.corrected_seeds,
-                        workers=args.workers, epochs=args.epochs,
-                        train_examples=args.train_examples, max_length=args.max_length, evals=args.evals)
-    if config.workers < 1 or config.seeds < 1 or config.corrected_seeds < 0:
-        return fail(ValueError("--workers and --seeds must be >= 1, --corrected-seeds >= 0"))
+    if args.workers < 1 or args.seeds < 1 or args.corrected_seeds < 0 or args.epochs < 1 or args.train_examples < 1:
+        return fail(ValueError("--workers, --seeds, --epochs and --train-examples must be >= 1, --corrected-seeds >= 0"))
     try:
+        config = BankConfig(out=args.out, model=args.model, tasks=args.tasks.split(","), lrs=lrs,
+                            corrected_lrs=corrected_lrs, seeds=args.seeds, corrected_seeds=args.corrected_seeds,
+                            workers=args.workers, epochs=args.epochs, train_examples=args.train_examples,
+                            max_length=args.max_length, evals=args.evals, engine=engines.from_args(args),
+                            stop_early=args.stop_early)
+        if args.stop_early:
+            StopRule.parse(args.stop_early)
+        elif args.against:
+            raise FinetuneError("--against compares a bank built with --stop-early: add --stop-early RULE")
         if args.benchmark or args.fit:
             return from_table(args.benchmark or args.fit, fit=bool(args.fit), predictor_out=args.predictor_out)
         if args.features:
@@ -188,9 +218,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.features}: {rows} runs")
             return 0
         checkpoint_folder(config.model, "--model")
+        engines.check(config.engine, config.out)
         with interrupt.stop_on_signals():
-            print(f"{build(config)} runs done; the bank is in {config.out}")
-    except (FinetuneError, CheckpointError, TaskError) as error:
+            done = build(config)
+        if done is None:
+            return 0
+        print(f"{done} runs done; the bank is in {config.out}")
+        if config.stop_early:
+            print(stop_report(config, args.against), end="")
+    except (ValueError, CheckpointError, TaskError, records.RecordsError) as error:
         return fail(error)
     except KeyboardInterrupt as stop:
         print(f"interrupted by {interrupt.describe(stop)}: finished runs are kept; run the same command to go on",

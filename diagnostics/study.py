@@ -20,6 +20,8 @@ What it does, in order, everything into OUT:
    matrix, the early warning's precision and recall, where the records came from), draws every figure into
    ``OUT/figures/`` and writes ``report.html`` (one self-contained page: the tables, each run's verdict, every
    figure inline, links to the records).
+``--engine ray|slurm`` runs the seeds on a Ray cluster or as a SLURM job array, and ``--stop-early dodge|predictor``
+stops doomed seeds early (docs/many-machines.md); the records and the report do not depend on the engine.
 ``report.md`` and the figures are derived from the records and are redrawn on every run; records are never
 overwritten. Every run of a study computes in one precision, fp32 unless ``--precision bf16`` (faster where bf16 is
 native, and labelled so in the report), on the GPU when torch sees one (``--device``), so the report does not
@@ -38,12 +40,13 @@ from pathlib import Path
 from tqdm import tqdm
 
 from probes import records
-from diagnostics import interrupt
+from diagnostics import engines, interrupt
 from diagnostics.command import CommandParser, fail
-from diagnostics.finetune import FinetuneConfig, FinetuneError, FinetuneResult, finished_run, total_steps
+from diagnostics.finetune import FinetuneConfig, FinetuneError, FinetuneResult, finished_run, planned_steps
 from diagnostics.hardware import DEVICES, Hardware, choose_hardware
 from diagnostics.quiet import quiet_transformers
-from diagnostics.worker_pool import finetune_in_workers, set_aside_unfinished
+from diagnostics.stop_early import StopRule
+from diagnostics.stop_early_report import savings
 from diagnostics.html_report import write_html
 from diagnostics.report import ReportConfig
 from diagnostics.report import run as report_run
@@ -75,51 +78,41 @@ class StudyConfig:
     forgetting_runs: int = 1  # failed and successful runs each: the forgetting figure needs one of both
     barrier_runs: int = 3
     barrier_grid: int = 5
+    engine: engines.Engine = field(default_factory=engines.Engine)  # its workers: ``workers``
+    stop_early: str | None = None  # a rule of diagnostics.stop_early; None runs every seed to the end
 
     def finetune_configs(self) -> list[FinetuneConfig]:
         return [FinetuneConfig(task=task, recipe=recipe, seed=seed, out=self.out, max_length=self.max_length,
                                threads=1, epochs=self.epochs, train_examples=self.train_examples,
                                dev_examples=self.dev_examples, evals=self.evals, device=self.device,
-                               precision=self.precision)
+                               precision=self.precision, stop_early=self.stop_early)
                 for task in self.tasks for recipe in self.recipes for seed in self.seeds]
 
 
 @dataclass
 class StudyResult:
-    runs: list[FinetuneResult]
+    runs: list[FinetuneResult]  # the stopped ones included
     report: Path
     figures: Path
     skipped_figures: dict[str, str]
     seconds: float
 
 
-def planned_steps(configs: list[FinetuneConfig]) -> dict[int, int]:
-    """The optimiser steps of each run (by its index in ``configs``), 0 for a finished one: what is left to do."""
-    from diagnostics.finetune import subset
-    from diagnostics.tasks import load_task
-
-    planned = {}
-    for index, one in enumerate(configs):
-        task = subset(load_task(one.task), one.train_examples, one.dev_examples)
-        planned[index] = 0 if finished_run(one.run_dir(task.name)) else total_steps(task, one.resolved_recipe())
-    return planned
-
-
-def fine_tune_all(config: StudyConfig) -> list[FinetuneResult]:
-    """Every run of the study, ``workers`` at a time, with one progress bar over the optimiser steps of all runs
-    still to do: its time estimate comes from the steps measured so far, all workers together."""
+def fine_tune_all(config: StudyConfig) -> list[FinetuneResult] | None:
+    """Every run of the study on its engine, ``workers`` at a time, with one progress bar over the optimiser steps
+    of all runs still to do: its time estimate comes from the steps measured so far, all workers together. None
+    when the runs were submitted without waiting for them."""
     configs = config.finetune_configs()
-    for one in configs:
-        set_aside_unfinished(one)
     planned = planned_steps(configs)
     with tqdm(total=sum(planned.values()), desc="fine-tuning", unit="step", smoothing=0.05) as bar:
         def report(result: FinetuneResult) -> None:
             state = "skipped (finished before)" if result.skipped else f"{result.seconds:.0f} s"
-            verdict = "FAILED" if result.failed else "ok"
+            verdict = f"stopped early ({result.stopped})" if result.stopped else "FAILED" if result.failed else "ok"
             bar.write(f"{result.run_dir.name}: dev {result.metric} {result.final_dev_metric:.3f} {verdict}, {state}")
 
-        results = finetune_in_workers(configs, config.workers, report, bar.update, bar.write)
-    return sorted(results, key=lambda r: r.run_dir.name)
+        results = engines.finetune_all(configs, replace(config.engine, workers=config.workers), report, bar.update,
+                                       bar.write)
+    return None if results is None else sorted(results, key=lambda r: r.run_dir.name)
 
 
 def pick_runs(results: list[FinetuneResult], task: str, count: int) -> tuple[list[Path], list[Path]]:
@@ -201,14 +194,27 @@ def write_report(config: StudyConfig, results: list[FinetuneResult], barriers=No
         f"{config.precision} autocast (faster where native; outcomes may differ from the fp32 study)"
     path = config.out / "report.md"
     basins = f"## Loss barriers between seeds\n\n```\n{barriers.table()}\n```\n\n" if barriers else ""
+    stopped, stop_table = stop_section(config)
     path.write_text("# Stability study\n\n"
-                    f"{len(results)} runs: tasks {', '.join(config.tasks)}; recipes {', '.join(config.recipes)}; "
+                    f"{len(results)} runs{stopped}: tasks {', '.join(config.tasks)}; "
+                    f"recipes {', '.join(config.recipes)}; "
                     f"seeds {', '.join(map(str, config.seeds))}; {size}, max length {config.max_length}, "
                     f"{config.evals} dev evaluations per run; precision **{precision}**; command "
                     f"`python -m diagnostics.study {' '.join(sys.argv[1:])}`.\n\n"
                     "## Seeds\n\n" + report.markdown() + ("\n" + basins if basins else "")
-                    + forgetting_section([r.run_dir for r in results]))
+                    + forgetting_section([r.run_dir for r in results]) + stop_table)
     return path
+
+
+def stop_section(config: StudyConfig) -> tuple[str, str]:
+    """With ``--stop-early``: what to add after the number of runs, and a section of what it saved (the stopped
+    runs are left out of every other table: their outcome is unknown)."""
+    if not config.stop_early:
+        return "", ""
+    saved = savings(config.out)
+    rule = StopRule.parse(config.stop_early)
+    return (f" run to the end ({saved.stopped} more stopped early by `--stop-early {rule}`)",
+            f"\n## Stopped early\n\n{saved.markdown()}")
 
 
 def forgetting_section(run_dirs: list[Path]) -> str:
@@ -240,25 +246,35 @@ def forgetting_section(run_dirs: list[Path]) -> str:
             + "\n".join(rows) + "\n")
 
 
-def draw(config: StudyConfig):
+def figure_records(config: StudyConfig, results: list[FinetuneResult]) -> list[Path]:
+    """What the figures are drawn from: the records of the runs run to the end and the surfaces, not the folders
+    set aside as ``<run>.interrupted-N`` (a worker killed outright may have left one unreadable) nor stopped runs."""
+    surfaces = config.out / "surfaces.h5"
+    return sorted([r.run_dir / "run.h5" for r in results] + ([surfaces] if surfaces.is_file() else []))
+
+
+def draw(config: StudyConfig, records: list[Path]):
     from plots.batch import draw_figures
     from plots.registry import FIGURES
 
     folder = config.out / "figures"
     folder.mkdir(exist_ok=True)
-    drawn = draw_figures({name: folder / f"{name}.pdf" for name in FIGURES}, [config.out], overwrite=True,
-                         strict=False)
+    drawn = draw_figures({name: folder / f"{name}.pdf" for name in FIGURES}, records, overwrite=True, strict=False)
     # PNGs at 200 dpi (1,400 px across a page-wide figure) for a README or a report page
-    draw_figures({name: folder / f"{name}.png" for name in drawn.drawn}, [config.out], overwrite=True, strict=False)
+    draw_figures({name: folder / f"{name}.png" for name in drawn.drawn}, records, overwrite=True, strict=False)
     return folder, drawn
 
 
-def run(config: StudyConfig) -> StudyResult:
+def run(config: StudyConfig) -> StudyResult | None:
+    """The whole study; None when its runs were submitted to SLURM without waiting (``--no-wait``)."""
     started = time.monotonic()
     hardware = choose_hardware(config.device, config.precision, announce=True)
     config = replace(config, device=hardware.device.type)
     config.out.mkdir(parents=True, exist_ok=True)
-    results = fine_tune_all(config)
+    everything = fine_tune_all(config)
+    if everything is None:
+        return None
+    results = [result for result in everything if not result.stopped]
     failed, successful = pick_runs(results, config.tasks[0], config.forgetting_runs)
     measure_forgetting(failed + successful, config.forgetting_tokens, hardware)
     if failed and successful:
@@ -269,10 +285,11 @@ def run(config: StudyConfig) -> StudyResult:
     barriers = measure_barriers(config, results, config.tasks[0])
     analysis = report_run(ReportConfig(runs=[str(r.run_dir / "run.h5") for r in results], early=True))
     report = write_report(config, results, barriers, analysis)
-    figures, drawn = draw(config)
-    write_html(analysis, [r.run_dir / "run.h5" for r in results], config.out / "report.html", figure_records=[config.out],
+    figures, drawn = draw(config, figure_records(config, results))
+    write_html(analysis, [r.run_dir / "run.h5" for r in results], config.out / "report.html",
+               figure_records=figure_records(config, results),
                intro=f"{len(results)} runs of python -m diagnostics.study {' '.join(sys.argv[1:])}")
-    return StudyResult(results, report, figures, drawn.skipped, time.monotonic() - started)
+    return StudyResult(everything, report, figures, drawn.skipped, time.monotonic() - started)
 
 
 def kept(config: StudyConfig) -> str:
@@ -295,6 +312,7 @@ def check(config: StudyConfig) -> None:
         one.resolved_recipe()
     for task in config.tasks:
         load_task(task)
+    engines.check(config.engine, config.out)
 
 
 def _seeds(text: str) -> list[int]:
@@ -320,16 +338,20 @@ def build_parser() -> argparse.ArgumentParser:
                       help="full size: every training example and 10 dev evaluations per run (about 3x longer)")
     size.add_argument("--quick", action="store_true",
                       help="a one-minute smoke run: seeds 0-1, default and mosbach, tiny subsets, 1 epoch")
+    parser.add_argument("--stop-early", metavar="RULE",
+                        help="dodge or predictor: stop doomed seeds early (docs/many-machines.md)")
+    engines.add_arguments(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     quiet_transformers()
-    config = StudyConfig(out=args.out, tasks=args.tasks.split(","), recipes=args.recipes.split(","),
-                         seeds=args.seeds, workers=args.workers, device=args.device, precision=args.precision)
-    config = replace(config, **QUICK) if args.quick else replace(config, **FULL) if args.full else config
     try:
+        config = StudyConfig(out=args.out, tasks=args.tasks.split(","), recipes=args.recipes.split(","),
+                             seeds=args.seeds, workers=args.workers, device=args.device, precision=args.precision,
+                             engine=engines.from_args(args), stop_early=args.stop_early)
+        config = replace(config, **QUICK) if args.quick else replace(config, **FULL) if args.full else config
         if config.workers < 1 or not config.seeds:
             raise FinetuneError("--workers must be >= 1 and --seeds non-empty")
         check(config)
@@ -340,6 +362,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as stop:
         print(f"interrupted by {interrupt.describe(stop)}: {kept(config)}", file=sys.stderr)
         return interrupt.exit_status(stop)
+    if result is None:
+        return 0
     print(f"{len(result.runs)} runs, report {result.report}, figures in {result.figures} "
           f"({result.seconds / 60:.1f} min)")
     for name, why in result.skipped_figures.items():

@@ -42,12 +42,14 @@ def _start_worker(progress) -> None:
 
 
 def _finetune_one(config: FinetuneConfig) -> FinetuneResult:
-    """One run in a worker process (the runner attaches the standard probes); each update is counted on the
-    progress queue, and what the run logs or warns is sent as one line of text prefixed with the run."""
+    """One run in a worker process (the runner attaches the standard probes), after setting aside what an
+    interrupted attempt left; each update is counted on the progress queue, and what the run logs or warns is sent
+    as one line of text prefixed with the run."""
     name = f"{Path(config.out).name}/{Path(config.task).name}-{config.recipe}-s{config.seed}"
     _log.setFormatter(logging.Formatter(f"{name}: %(message)s"))
     with interrupt.worker_run(), warnings_as_log_lines():  # SIGTERM (or Ctrl-C) closes this run's records
         quiet_transformers()
+        set_aside_unfinished(config)
         return run(config, on_step=lambda: _progress.put(1))
 
 

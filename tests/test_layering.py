@@ -155,3 +155,18 @@ def test_plots_and_records_load_no_torch():
     loaded = loaded_after("import plots, plots.cli, plots.registry, probes.records")
     assert "matplotlib" in loaded and "h5py" in loaded
     assert not loaded & {"torch", "transformers", "diagnostics"}
+
+
+ENGINE_MODULES = {"ray": "diagnostics/engines/ray_cluster.py", "submitit": "diagnostics/engines/slurm_jobs.py"}
+
+
+def test_only_the_engine_modules_import_ray_and_submitit():
+    users = {str(p.relative_to(ROOT)): sorted(imported_packages(p) & set(ENGINE_MODULES))
+             for package in ALLOWED for p in (ROOT / package).rglob("*.py")}
+    assert {path: names for path, names in users.items() if names} == {v: [k] for k, v in ENGINE_MODULES.items()}
+
+
+def test_the_commands_and_the_local_engine_load_neither_ray_nor_submitit():
+    loaded = loaded_after("import diagnostics.study, diagnostics.seed_bank, diagnostics.engines, "
+                          "diagnostics.worker_pool")
+    assert "diagnostics" in loaded and not loaded & set(ENGINE_MODULES)
