@@ -278,6 +278,16 @@ def subset(task: Task, train_examples: int | None, dev_examples: int | None) -> 
                    majority_baseline=majority_baseline(task.metric, dev))
 
 
+def evaluated(model, tokenizer, task: Task, config: FinetuneConfig, hardware: Hardware, run: records.RunWriter,
+              step: int) -> tuple[float, float]:
+    """Evaluate on the dev set after ``step`` updates, append the `eval` and `predictions/dev` rows; returns the dev
+    metric and dev loss."""
+    dev_metric, dev_loss, predictions = evaluate(model, tokenizer, task, config.max_length, hardware)
+    run.append(catalogue.EVAL.name, step, [dev_metric, dev_loss])
+    run.append(catalogue.DEV_PREDICTIONS.name, step, predictions)
+    return dev_metric, dev_loss
+
+
 def train(model, tokenizer, task: Task, recipe: Recipe, config: FinetuneConfig, run: records.RunWriter,
           probes: Probes, hardware: Hardware | None = None,
           on_step: Callable[[], None] | None = None) -> tuple[int, float, float, str | None]:
@@ -323,15 +333,15 @@ def train(model, tokenizer, task: Task, recipe: Recipe, config: FinetuneConfig, 
             last_losses = (last_losses + [float(loss.detach())])[-max(1, total // 10):]
             step += 1
             if step in scheduled:
-                dev_metric, dev_loss, predictions = evaluate(model, tokenizer, task, config.max_length, hardware)
-                run.append(catalogue.EVAL.name, step, [dev_metric, dev_loss])
-                run.append(catalogue.DEV_PREDICTIONS.name, step, predictions)
+                dev_metric, dev_loss = evaluated(model, tokenizer, task, config, hardware, run, step)
             bar.update()
             if on_step is not None:
                 on_step()
             stopped = stopper and stopper.after_step(step, session,
                                                      (dev_metric, dev_loss) if step in scheduled else None)
             if stopped:
+                if step not in scheduled:  # the predictor stops between evaluations: where the run stood
+                    dev_metric, dev_loss = evaluated(model, tokenizer, task, config, hardware, run, step)
                 break
     return step, dev_metric, sum(last_losses) / len(last_losses), stopped
 

@@ -58,7 +58,7 @@ def test_bad_engine_input_is_one_line_and_writes_nothing(tmp_path, repo_root, ar
 def test_engine_not_installed_is_one_line(tmp_path, repo_root):
     out = tmp_path / "bank"
     code = ("import sys; sys.modules['ray'] = sys.modules['submitit'] = None; from diagnostics.seed_bank import main; "
-            f"sys.argv[0] = 'seed_bank'; raise SystemExit(main(sys.argv[1:]))")
+            "sys.argv[0] = 'seed_bank'; raise SystemExit(main(sys.argv[1:]))")
     for engine, module in (("ray", "ray"), ("slurm", "submitit")):
         line = one_error_line(command(repo_root, ["-c", code, "--out", str(out), "--engine", engine], timeout=120))
         assert line == (f"error: --engine {engine} needs {module}, which is not installed: "
