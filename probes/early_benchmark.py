@@ -112,15 +112,10 @@ def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float:
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def held_out_probabilities(rows: list[dict], folds: int = FOLDS) -> np.ndarray:
-    """P(fail) of every row from a predictor fitted on the rows of the other seed groups only."""
-    x = np.array([[row[name] for name in FEATURES] for row in rows], dtype="f8")
-    failed = np.array([row["failed"] for row in rows], dtype=bool)
-    seeds = np.array([row["seed"] for row in rows])
-    unique = np.unique(seeds)
-    group_of = {seed: i % min(folds, len(unique)) for i, seed in enumerate(unique)}
-    groups = np.array([group_of[seed] for seed in seeds])
-    probabilities = np.full(len(rows), math.nan)
+def held_out(x: np.ndarray, failed: np.ndarray, groups: np.ndarray, names: tuple[str, ...]) -> np.ndarray:
+    """P(fail) of every row from a model fitted on the rows of the other groups only (a group whose training rows
+    hold one class gets that class's rate)."""
+    probabilities = np.full(len(x), math.nan)
     for group in np.unique(groups):
         test, train = groups == group, groups != group
         if not train.any():
@@ -128,8 +123,22 @@ def held_out_probabilities(rows: list[dict], folds: int = FOLDS) -> np.ndarray:
         if failed[train].all() or not failed[train].any():
             probabilities[test] = float(failed[train].mean())
             continue
-        probabilities[test] = Predictor.fit(x[train], failed[train], FEATURES).probability(x[test])
+        probabilities[test] = Predictor.fit(x[train], failed[train], names).probability(x[test])
     return probabilities
+
+
+def seed_groups(rows: list[dict], folds: int = FOLDS) -> np.ndarray:
+    """Seeds dealt into ``folds`` groups in order, so runs sharing a seed stay together."""
+    seeds = sorted({row["seed"] for row in rows})
+    group_of = {seed: i % min(folds, len(seeds)) for i, seed in enumerate(seeds)}
+    return np.array([group_of[row["seed"]] for row in rows])
+
+
+def held_out_probabilities(rows: list[dict], folds: int = FOLDS) -> np.ndarray:
+    """P(fail) of every row from a predictor on the early features fitted on the rows of the other seed groups."""
+    x = np.array([[row[name] for name in FEATURES] for row in rows], dtype="f8")
+    failed = np.array([row["failed"] for row in rows], dtype=bool)
+    return held_out(x, failed, seed_groups(rows, folds), FEATURES)
 
 
 def score(rows: list[dict], scope: str, fraction: float) -> HeldOut:

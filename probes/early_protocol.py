@@ -33,9 +33,9 @@ import numpy as np
 
 from scipy.stats import rankdata
 
-from probes.early_benchmark import FOLDS, roc_auc
+from probes.early_benchmark import held_out, roc_auc, seed_groups
 from probes.early_signals import FEATURES
-from probes.predictor import FLAG_AT, Predictor
+from probes.predictor import FLAG_AT
 
 UNCERTAIN = (0.15, 0.85)  # a cell's failure rate inside this range: its seeds really differ
 MIN_CELL = 10  # runs a cell needs before its failure rate is read as uncertain
@@ -80,28 +80,6 @@ def design(rows: list[dict], which: str) -> tuple[np.ndarray, tuple[str, ...]]:
     if which == "config":
         return config, names
     return np.c_[config, signals], names + FEATURES
-
-
-def held_out(x: np.ndarray, failed: np.ndarray, groups: np.ndarray, names: tuple[str, ...]) -> np.ndarray:
-    """P(fail) of every row from a model fitted on the rows of the other groups only (a group whose training rows
-    hold one class gets that class's rate)."""
-    probabilities = np.full(len(x), math.nan)
-    for group in np.unique(groups):
-        test, train = groups == group, groups != group
-        if not train.any():
-            continue
-        if failed[train].all() or not failed[train].any():
-            probabilities[test] = float(failed[train].mean())
-            continue
-        probabilities[test] = Predictor.fit(x[train], failed[train], names).probability(x[test])
-    return probabilities
-
-
-def seed_groups(rows: list[dict], folds: int = FOLDS) -> np.ndarray:
-    """Seeds dealt into ``folds`` groups in order, so runs sharing a seed stay together."""
-    seeds = sorted({row["seed"] for row in rows})
-    group_of = {seed: i % min(folds, len(seeds)) for i, seed in enumerate(seeds)}
-    return np.array([group_of[row["seed"]] for row in rows])
 
 
 def dodge_score(rows: list[dict]) -> np.ndarray:
