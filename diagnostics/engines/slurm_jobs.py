@@ -88,7 +88,7 @@ def finetune_all(configs: list[FinetuneConfig], engine: Engine, on_result: OnRes
         if path not in todo:
             results.append(run(one))  # finished before: read from its folder
             on_result(results[-1])
-    for job, one in zip(jobs, new):
+    for job, one in zip(jobs, new):  # in order: exception() waits, where the DebugExecutor's done() would start pdb
         error = job.exception()
         if error is None:
             results.append(job.result())
