@@ -171,7 +171,7 @@ CASES = [
     Case("study", "missing-argument", ("--seeds", "0-1"), "required: --out; see --help"),
 
     Case("seed_bank", "missing-argument", ("--workers", "1"), "pass --out"),
-    Case("seed_bank", "non-positive-number", ("--out", "{runs}", "--workers", "0"), "--workers and --seeds"),
+    Case("seed_bank", "non-positive-number", ("--out", "{runs}", "--workers", "0"), "--workers, --seeds"),
     Case("seed_bank", "missing-path", ("--benchmark", "{missing}"), "not found"),
 
     Case("report", "missing-path", ("{missing}",), "does not exist"),

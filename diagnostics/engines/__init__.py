@@ -14,37 +14,11 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from diagnostics.engines.engine import ENGINES, EXTRA, Engine, EngineError, OnResult, OnSteps
 from diagnostics.finetune import FinetuneConfig, FinetuneResult
-
-ENGINES = ("local", "ray", "slurm")
-EXTRA = 'pip install -e ".[distributed]"'
-OnResult = Callable[[FinetuneResult], None]
-OnSteps = Callable[[int], None]
-
-
-class EngineError(ValueError):
-    """An engine that cannot be used as asked; the message is one line naming the fix."""
-
-
-@dataclass
-class Engine:
-    """The engine and its options. ``workers``: runs at a time (local pool; the size of a Ray cluster started
-    here; SLURM's ``--array`` parallelism). ``slurm_cluster``: ``slurm``, or ``local``/``debug`` to try the same
-    code path on one machine (submitit's LocalExecutor and DebugExecutor)."""
-
-    name: str = "local"
-    workers: int = 2
-    ray_address: str | None = None
-    retries: int = 2
-    slurm_cluster: str = "slurm"
-    slurm_options: dict[str, str] = field(default_factory=dict)
-    timeout_min: int = 60
-    no_wait: bool = False
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The engine options of ``study`` and ``seed_bank`` (``--workers`` is each command's own)."""

@@ -22,7 +22,7 @@ import ray
 from ray.util.queue import Queue
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from diagnostics.engines import Engine, EngineError, OnResult, OnSteps
+from diagnostics.engines.engine import Engine, EngineError, OnResult, OnSteps
 from diagnostics.finetune import FinetuneConfig, FinetuneResult, run
 from diagnostics.quiet import quiet_transformers
 from diagnostics.worker_pool import set_aside_unfinished

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import submitit
 
-from diagnostics.engines import Engine, EngineError, OnResult, OnSteps
+from diagnostics.engines.engine import Engine, EngineError, OnResult, OnSteps
 from diagnostics.finetune import FinetuneConfig, FinetuneResult, finished_run, run
 from diagnostics.quiet import quiet_transformers
 from diagnostics.tasks import load_task
