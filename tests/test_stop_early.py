@@ -80,17 +80,19 @@ def test_a_run_stopped_by_dodge_is_recorded_as_stopped_and_counted_against_its_r
 @pytest.mark.slow
 @EMBEDDED
 def test_the_predictor_rule_stops_at_the_early_warnings_decision(tmp_path):
-    """A real run with the probes on: the early warning decides at 15% of the steps; a threshold no P(fail) is
-    below stops the run there, and the reason quotes the probability the probe recorded."""
-    config = FinetuneConfig(out=tmp_path, train_examples=640, stop_early="predictor:threshold=1e-9", **SMALL)
-    stopped = run(config)  # 40 steps: the early warning decides after 5
+    """A real run with the probes on, of a length the shipped predictor is calibrated for: the early warning
+    decides at 15% of the steps; a threshold no P(fail) is below stops the run there, and the reason quotes the
+    probability the probe recorded."""
+    config = FinetuneConfig(out=tmp_path, train_examples=960, stop_early="predictor:threshold=1e-300", **SMALL)
+    stopped = run(config)  # 60 steps, inside the shipped bank's run lengths: the early warning decides after 8
     assert stopped.stopped, "the run went to the end"
     records = open_run(stopped.run_dir / "run.h5")
     assert records.series("eval").steps.tolist() == [stopped.steps], "evaluated where it stopped"
     warning = records.series("early_warning")
     probability = float(warning.column("probability")[0])
-    assert stopped.stopped == f"predictor:threshold=1e-09: P(fail) {probability:.2f} >= 1e-09 at step {stopped.steps}"
-    assert int(warning.steps[0]) <= stopped.steps < 40 * 0.3
+    expected = f"predictor:threshold=1e-300: P(fail) {probability:.2f} >= 1e-300 at step {stopped.steps}"
+    assert stopped.stopped == expected
+    assert int(warning.steps[0]) <= stopped.steps < 60 * 0.3
 
 
 @pytest.mark.slow
