@@ -5,7 +5,7 @@ The signal is the papers' mechanism. In a failing run the encoder's gradients va
 grow again. :func:`collapse_score` measures it as log10 of the encoder's gradient norm late in an early window over
 its value at the start of the window: strongly negative means collapsed. A run is flagged when the score falls
 below a threshold fitted on seeds whose outcome is known (``python -m diagnostics.report --early`` fits and
-measures it; README "Early warning" gives the precision and recall on held-out seeds).
+measures it; docs/verdicts.md gives what it knows on held-out seeds).
 
 As a probe, :class:`EarlyWarning` asks for a flush once the window is over and decides in ``on_flush``, where
 every rank sees the same numbers: the rows of the window, every probe's columns combined across ranks

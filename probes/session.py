@@ -1,7 +1,7 @@
 """The probe session: runs probes on a model and its optimiser, step by step, and owns their records.
 
 :func:`probes.attach` makes one; ``with probes.attach(model, optimizer, "run.h5") as session:`` around a
-training loop is all a run needs (README, "Attaching probes to your own run"). :class:`StepEvents` says when a
+training loop is all a run needs (docs/attaching.md). :class:`StepEvents` says when a
 step's gradients are final, when it steps and when it was skipped; on recorded steps (``schedule``) the session
 computes the per-tensor gradient norms in one fused pass (unscaled from a GradScaler), hands each probe its slice
 of a device buffer row, and commits the row when the step ends; on the other steps the hooks return at once and
