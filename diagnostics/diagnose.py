@@ -6,14 +6,16 @@
     python -m diagnostics.diagnose runs/mine/run.h5 --predictor mine.json       # a predictor fitted on your model
 
 The outcome is the run's own (``failed``: final dev metric at or below the majority baseline, Dodge et al. 2020;
-``succeeded``) once it has finished, else ``too early``. Prior and evidence come apart (:mod:`probes.early_verdict`):
-``prior`` is the share of the seed bank's seeds of the run's configuration (bias correction, learning rate) that
-failed, null when the bank has no such cell; ``predicted_failure`` is what this run's early signals change it to,
-the predictor's P(fail) (:mod:`probes.predictor_file`: the shipped file fitted on the seed bank, or ``--predictor``)
-from the model of the largest fraction of the steps seen (for a finished run: 30%), null before 5% of the steps,
-with ``update_auc``, that update's measured within-cell AUC and interval. A run outside the predictor's domain
-(architecture, depth, width, classes, run length, recipe) gets ``predicted_failure: null``, ``calibrated: false``
-and ``calibration``, one line saying why and how to calibrate (docs/verdicts-usage.md). The evidence reads the
+``succeeded``) once it has finished, else ``too early``. Prior and evidence come apart
+(:mod:`probes.early_failure.verdict`): ``prior`` is the share of the seed bank's seeds of the run's configuration
+(bias correction, learning rate) that failed, null when the bank has no such cell; ``dev_so_far`` is Dodge et al.'s
+reading, the last dev evaluation seen against the majority baseline, with how many of the bank's seeds of that
+configuration that stood there failed and that rule's measured within-cell AUC; ``predicted_failure`` is what this
+run's early signals change the prior to, the predictor's P(fail) (:mod:`probes.early_failure.predictor_file`: the
+shipped file fitted on the seed bank, or ``--predictor``) from the model of the largest fraction of the steps seen
+(for a finished run: 30%), null before 5% of the steps, with ``update_auc``, that update's measured within-cell
+AUC and interval. A run outside the predictor's domain (architecture, depth, width, classes, run length, recipe)
+gets ``predicted_failure: null``, ``calibrated: false``, no bank numbers, and ``calibration``, one line saying why and how to calibrate (docs/verdicts-usage.md). The evidence reads the
 records: vanishing encoder gradients (from which step, in which depths), the loss plateau at ln C, prediction
 collapse, Adam without bias correction, and the forgetting curve where one was measured; the advice is ranked by
 that evidence, after Mosbach et al. (2020) and Zhang et al. (2020), and never asks for what the run already does.
@@ -31,11 +33,12 @@ from pathlib import Path
 import numpy as np
 
 from diagnostics.command import CommandParser, fail, summary
-from probes.domain import run_profile
-from probes.early_signals import features_at, total_steps, window_end
-from probes.early_verdict import EarlyVerdict, judge
-from probes.predictor import FLAG_AT
-from probes.predictor_file import MODEL_FILE, PredictorFile
+from probes import catalogue
+from probes.early_failure.domain import run_profile
+from probes.early_failure.signals import features_at, total_steps, window_end
+from probes.early_failure.verdict import EarlyVerdict, dev_so_far, judge
+from probes.early_failure.predictor import FLAG_AT
+from probes.early_failure.predictor_file import MODEL_FILE, PredictorFile
 from probes.records import RecordsError, RunRecords, Series, open_run
 
 LAST_FRACTION = 0.30  # a finished run is judged as at this share of its steps, the predictor's last
@@ -89,15 +92,38 @@ def cut(run: RunRecords, last_step: int) -> RunRecords:
     return replace(run, summary={}, records=kept)
 
 
-def _series(run: RunRecords, name: str, kind: str) -> Series | None:
-    return run.records.get(kind, {}).get(name)
+def _series(run: RunRecords, spec: catalogue.SeriesSpec) -> Series | None:
+    """The run's record of a catalogue entry, or None where the run did not record it."""
+    return run.get(spec) if run.has(spec) else None
 
 
 def seen_steps(run: RunRecords) -> int:
     """Optimiser steps the records cover (the last recorded step + 1)."""
     last = [int(s.steps.max()) for named in run.records.values() for s in named.values()
-            if isinstance(s, Series) and s.steps.size and s is not _series(run, "eval", "scalars")]
+            if isinstance(s, Series) and s.steps.size and s is not _series(run, catalogue.EVAL)]
     return max(last) + 1 if last else 0
+
+
+def last_evaluation(run: RunRecords, last_step: int | None) -> tuple[str, float, int] | None:
+    """The dev metric's name, value and updates-before of the last evaluation a run seen through 0-based step
+    ``last_step`` had (an evaluation after n updates counts once step n - 1 is seen); None without one."""
+    evals = _series(run, catalogue.EVAL)
+    if evals is None or not evals.columns:
+        return None
+    seen = [i for i, step in enumerate(evals.steps) if last_step is None or step <= last_step + 1]
+    if not seen:
+        return None
+    value = float(evals.values[seen[-1], 0])
+    return (evals.columns[0], value, int(evals.steps[seen[-1]])) if math.isfinite(value) else None
+
+
+def majority_of(run: RunRecords) -> float | None:
+    """The dev metric of always predicting the majority class: the summary's, else 0 for MCC (whatever the class
+    balance), else unknown."""
+    if "majority" in run.summary:
+        return float(run.summary["majority"])
+    evals = _series(run, catalogue.EVAL)
+    return 0.0 if evals is not None and evals.columns and evals.columns[0] == "mcc" else None
 
 
 # ---------------------------------------------------------------- evidence
@@ -106,7 +132,7 @@ def seen_steps(run: RunRecords) -> int:
 def vanishing_gradients(run: RunRecords) -> dict | None:
     """Encoder blocks whose gradient norm fell below VANISHED of its value over the first 10% of the steps seen,
     and the first step at which the encoder's total norm fell under a tenth of its early value."""
-    layers = _series(run, "layers", "gradient_norms")
+    layers = _series(run, catalogue.LAYER_NORMS)
     if layers is None or layers.steps.size < 8:
         return None
     steps, values = layers.steps, np.asarray(layers.values, dtype="f8")
@@ -132,12 +158,12 @@ def vanishing_gradients(run: RunRecords) -> dict | None:
 
 def loss_plateau(run: RunRecords) -> dict | None:
     """The training loss over the last 10% of the steps seen, against ln C."""
-    plateau = _series(run, "plateau", "scalars")
+    plateau = _series(run, catalogue.LOSS_PLATEAU)
     if plateau is not None and plateau.steps.size >= 4:
         steps, ratio = plateau.steps, plateau.column("loss_over_ln_c")
         ln_c = float(plateau.attrs.get("ln_c", math.log(2)))
     else:
-        train = _series(run, "train", "scalars")
+        train = _series(run, catalogue.TRAIN)
         if train is None or train.steps.size < 4:
             return None
         ln_c = math.log(int(run.meta.get("config", {}).get("num_labels", 2) or 2))
@@ -155,13 +181,13 @@ def prediction_collapse(run: RunRecords) -> dict | None:
     """The head predicting one class for (nearly) every training example late in what was seen, and the dev
     metric at the majority baseline."""
     found = []
-    predictions = _series(run, "predictions", "scalars")
+    predictions = _series(run, catalogue.PREDICTION_COLLAPSE)
     if predictions is not None and predictions.steps.size >= 4:
         late = predictions.steps >= predictions.steps.max() - max(2, predictions.steps.max() // 10)
         share = float(np.nanmean(predictions.column("majority_share")[late]))
         if share >= 0.99:
             found.append(f"the head predicts one class for {100 * share:.0f}% of the training examples")
-    evals = _series(run, "eval", "scalars")
+    evals = _series(run, catalogue.EVAL)
     majority = run.summary.get("majority")
     if evals is not None and evals.steps.size and majority is not None:
         at_baseline = np.asarray(evals.values[:, 0]) <= float(majority) + 1e-9
@@ -189,7 +215,7 @@ def optimiser(run: RunRecords) -> dict | None:
 def forgetting(run: RunRecords) -> dict | None:
     """Where the forgetting sits: how many top blocks must be reset to come within 10% of the pre-trained
     perplexity."""
-    grids = run.grids("forgetting")
+    grids = run.grids(catalogue.FORGETTING.kind)
     if not grids:
         return None
     name, grid = sorted(grids.items())[-1]
@@ -253,7 +279,7 @@ def diagnose(path: Path, until: float | None = None, predictor: Path = MODEL_FIL
     if not records_path.is_file():
         raise RecordsError(f"{records_path} not found; pass a run folder (holding run.h5) or a records file")
     predictors = PredictorFile.load(predictor)
-    run = open_run(records_path)
+    run = whole = open_run(records_path)
     total = total_steps(run)
     profile = run_profile(run)
     if until is not None:
@@ -271,6 +297,8 @@ def diagnose(path: Path, until: float | None = None, predictor: Path = MODEL_FIL
     else:  # a run still going: as far as its records reach
         last_step = seen - 1
     verdict = judge(predictors, profile, last_step, lambda fraction: features_at(run, fraction, total))
+    verdict = replace(verdict, dev=dev_so_far(predictors, profile, last_evaluation(whole, last_step),
+                                              majority_of(whole)))
     evidence = [found for found in (optimiser(run), vanishing_gradients(run), loss_plateau(run),
                                     prediction_collapse(run), forgetting(run)) if found is not None]
     final = float(run.summary["final_dev_metric"]) if finished else None

@@ -3,8 +3,8 @@
     python -m diagnostics.seed_bank --out runs/bank --features data/seed_bank/features.csv   # writes it
     rows = read_table("data/seed_bank/features.csv")                                        # reads it back
 
-The rows are those of :func:`probes.early_benchmark.table` (outcome columns, ``fraction``, the early features of
-:mod:`probes.early_signals`): everything the benchmark needs, without the runs' checkpoints and records.
+The rows are those of :func:`probes.early_failure.benchmark.table` (outcome columns, ``fraction``, the early features of
+:mod:`probes.early_failure.signals`): everything the benchmark needs, without the runs' checkpoints and records.
 """
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import csv
 import math
 from pathlib import Path
 
-from probes.early_benchmark import OUTCOME_COLUMNS, table
-from probes.early_signals import FEATURES
+from probes.early_failure.benchmark import OUTCOME_COLUMNS, table
+from probes.early_failure.signals import FEATURES
 
 NUMBERS = ("lr", "final_dev_metric", "majority", "fraction", "dev_metric", *FEATURES)
 

@@ -1,8 +1,8 @@
 """How well the early-failure predictor foresees failed runs on seeds it never saw, as a Markdown table.
 
-The numbers come from :mod:`probes.early_benchmark` (features, grouped-by-seed fitting and scoring, compute saved);
-this module words them. ``python -m diagnostics.report RUNS --early`` prints it for runs on disk,
-``python -m diagnostics.seed_bank --benchmark data/seed_bank/features.csv`` for the committed seed bank.
+The numbers come from :mod:`probes.early_failure.benchmark` (features, grouped-by-seed fitting and scoring, compute
+saved); this module words them. ``python -m diagnostics.report RUNS --early`` prints it for runs on disk, ``python -m
+diagnostics.seed_bank --benchmark data/seed_bank/features.csv`` for the committed seed bank.
 """
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from probes.early_benchmark import (FOLDS, FRACTIONS, MIN_SCORED, SCOPES, UNSCORED, HeldOut, score, table,
+from probes.early_failure.benchmark import (FOLDS, FRACTIONS, MIN_SCORED, SCOPES, UNSCORED, HeldOut, score, table,
                                     univariate)
-from probes.early_protocol import Protocol
-from probes.predictor import FLAG_AT
+from probes.early_failure.protocol import Protocol
+from probes.early_failure.predictor import FLAG_AT
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ class EarlyWarningReport:
 
 
 def protocol_markdown(protocol: Protocol) -> str:
-    """The protocol's table (:mod:`probes.early_protocol`): within-cell scores first, the rows where we lose
+    """The protocol's table (:mod:`probes.early_failure.protocol`): within-cell scores first, the rows where we lose
     included, then the pooled and held-out-group scores and each feature's within-cell AUC."""
     cells = ", ".join(f"{task} {recipe} lr {lr} ({steps} steps)" for task, recipe, lr, _, steps in protocol.cells)
     lines = [f"Seed bank: {protocol.runs} runs; uncertain cells (failure rate 15-85%, >= 10 runs): "

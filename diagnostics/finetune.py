@@ -241,7 +241,7 @@ def standard_probes(total: int, enabled: bool = True, sample: list[dict] | None 
     weights ``times`` times per run (64 examples at 7 points: the forward passes of 28 training batches of 16 each
     time, so the runner ties ``times`` to its dev evaluations, ``--evals``)."""
     import probes
-    from probes import early_signals
+    from probes.early_failure import signals as early_signals
 
     def attach(model: nn.Module, optimizer: torch.optim.Optimizer, writer: records.RunWriter):
         chosen = [probes.GradientNorms(), probes.ActivationGradients(), probes.PredictionCollapse(),

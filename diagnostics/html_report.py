@@ -27,7 +27,7 @@ from plots.registry import FIGURES
 from plots.runs import load_runs
 from plots.sources import MissingRecord, early_warning_decision
 from plots.style import paper_style
-from probes.early_benchmark import UNSCORED
+from probes.early_failure.benchmark import UNSCORED
 from probes.records import RunRecords, iter_runs, open_run
 
 STYLE = """

@@ -2,10 +2,10 @@
 
 One logistic model per fraction of the steps seen, fitted on every run of the table; the bank's domain (model type,
 depth, width, classes, run lengths, recipes, bias correction, tasks) from the table's outcome columns; each
-configuration's prior (bias correction x learning rate, pooled over tasks); and the update's within-cell AUC with
-its interval at each fraction, from the protocol (:func:`probes.early_protocol.evaluate`, method ``signals``, the
-one the file's models are). A table written before it had model columns takes them from the model its bank was
-built on (the provenance's, else the embedded default) and the number of classes from its tasks.
+configuration's prior (bias correction x learning rate, pooled over tasks); and the update's within-cell AUC with its
+interval at each fraction, from the protocol (:func:`probes.early_failure.protocol.evaluate`, method ``signals``, the
+one the file's models are). A table written before it had model columns takes them from the model its bank was built on
+(the provenance's, else the embedded default) and the number of classes from its tasks.
 """
 from __future__ import annotations
 
@@ -17,14 +17,16 @@ import numpy as np
 
 from diagnostics.embedded import DEFAULT_MODEL
 from diagnostics.finetune import FinetuneError
-from probes.domain import Domain
-from probes.early_benchmark import FRACTIONS
-from probes.early_protocol import RESAMPLES, evaluate
-from probes.early_signals import FEATURES
-from probes.predictor import Predictor
-from probes.predictor_file import PredictorFile, PriorCell, UpdateAuc
+from probes.early_failure.domain import Domain
+from probes.early_failure.benchmark import FRACTIONS
+from probes.early_failure.protocol import RESAMPLES, evaluate
+from probes.early_failure.signals import FEATURES
+from probes.early_failure.predictor import Predictor
+from probes.early_failure.predictor_file import DevCell, PredictorFile, PriorCell, UpdateAuc
+from probes.early_failure.verdict import AT_BASELINE
 
 METHOD = "signals"  # the protocol's method the file's models are: the logistic model on the early features
+DODGE = "Dodge"  # the protocol's name of Dodge et al.'s rule (the dev metric so far)
 
 
 def fit(rows: list[dict], source: dict, fractions: tuple[float, ...] = FRACTIONS,
@@ -42,9 +44,9 @@ def fit(rows: list[dict], source: dict, fractions: tuple[float, ...] = FRACTIONS
         models[fraction] = Predictor.fit(x, failed, FEATURES, fraction=fraction)
     first = [row for row in rows if row["fraction"] == fractions[0]]
     protocol = evaluate(rows, fractions, resamples)
-    update = {r.fraction: UpdateAuc(METHOD, r.fraction, r.within, r.low, r.high)
-              for r in protocol.results if r.method == METHOD}
-    return PredictorFile(models, Domain.of_rows(first), prior_cells(first), update, source)
+    update, dodge = ({r.fraction: UpdateAuc(method, r.fraction, r.within, r.low, r.high)
+                      for r in protocol.results if r.method == method} for method in (METHOD, DODGE))
+    return PredictorFile(models, Domain.of_rows(first), prior_cells(first), update, source, dev_cells(rows), dodge)
 
 
 def prior_cells(rows: list[dict]) -> tuple[PriorCell, ...]:
@@ -58,6 +60,21 @@ def prior_cells(rows: list[dict]) -> tuple[PriorCell, ...]:
     return tuple(PriorCell(bias, lr, len(found), sum(bool(row["failed"]) for row in found),
                            tuple(sorted({row["recipe"] for row in found})))
                  for (bias, lr), found in sorted(cells.items()))
+
+
+def dev_cells(rows: list[dict]) -> tuple[DevCell, ...]:
+    """Per configuration (bias correction, learning rate) and fraction, the runs whose dev metric there was at or
+    below the majority baseline and those above it, with how many failed (runs not evaluated there are left out)."""
+    cells: dict[tuple[bool, float, float, bool], list[bool]] = {}
+    for row in rows:
+        dev, majority = float(row.get("dev_metric", math.nan)), float(row["majority"])
+        if not (math.isfinite(dev) and math.isfinite(majority) and math.isfinite(float(row["lr"]))) \
+                or str(row["correct_bias"]) in ("", "nan", "None"):
+            continue
+        key = (_corrected(row), float(row["lr"]), float(row["fraction"]), bool(dev <= majority + AT_BASELINE))
+        cells.setdefault(key, []).append(bool(row["failed"]))
+    return tuple(DevCell(bias, lr, fraction, at, len(failed), sum(failed))
+                 for (bias, lr, fraction, at), failed in sorted(cells.items()))
 
 
 def backfill(rows: list[dict], table: Path) -> list[dict]:

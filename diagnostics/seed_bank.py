@@ -44,8 +44,8 @@ from diagnostics.stop_early import StopRule
 from diagnostics.stop_early_report import savings
 from diagnostics.tasks import TaskError, load_task
 from probes import records
-from probes.early_benchmark import FRACTIONS
-from probes.predictor_file import MODEL_FILE
+from probes.early_failure.benchmark import FRACTIONS
+from probes.early_failure.predictor_file import MODEL_FILE
 
 
 @dataclass
@@ -132,7 +132,7 @@ def from_table(paths: list[Path], fit: bool, predictor_out: Path = MODEL_FILE) -
     from diagnostics.early_warning_report import protocol_markdown
     from diagnostics.predictor_fit import backfill
     from diagnostics.predictor_fit import fit as fit_file
-    from probes.early_protocol import evaluate
+    from probes.early_failure.protocol import evaluate
 
     for path in paths:
         if not path.is_file():
@@ -178,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "bank's domain, each configuration's prior and the measured within-cell AUC")
     parser.add_argument("--predictor-out", type=Path, default=MODEL_FILE, metavar="PATH",
                         help="where --fit writes the predictor file (default: the shipped "
-                             "probes/early_warning_model.json); pass it to diagnose --predictor PATH")
+                             "probes/early_failure/model.json); pass it to diagnose --predictor PATH")
     parser.add_argument("--stop-early", metavar="RULE",
                         help="dodge or predictor: stop doomed seeds early; writes OUT/stop-early.md")
     parser.add_argument("--against", type=Path, metavar="BANK",

@@ -118,7 +118,7 @@ def _rank(entry: dict) -> tuple[float, float]:
 def failure_probability(session) -> float | None:
     """The run's calibrated P(fail) once the early warning probe has decided (None before, and for runs without
     the probe or without a fitted predictor): the one place the stopping rules read the predictor."""
-    from probes.early_warning import EarlyWarning
+    from probes.early_failure.warning import EarlyWarning
 
     for probe in session.probes:
         if isinstance(probe, EarlyWarning) and probe.decision is not None:

@@ -1,10 +1,10 @@
 """The early-failure predictor's held-out precision, recall and ROC AUC against the share of training seen.
 
-From the command line: ``python -m plots early RUNS... -o early.pdf``. One panel per scope: the default recipe
-(failed against surviving seeds of Adam without bias correction) and every recipe; the target of 0.9 dashed; a scope
-of fewer than ten runs, or of one outcome, says "too few runs to score" instead of lines. The
-numbers are those of ``python -m diagnostics.report RUNS --early`` (:mod:`probes.early_benchmark`: the predictor is
-fitted on some seeds and scored on the others).
+From the command line: ``python -m plots early RUNS... -o early.pdf``. One panel per scope: the default recipe (failed
+against surviving seeds of Adam without bias correction) and every recipe; the target of 0.9 dashed; a scope of fewer
+than ten runs, or of one outcome, says "too few runs to score" instead of lines. The numbers are those of ``python -m
+diagnostics.report RUNS --early`` (:mod:`probes.early_failure.benchmark`: the predictor is fitted on some seeds and
+scored on the others).
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Sequence
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from probes.early_benchmark import FRACTIONS, SCOPES, UNSCORED, rows_of, score
+from probes.early_failure.benchmark import FRACTIONS, SCOPES, UNSCORED, rows_of, score
 from plots.runs import RecordsLike, load_runs
 from plots.sources import MissingRecord
 from plots.style import COLUMN, NEUTRAL, PALETTE, panel_title, panels, styled

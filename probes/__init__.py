@@ -16,7 +16,7 @@ _PUBLIC = {
     "AdamSecondMoment": "probes.adam_state",
     "AdamSignShare": "probes.adam_sign",
     "ClsCollapse": "probes.cls_collapse",
-    "EarlyWarning": "probes.early_warning",
+    "EarlyWarning": "probes.early_failure.warning",
     "Forgetting": "probes.forgetting",
     "GradientCosine": "probes.gradient_cosine",
     "GradientNorms": "probes.gradient_norms",

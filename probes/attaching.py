@@ -20,7 +20,7 @@ from probes.records import RunMeta, RunWriter
 from probes import distributed, zero
 from probes.activation_gradients import ActivationGradients
 from probes.base import Probe
-from probes.domain import ATTRIBUTE, architecture
+from probes.early_failure.domain import ATTRIBUTE, architecture
 from probes.gradient_norms import GradientNorms
 from probes.model.layers import find_layers
 from probes.optimizer_audit import audit_optimizer

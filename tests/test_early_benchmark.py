@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from scipy.optimize import minimize
 
-from probes.early_benchmark import held_out_probabilities, roc_auc, score
-from probes.early_signals import FEATURES, log_growth, late_level, window_features
-from probes.predictor import Predictor
+from probes.early_failure.benchmark import held_out_probabilities, roc_auc, score
+from probes.early_failure.signals import FEATURES, log_growth, late_level, window_features
+from probes.early_failure.predictor import Predictor
 
 
 def test_window_features_read_the_quarters_of_the_window():
@@ -114,9 +114,9 @@ def test_report_early_and_plots_early_end_to_end(tmp_path, repo_root):
 
 
 def test_the_shipped_model_covers_every_fraction_and_feature():
-    """probes/early_warning_model.json (fitted on the committed seed bank by `seed_bank --fit`)."""
-    from probes.early_benchmark import FRACTIONS
-    from probes.predictor_file import MODEL_FILE, PredictorFile
+    """probes/early_failure/model.json (fitted on the committed seed bank by `seed_bank --fit`)."""
+    from probes.early_failure.benchmark import FRACTIONS
+    from probes.early_failure.predictor_file import MODEL_FILE, PredictorFile
 
     if not MODEL_FILE.is_file():
         pytest.skip("no fitted model shipped yet")

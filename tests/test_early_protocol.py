@@ -9,9 +9,9 @@ import math
 import numpy as np
 import pytest
 
-from probes.early_protocol import (METHODS, bootstrap_interval, evaluate, permutation_p, scores, seed_groups,
+from probes.early_failure.protocol import (METHODS, bootstrap_interval, evaluate, permutation_p, scores, seed_groups,
                                    uncertain_cells, within_cell_auc)
-from probes.early_signals import FEATURES
+from probes.early_failure.signals import FEATURES
 
 
 def _bank(seeds: int = 60, signal: float = 2.0, rng_seed: int = 0) -> list[dict]:

@@ -9,9 +9,9 @@ import pytest
 
 import probes
 from probe_harness import LoopConfig, run_loop
-from probes.early_signals import FEATURES, encoder_norm, features_at
-from probes.early_warning import EarlyWarning, collapse_score
-from probes.predictor import Predictor
+from probes.early_failure.signals import FEATURES, encoder_norm, features_at
+from probes.early_failure.warning import EarlyWarning, collapse_score
+from probes.early_failure.predictor import Predictor
 
 
 def test_collapse_score_reads_the_quarters_of_the_window():
@@ -36,7 +36,7 @@ def test_probe_decides_once_like_the_offline_rule(tmp_path, caplog):
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # logged, not warned: no source line echoed across a bar
         result = run_loop(LoopConfig(steps=12, probe_list=[probes.GradientNorms(), warning]), tmp_path / "r.h5")
-    said = [r for r in caplog.records if r.name == "probes.early_warning"]
+    said = [r for r in caplog.records if r.name == "probes.early_failure.warning"]
     assert len(said) == 1 and said[0].levelname == "WARNING" and "early warning at step 8" in said[0].getMessage()
     assert "\n" not in said[0].getMessage()
     layers = result.records.series("layers", kind="gradient_norms")

@@ -15,11 +15,11 @@ import tiny
 from diagnostics.diagnose import diagnose
 from diagnostics.predictor_fit import fit
 from probe_harness import LoopConfig, run_loop
-from probes.domain import Domain, Profile, run_profile
-from probes.early_benchmark import FRACTIONS, rows_of
-from probes.early_signals import features_at
-from probes.early_warning import EarlyWarning
-from probes.predictor_file import MODEL_FILE, PredictorFile
+from probes.early_failure.domain import Domain, Profile, run_profile
+from probes.early_failure.benchmark import FRACTIONS, rows_of
+from probes.early_failure.signals import features_at
+from probes.early_failure.warning import EarlyWarning
+from probes.early_failure.predictor_file import MODEL_FILE, PredictorFile
 from probes.records import open_run
 
 LENGTHS = (40, 96, 200)
@@ -127,9 +127,9 @@ def test_a_flagged_bias_corrected_run_is_not_told_to_use_bias_correction(tmp_pat
     """The live warning's advice leaves out what the run already does; a run outside the shipped bank (a tiny
     model) gets no P(fail) and is judged by its collapse score."""
     warning = EarlyWarning(window_end=6, threshold=math.inf, total_steps=10)
-    with caplog.at_level(logging.INFO, logger="probes.early_warning"):
+    with caplog.at_level(logging.INFO, logger="probes.early_failure.warning"):
         result = run_loop(LoopConfig(steps=10, probe_list=[probes.GradientNorms(), warning]), tmp_path / "r.h5")
-    said = [r.getMessage() for r in caplog.records if r.name == "probes.early_warning"]
+    said = [r.getMessage() for r in caplog.records if r.name == "probes.early_failure.warning"]
     assert len(said) == 1 and "early warning at step 6" in said[0]
     assert "bias-corrected Adam" not in said[0] and "a lower learning rate" in said[0]
     assert "not calibrated: 4 layers, 32 wide, 10 steps: outside the bank (bert, 6 layers" in said[0]

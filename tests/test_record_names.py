@@ -10,7 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 READERS = {"series", "frame", "grid", "grids", "names", "_series"}
-EARLY_FAILURE = sorted(ROOT.glob("probes/early_*.py")) + [ROOT / "probes/predictor.py"]
+EARLY_FAILURE = sorted(ROOT.glob("probes/early_failure/*.py")) + [ROOT / "diagnostics/diagnose.py"]
 
 
 def spelled_names(path: Path) -> list[str]:

@@ -12,7 +12,7 @@ from diagnostics.embedded import DEFAULT_MODEL
 from diagnostics.finetune import finished_run
 from diagnostics.seed_bank import BankConfig, build, main
 from probes import records
-from probes.early_signals import FEATURES
+from probes.early_failure.signals import FEATURES
 
 
 def test_grid_runs_seed_by_seed_with_the_corrected_recipe_after_its_seed():

@@ -11,7 +11,7 @@ import torch
 import probes
 import tiny
 from diagnostics.bert_adam import BertAdam
-from probes.early_signals import change, warmup_end, window_features, lower_norm
+from probes.early_failure.signals import change, warmup_end, window_features, lower_norm
 from probes.records import open_run
 
 STEPS = 5

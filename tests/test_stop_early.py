@@ -12,7 +12,7 @@ from diagnostics.embedded import DEFAULT_MODEL
 from diagnostics.finetune import FinetuneConfig, finished_run, run
 from diagnostics.stop_early import LEDGER, StopRule, StopRuleError, Stopper
 from diagnostics.stop_early_report import savings
-from probes.early_benchmark import rows_of
+from probes.early_failure.benchmark import rows_of
 from probes.records import open_run
 
 EMBEDDED = pytest.mark.skipif(not (DEFAULT_MODEL / "model.safetensors").exists(), reason="embedded default not built")

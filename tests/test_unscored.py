@@ -15,7 +15,7 @@ import records_factory
 from diagnostics.html_report import render, run_rows
 from diagnostics.report import ReportConfig, run
 from plots.early import plot_early
-from probes.early_benchmark import FRACTIONS, rows_of
+from probes.early_failure.benchmark import FRACTIONS, rows_of
 from probes.records import iter_runs, open_run
 
 matplotlib.use("Agg")

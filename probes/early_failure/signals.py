@@ -3,8 +3,8 @@
 One function, :func:`window_features`, turns the per-step signals of the probes (encoder gradient norm,
 head-to-encoder ratio, loss over ln C and its slope, prediction collapse, Adam's second moment) recorded up to
 step ``window_end`` into a few numbers. Each compares the late part of the window (its last quarter) with its
-start (first quarter) or reads the late level, the rule of :func:`probes.early_warning.collapse_score`. The same
-function serves the online probe (:class:`probes.early_warning.EarlyWarning`, from its device history) and the
+start (first quarter) or reads the late level, the rule of :func:`probes.early_failure.warning.collapse_score`. The same
+function serves the online probe (:class:`probes.early_failure.warning.EarlyWarning`, from its device history) and the
 offline benchmark (:func:`features_at`, from a records file: :func:`run_signals` reads the probes' series), so both
 decide on identical numbers. Only numpy and the records reader: ``plots`` uses it too.
 """

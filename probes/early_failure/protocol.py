@@ -17,7 +17,7 @@ The methods, at each fraction of the steps seen:
 * ``config``: a logistic model on the configuration alone (log10 lr, bias correction, log10 steps, task, recipe).
 * ``Dodge``: Dodge et al. (2020)'s rule, no fitting: rank runs by the dev metric of the evaluation at that
   fraction, above the majority baseline; flagged when it is at or below the baseline.
-* ``signals``: the logistic predictor on the early features of :mod:`probes.early_signals`.
+* ``signals``: the logistic predictor on the early features of :mod:`probes.early_failure.signals`.
 * ``config + signals``: both; its gain over ``config`` is what the signals add.
 
 Fitted methods are scored held out by seed (:func:`held_out`): no run is scored by a fit that saw its seed. Also
@@ -33,9 +33,9 @@ import numpy as np
 
 from scipy.stats import rankdata
 
-from probes.early_benchmark import held_out, roc_auc, seed_groups
-from probes.early_signals import FEATURES
-from probes.predictor import FLAG_AT
+from probes.early_failure.benchmark import held_out, roc_auc, seed_groups
+from probes.early_failure.signals import FEATURES
+from probes.early_failure.predictor import FLAG_AT
 
 UNCERTAIN = (0.15, 0.85)  # a cell's failure rate inside this range: its seeds really differ
 MIN_CELL = 10  # runs a cell needs before its failure rate is read as uncertain

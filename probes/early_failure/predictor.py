@@ -4,12 +4,12 @@
     model.probability(X)                              # P(the run will fail) per row
     Predictor.from_json(model.to_json())
 
-Features are standardised with the training runs' mean and spread; a missing feature (NaN) takes the training
-mean, so a run without one probe is still judged by the others. The fit is Newton's method on the penalised
-log-likelihood (``penalty`` on the standardised weights, none on the intercept): a handful of features and ~100
-runs need nothing heavier. ``diagnostics.early_warning_report`` fits it on some seeds and scores it on others; the
-models fitted on the whole committed seed bank ship in ``probes/early_warning_model.json``
-(:mod:`probes.predictor_file`). A run is flagged at P(fail) >= :data:`FLAG_AT`, live and in every benchmark.
+Features are standardised with the training runs' mean and spread; a missing feature (NaN) takes the training mean, so a
+run without one probe is still judged by the others. The fit is Newton's method on the penalised log-likelihood
+(``penalty`` on the standardised weights, none on the intercept): a handful of features and ~100 runs need nothing
+heavier. ``diagnostics.early_warning_report`` fits it on some seeds and scores it on others; the models fitted on the
+whole committed seed bank ship in ``probes/early_failure/model.json`` (:mod:`probes.early_failure.predictor_file`). A
+run is flagged at P(fail) >= :data:`FLAG_AT`, live and in every benchmark.
 """
 from __future__ import annotations
 

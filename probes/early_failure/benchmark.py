@@ -1,13 +1,14 @@
 """The early-failure benchmark: features and outcomes of finished runs, and the predictor scored on held-out seeds.
 
 For each fraction of training seen (5, 10, 15, 20, 30% of the steps) every finished run gets its early features
-(:func:`probes.early_signals.features_at`). The logistic predictor (:class:`probes.predictor.Predictor`) is fitted
-and scored by seed: the seeds are dealt into ``folds`` groups, and each group's runs are scored by a model fitted on
-the runs of all other seeds, so no run is ever scored by a fit that saw it or any run sharing its seed (same head
-initialisation and data order). Precision and recall (flagged at P(fail) >= 0.5) and ROC AUC add up the held-out
-groups, in two scopes: ``default``, the runs without bias correction (failed against surviving seeds of the same
-recipe), and ``all``, every recipe. Stopping the flagged runs at that point saves their remaining steps.
-Numpy, scipy and the records reader only: ``diagnostics.report --early`` prints it and ``plots early`` draws it.
+(:func:`probes.early_failure.signals.features_at`). The logistic predictor
+(:class:`probes.early_failure.predictor.Predictor`) is fitted and scored by seed: the seeds are dealt into ``folds``
+groups, and each group's runs are scored by a model fitted on the runs of all other seeds, so no run is ever scored by a
+fit that saw it or any run sharing its seed (same head initialisation and data order). Precision and recall (flagged at
+P(fail) >= 0.5) and ROC AUC add up the held-out groups, in two scopes: ``default``, the runs without bias correction
+(failed against surviving seeds of the same recipe), and ``all``, every recipe. Stopping the flagged runs at that point
+saves their remaining steps. Numpy, scipy and the records reader only: ``diagnostics.report --early`` prints it and
+``plots early`` draws it.
 """
 from __future__ import annotations
 
@@ -20,9 +21,9 @@ import numpy as np
 from scipy.stats import rankdata
 
 from probes import catalogue
-from probes.domain import run_profile
-from probes.early_signals import FEATURES, features_at
-from probes.predictor import FLAG_AT, Predictor
+from probes.early_failure.domain import run_profile
+from probes.early_failure.signals import FEATURES, features_at
+from probes.early_failure.predictor import FLAG_AT, Predictor
 from probes.records import RunRecords, iter_runs, open_run
 
 FRACTIONS = (0.05, 0.10, 0.15, 0.20, 0.30)
@@ -36,7 +37,7 @@ OUTCOME_COLUMNS = ("run", "task", "recipe", "lr", "correct_bias", "seed", "steps
 
 def outcome(run) -> dict:
     """The columns of :data:`OUTCOME_COLUMNS` for a finished run (the model's columns blank where the records do
-    not say; :func:`probes.domain.run_profile`)."""
+    not say; :func:`probes.early_failure.domain.run_profile`)."""
     config = run.meta.get("config", {}) or {}
     profile = run_profile(run)
     recipe = config.get("resolved_recipe", {}) or {}

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from probes.catalogue import LOSS_PLATEAU, TRAIN
-from probes.early_signals import total_steps
+from probes.early_failure.signals import total_steps
 from probes.records import RunRecords
 
 ATTRIBUTE = "architecture"  # the records' root attribute probes.attach writes from a Hugging Face model

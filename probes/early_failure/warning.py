@@ -7,18 +7,18 @@ its value at the start of the window: strongly negative means collapsed. A run i
 below a threshold fitted on seeds whose outcome is known (``python -m diagnostics.report --early`` fits and
 measures it; docs/verdicts.md gives what it knows on held-out seeds).
 
-As a probe, :class:`EarlyWarning` asks for a flush once the window is over and decides in ``on_flush``, where
-every rank sees the same numbers: the rows of the window, every probe's columns combined across ranks
-(``session.flushed``). It decides with a predictor file (:mod:`probes.predictor_file`; by default the one fitted
-on the seed bank, ``probes/early_warning_model.json``) over the features of :mod:`probes.early_signals`: the same
-numbers ``python -m diagnostics.report --early`` and ``diagnose`` compute from the records, and the same verdict
-(:func:`probes.early_verdict.judge`): the configuration's prior from the bank, then this run's P(fail). A run
-outside the file's domain (another architecture, size, number of classes, run length or optimiser) gets no P(fail)
-but a line saying why and how to calibrate, and is judged, like a run without a predictor (``predictor=None``),
-by the collapse score alone. A flagged run is reported through :mod:`logging` (logger ``probes.early_warning``:
-one line, no source echo, so a progress bar can print it), the decision is written as series
-``scalars/early_warning`` and, with ``stop=True``, the run is asked to stop (``session.stop_requested``, honoured
-by the Hugging Face Trainer through :class:`probes.ProbeCallback`).
+As a probe, :class:`EarlyWarning` asks for a flush once the window is over and decides in ``on_flush``, where every rank
+sees the same numbers: the rows of the window, every probe's columns combined across ranks (``session.flushed``). It
+decides with a predictor file (:mod:`probes.early_failure.predictor_file`; by default the one fitted on the seed bank,
+``probes/early_failure/model.json``) over the features of :mod:`probes.early_failure.signals`: the same numbers
+``python -m diagnostics.report --early`` and ``diagnose`` compute from the records, and the same verdict
+(:func:`probes.early_failure.verdict.judge`): the configuration's prior from the bank, then this run's P(fail). A run
+outside the file's domain (another architecture, size, number of classes, run length or optimiser) gets no P(fail) but a
+line saying why and how to calibrate, and is judged, like a run without a predictor (``predictor=None``), by the
+collapse score alone. A flagged run is reported through :mod:`logging` (logger ``probes.early_failure.warning``: one
+line, no source echo, so a progress bar can print it), the decision is written as series ``scalars/early_warning`` and,
+with ``stop=True``, the run is asked to stop (``session.stop_requested``, honoured by the Hugging Face Trainer through
+:class:`probes.ProbeCallback`).
 """
 from __future__ import annotations
 
@@ -29,14 +29,15 @@ import os
 import numpy as np
 import torch
 
-from probes import catalogue, early_signals
+from probes import catalogue
+from probes.early_failure import signals as early_signals
 from probes.base import Declared, Probe
-from probes.early_signals import SOURCES, signals_from
-from probes.domain import live_profile
-from probes.early_verdict import EarlyVerdict, judge
+from probes.early_failure.signals import SOURCES, signals_from
+from probes.early_failure.domain import live_profile
+from probes.early_failure.verdict import EarlyVerdict, judge
 from probes.optimizer_audit import bias_correction
-from probes.predictor import DEFAULT, FLAG_AT, Predictor
-from probes.predictor_file import MODEL_FILE, PredictorFile
+from probes.early_failure.predictor import DEFAULT, FLAG_AT, Predictor
+from probes.early_failure.predictor_file import MODEL_FILE, PredictorFile
 
 DEFAULT_THRESHOLD = -1.0
 COLUMNS = catalogue.EARLY_WARNING.columns
@@ -66,7 +67,7 @@ class EarlyWarning(Probe):
     --predictor-out``), a loaded :class:`PredictorFile`, a bare fitted :class:`Predictor` (applied at
     ``window_end`` without a domain check or prior) or None (the collapse score against ``threshold``). It reads
     the rows the other probes write, the series the signal catalogue names
-    (:data:`probes.early_signals.CATALOGUE`); ``total_steps`` (the run's planned steps) lets it check the
+    (:data:`probes.early_failure.signals.CATALOGUE`); ``total_steps`` (the run's planned steps) lets it check the
     run's length against the bank's and pick the model of the share of steps seen.
     """
 
@@ -92,9 +93,9 @@ class EarlyWarning(Probe):
         self._correct_bias = bias_correction(session.optimizer)
 
     def series(self) -> list[Declared]:
-        rule = (f"flagged when the predictor's P(fail) >= {FLAG_AT} (probes/predictor.py), else when "
+        rule = (f"flagged when the predictor's P(fail) >= {FLAG_AT} (probes/early_failure/predictor.py), else when "
                 "collapse_score < threshold" if self.predictor else
-                "flagged when collapse_score < threshold (probes/early_warning.py)")
+                "flagged when collapse_score < threshold (probes/early_failure/warning.py)")
         attrs = {"rule": rule, "window_end": self.window_end}
         if self.total_steps:
             attrs["total_steps"] = self.total_steps
