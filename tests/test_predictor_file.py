@@ -13,7 +13,8 @@ import probes
 import records_factory
 import tiny
 from diagnostics.diagnose import diagnose
-from diagnostics.predictor_fit import fit
+from diagnostics.early_features import read_table
+from diagnostics.predictor_fit import dev_cells, fit
 from probe_harness import LoopConfig, run_loop
 from probes.early_failure.domain import Domain, Profile, run_profile
 from probes.early_failure.benchmark import FRACTIONS, rows_of
@@ -145,3 +146,45 @@ def test_a_malformed_predictor_file_is_one_line_naming_the_fix(tmp_path, text):
     with pytest.raises(RecordsError, match=r"is not a predictor file .*--fit CSV --predictor-out PATH") as error:
         PredictorFile.load(tmp_path / "p.json")
     assert "\n" not in str(error.value)
+
+
+def test_diagnose_reads_the_dev_metric_so_far_as_dodge_would(bank, tmp_path):
+    """The last evaluation a run seen through the first F of its steps had (an evaluation after n updates counts
+    once step n - 1 is seen), against the summary's majority baseline."""
+    root, fitted = bank
+    path = tmp_path / "predictor.json"
+    path.write_text(fitted.to_json())
+    folder = root / "steps200" / "rte-default-s0"
+    evals = open_run(folder / "run.h5").series("eval", "scalars")
+    majority = open_run(folder / "run.h5").summary["majority"]
+    for share, step in ((0.2, 40), (0.19, 20), (0.3, 60), (1.0, 200)):
+        dev = diagnose(folder, until=share, predictor=path).verdict.dev
+        expected = float(evals.values[list(evals.steps).index(step), 0])
+        assert (dev.metric, dev.step, dev.value, dev.majority) == ("accuracy", step, expected, majority), share
+        assert dev.at_baseline == (expected <= majority)
+    dev = diagnose(folder, until=0.2, predictor=path).verdict.dev
+    words = diagnose(folder, until=0.2, predictor=path).text()
+    where = "at" if dev.at_baseline else "above"
+    assert f"dev metric so far: accuracy {dev.value:.3f} after 40 steps, {where} the majority baseline " \
+           f"({majority:.3f})" in words
+
+
+def test_dodge_cells_count_the_bank_runs_at_and_above_the_baseline():
+    """Against a count by hand over the committed 200-step table: the runs without bias correction at lr 1.25e-4
+    whose dev metric at 20% was at or below the majority baseline, and how many of them failed."""
+    table = Path(__file__).resolve().parents[1] / "data" / "seed_bank" / "long.csv"
+    lines = [line.split(",") for line in table.read_text().splitlines()]
+    header = lines[0]
+    column = {name: i for i, name in enumerate(header)}
+    rows = read_table(table)
+    chosen = [row for row in lines[1:] if row[column["correct_bias"]] == "False"
+              and float(row[column["lr"]]) == 1.25e-4 and float(row[column["fraction"]]) == 0.2
+              and row[column["dev_metric"]] not in ("", "nan")]
+    at = [row for row in chosen if float(row[column["dev_metric"]]) <= float(row[column["majority"]])]
+    cells = {(c.correct_bias, c.lr, c.fraction, c.at_baseline): c for c in dev_cells(rows)}
+    cell = cells[(False, 1.25e-4, 0.2, True)]
+    assert (cell.runs, cell.failed) == (len(at), sum(row[column["failed"]] == "True" for row in at))
+    above = cells.get((False, 1.25e-4, 0.2, False))
+    assert (above.runs if above else 0) == len(chosen) - len(at)
+    shipped = PredictorFile.load(MODEL_FILE).dev_cell(Profile(correct_bias=False, lr=1.25e-4), 0.2, True)
+    assert (shipped.runs, shipped.failed) == (cell.runs, cell.failed), "refit the shipped file: seed_bank --fit"
