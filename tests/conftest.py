@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -38,3 +40,13 @@ def arch(request) -> str:
 @pytest.fixture
 def repo_root() -> Path:
     return Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def quick_study(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """``python -m diagnostics.study --quick`` on the embedded default, run once per test run (the study's own
+    test and the engines' comparison both read it): its ``--out`` folder and the finished process."""
+    out = tmp_path_factory.mktemp("quick-study") / "study"
+    done = subprocess.run([sys.executable, "-m", "diagnostics.study", "--out", str(out), "--quick"],
+                          capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], timeout=900)
+    return out, done

@@ -103,12 +103,11 @@ def writing_records(pid: int, out: Path) -> bool:
 @pytest.mark.slow
 @EMBEDDED
 @RAY
-def test_quick_study_on_ray_with_a_worker_killed_matches_the_local_engine(tmp_path, repo_root):
+def test_quick_study_on_ray_with_a_worker_killed_matches_the_local_engine(tmp_path, repo_root, quick_study):
     """The quick study on a Ray cluster of this machine, one worker SIGKILLed in the middle of a run: the run is
     retried (its partial folder kept), the report is complete, and records and report tables equal the local
-    engine's, timings aside."""
-    local, on_ray = tmp_path / "local", tmp_path / "ray"
-    first = command(repo_root, [*QUICK_STUDY, "--out", str(local)])
+    engine's (the study's own test run, shared), timings aside."""
+    (local, first), on_ray = quick_study, tmp_path / "ray"
     assert first.returncode == 0, first.stderr[-3000:]
     study = subprocess.Popen([sys.executable, *QUICK_STUDY, "--out", str(on_ray), "--engine", "ray", "--workers",
                               "2"], cwd=repo_root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

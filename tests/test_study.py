@@ -40,10 +40,9 @@ def test_barriers_take_the_recipe_with_most_successful_runs(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not (DEFAULT_MODEL / "model.safetensors").exists(), reason="embedded default not built")
-def test_quick_study_end_to_end_and_rerun_skips(tmp_path, repo_root):
-    out = tmp_path / "study"
+def test_quick_study_end_to_end_and_rerun_skips(quick_study, repo_root):
+    out, first = quick_study
     command = [sys.executable, "-m", "diagnostics.study", "--out", str(out), "--quick"]
-    first = subprocess.run(command, capture_output=True, text=True, cwd=repo_root, timeout=900)
     assert first.returncode == 0, first.stderr[-2000:]
     runs = sorted(out.glob("*/run.h5"))
     assert len(runs) == 4
