@@ -66,6 +66,15 @@ def protocol_markdown(protocol: Protocol) -> str:
                   f"at P(fail) >= {FLAG_AT}; Dodge: dev metric at or below the majority baseline). Task/lr held out: "
                   "pooled AUC of models fitted without that task (learning rate). Fitted methods are scored on seeds "
                   "they never saw.", ""]
+    duels = [d for d in protocol.against_dodge if d.pairs]
+    if duels:
+        lines += ["Against Dodge's rule on the same runs (the uncertain runs with a dev evaluation at that point; "
+                  "difference of within-cell AUCs with its paired bootstrap 95% interval):", "",
+                  "| seen | method | runs | pairs | method AUC | Dodge AUC | difference [95% CI] |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| {100 * d.fraction:.0f}% | {d.method} | {d.runs} | {d.pairs} | {_f(d.auc)} | {_f(d.dodge)} | "
+                  f"{d.difference:+.2f} [{d.low:+.2f}, {d.high:+.2f}] |" for d in duels]
+        lines.append("")
     for fraction, found in protocol.features.items():
         ranked = sorted(found.items(), key=lambda item: -abs(np.nan_to_num(item[1][0], nan=0.5) - 0.5))
         lines.append(f"Each feature's within-cell AUC at {100 * fraction:.0f}% (> 0.5: higher in failed runs): "

@@ -9,8 +9,8 @@ import math
 import numpy as np
 import pytest
 
-from probes.early_failure.protocol import (METHODS, bootstrap_interval, evaluate, permutation_p, scores, seed_groups,
-                                   uncertain_cells, within_cell_auc)
+from probes.early_failure.protocol import (METHODS, bootstrap_interval, evaluate, paired_difference, permutation_p,
+                                          scores, seed_groups, uncertain_cells, within_cell_auc)
 from probes.early_failure.signals import FEATURES
 
 
@@ -87,3 +87,27 @@ def test_interval_and_p_value_of_a_perfect_score():
     assert bootstrap_interval(score, failed, cells, resamples=200) == (1.0, 1.0)
     assert permutation_p(score, failed, cells, resamples=200) == pytest.approx(1 / 201)
     assert math.isnan(within_cell_auc(score, np.zeros(40, dtype=bool), cells))
+
+
+def test_head_to_head_with_dodge_compares_the_same_runs():
+    """The difference is that of the two within-cell AUCs on the runs both score (a run without a dev evaluation
+    is left out of both); a perfect score against its reverse differs by exactly 1 in every resample."""
+    rows = _bank(signal=2.0)
+    for i, row in enumerate(rows):
+        if i % 3 == 0:
+            row["dev_metric"] = math.nan  # not evaluated there
+    protocol = evaluate(rows, (0.2,), resamples=100)
+    duel = next(d for d in protocol.against_dodge if d.method == "signals")
+    found = scores(rows)
+    cells = uncertain_cells(rows)
+    keep = np.array([(row["task"], f"{float(row['lr']):g}") in {(t, lr) for t, _, lr, _, _ in cells} for row in rows])
+    keep &= np.isfinite(found["Dodge"])
+    failed = np.array([row["failed"] for row in rows])
+    keys = np.array([f"{row['task']}|{row['lr']}|{group}" for row, group in zip(rows, seed_groups(rows))])
+    assert duel.runs == int(keep.sum())
+    assert duel.auc == pytest.approx(within_cell_auc(found["signals"][keep], failed[keep], keys[keep]))
+    assert duel.dodge == pytest.approx(within_cell_auc(found["Dodge"][keep], failed[keep], keys[keep]))
+    assert duel.difference == pytest.approx(duel.auc - duel.dodge) and duel.low <= duel.difference <= duel.high
+    perfect = np.array([True, False] * 20, dtype=float)
+    assert paired_difference(perfect, -perfect, perfect.astype(bool), np.repeat(["x", "y"], 20),
+                             resamples=50) == (1.0, 1.0, 1.0)

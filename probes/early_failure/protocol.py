@@ -22,12 +22,14 @@ The methods, at each fraction of the steps seen:
 
 Fitted methods are scored held out by seed (:func:`held_out`): no run is scored by a fit that saw its seed. Also
 leave-one-task-out and leave-one-lr-out: fitted on the other tasks (learning rates), scored on the held-out one,
-pooled AUC. Numpy and scipy only.
+pooled AUC. Whether a fitted method beats Dodge's rule is asked on the same runs (:class:`HeadToHead`: the uncertain
+runs with a dev evaluation at that fraction), as the difference of the two within-cell AUCs with a paired bootstrap
+interval. Numpy and scipy only.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -118,22 +120,39 @@ def within_cell_auc(score: np.ndarray, failed: np.ndarray, cells: np.ndarray) ->
     return total / weight if weight else math.nan
 
 
+def resampled(cells: np.ndarray, seed: int = 0, resamples: int = RESAMPLES):
+    """Index arrays of the bootstrap: each resample draws every cell's runs with replacement, within the cell."""
+    rng = np.random.default_rng(seed)
+    members = [np.flatnonzero(cells == cell) for cell in np.unique(cells)]
+    for _ in range(resamples if members else 0):
+        yield np.concatenate([rng.choice(index, size=len(index)) for index in members])
+
+
+def _percentiles(values: list[float]) -> tuple[float, float]:
+    finite = np.array(values, dtype="f8")
+    finite = finite[np.isfinite(finite)]
+    return (float(np.percentile(finite, 2.5)), float(np.percentile(finite, 97.5))) if finite.size else \
+        (math.nan, math.nan)
+
+
 def bootstrap_interval(score: np.ndarray, failed: np.ndarray, cells: np.ndarray, seed: int = 0,
                        resamples: int = RESAMPLES) -> tuple[float, float]:
     """The 2.5 and 97.5 percentiles of the within-cell AUC over resamples of runs within their cell (NaN for a
     bank without an uncertain cell)."""
-    rng = np.random.default_rng(seed)
-    members = [np.flatnonzero(cells == cell) for cell in np.unique(cells)]
-    if not members:
-        return math.nan, math.nan
-    values = []
-    for _ in range(resamples):
-        chosen = np.concatenate([rng.choice(index, size=len(index)) for index in members])
-        values.append(within_cell_auc(score[chosen], failed[chosen], cells[chosen]))
-    values = np.array(values)
-    values = values[np.isfinite(values)]
-    return (float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))) if values.size else \
-        (math.nan, math.nan)
+    return _percentiles([within_cell_auc(score[chosen], failed[chosen], cells[chosen])
+                         for chosen in resampled(cells, seed, resamples)])
+
+
+def paired_difference(score: np.ndarray, other: np.ndarray, failed: np.ndarray, cells: np.ndarray, seed: int = 0,
+                      resamples: int = RESAMPLES) -> tuple[float, float, float]:
+    """Within-cell AUC of ``score`` minus that of ``other`` on the same runs, with the 95% interval of the
+    difference over the same resamples for both (the runs either cannot score are left out of both)."""
+    both = np.isfinite(score) & np.isfinite(other)
+    score, other, failed, cells = score[both], other[both], failed[both], cells[both]
+    difference = within_cell_auc(score, failed, cells) - within_cell_auc(other, failed, cells)
+    return (difference, *_percentiles([within_cell_auc(score[chosen], failed[chosen], cells[chosen])
+                                       - within_cell_auc(other[chosen], failed[chosen], cells[chosen])
+                                       for chosen in resampled(cells, seed, resamples)]))
 
 
 def permutation_p(score: np.ndarray, failed: np.ndarray, cells: np.ndarray, seed: int = 0,
@@ -185,6 +204,22 @@ class MethodScore:
 
 
 @dataclass(frozen=True)
+class HeadToHead:
+    """A fitted method against Dodge's rule on the same runs (those with a dev evaluation at the fraction, inside
+    the uncertain cells): each one's within-cell AUC and the difference with its paired 95% interval."""
+
+    method: str
+    fraction: float
+    runs: int
+    pairs: int
+    auc: float
+    dodge: float
+    difference: float
+    low: float
+    high: float
+
+
+@dataclass(frozen=True)
 class Protocol:
     """The protocol's results over the fractions, and what they were computed on."""
 
@@ -194,13 +229,14 @@ class Protocol:
     runs: int
     uncertain_runs: int
     uncertain_failed: int
+    against_dodge: list[HeadToHead] = field(default_factory=list)
 
 
 def evaluate(rows: list[dict], fractions: tuple[float, ...], resamples: int = RESAMPLES) -> Protocol:
     """Score every method at every fraction of ``rows`` (the seed bank's feature table); ``resamples`` for the
     intervals and p-values of the methods (a fifth of them for each feature's interval)."""
     cells = uncertain_cells([row for row in rows if row["fraction"] == fractions[0]])
-    results, features = [], {}
+    results, features, against_dodge = [], {}, []
     for fraction in fractions:
         at = [row for row in rows if row["fraction"] == fraction]
         failed = np.array([row["failed"] for row in at], dtype=bool)
@@ -223,6 +259,15 @@ def evaluate(rows: list[dict], fractions: tuple[float, ...], resamples: int = RE
                 float((hit & failed).sum() / lost.sum()) if lost.any() else math.nan,
                 roc_auc(task_out[method][scored], failed[scored]),
                 roc_auc(lr_out[method][scored], failed[scored])))
+        evaluated = inside & np.isfinite(found["Dodge"])
+        for method in ("signals", "config + signals"):
+            chosen = evaluated & np.isfinite(found[method])
+            against_dodge.append(HeadToHead(
+                method, fraction, int(chosen.sum()), comparisons(failed[chosen], cell_keys[chosen]),
+                within_cell_auc(found[method][chosen], failed[chosen], cell_keys[chosen]),
+                within_cell_auc(found["Dodge"][chosen], failed[chosen], cell_keys[chosen]),
+                *paired_difference(found[method][chosen], found["Dodge"][chosen], failed[chosen], cell_keys[chosen],
+                                   resamples=resamples)))
         features[fraction] = {}
         for name in FEATURES:
             values = np.array([row.get(name, math.nan) for row in at], dtype="f8")[inside]
@@ -231,4 +276,5 @@ def evaluate(rows: list[dict], fractions: tuple[float, ...], resamples: int = RE
                                                                  resamples=max(1, resamples // 5)))
     at = [row for row in rows if row["fraction"] == fractions[0]]
     uncertain = [row for row in at if cell_of(row) in cells]
-    return Protocol(results, features, cells, len(at), len(uncertain), sum(row["failed"] for row in uncertain))
+    return Protocol(results, features, cells, len(at), len(uncertain), sum(row["failed"] for row in uncertain),
+                    against_dodge)
