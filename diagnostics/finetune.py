@@ -235,9 +235,8 @@ def standard_probes(total: int, enabled: bool = True, sample: list[dict] | None 
     """What every run of this runner records at every step: loss, learning rate and total gradient norms
     (:class:`~probes.RunScalars`, always); unless ``enabled`` is False, per-layer and per-matrix gradient norms,
     per-depth activation gradients, the early-failure signals (prediction collapse, loss plateau, head-to-encoder
-    ratio, Adam's second moment; parameter norms and update ratios, sign-like Adam steps, consecutive gradient
-    cosine, [CLS] collapse), the early warning (the seed bank's predictor) over the first 15% of steps (runs of
-    30 steps or more) and, given a held ``sample``, loss and accuracy on the line from the start to the current
+    ratio, Adam's second moment; parameter norms and update ratios, sign-like Adam steps, [CLS] collapse), the
+    early warning (the seed bank's predictor) over the first 15% of steps (runs of 30 steps or more) and, given a held ``sample``, loss and accuracy on the line from the start to the current
     weights ``times`` times per run (64 examples at 7 points: the forward passes of 28 training batches of 16 each
     time, so the runner ties ``times`` to its dev evaluations, ``--evals``)."""
     import probes
@@ -246,7 +245,7 @@ def standard_probes(total: int, enabled: bool = True, sample: list[dict] | None 
     def attach(model: nn.Module, optimizer: torch.optim.Optimizer, writer: records.RunWriter):
         chosen = [probes.GradientNorms(), probes.ActivationGradients(), probes.PredictionCollapse(),
                   probes.LossPlateau(), probes.HeadEncoderRatio(), probes.AdamSecondMoment(), probes.ParameterNorms(),
-                  probes.AdamSignShare(), probes.GradientCosine(), probes.ClsCollapse()] if enabled else []
+                  probes.AdamSignShare(), probes.ClsCollapse()] if enabled else []
         window_end = early_signals.window_end(total, EARLY_WARNING_FRACTION)
         if enabled and window_end >= 4:
             chosen.append(probes.EarlyWarning(window_end, total_steps=total))

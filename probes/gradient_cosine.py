@@ -5,7 +5,9 @@ collapsing, the encoder's gradient turns into noise around a flat plateau (cosin
 it. Per recorded step, inside ``optimizer.step()`` (clipping scales every tensor by one factor, which a cosine does
 not see), cos(g_t, g_prev) per layer, where g_prev is the gradient of the previous recorded step: record every
 step (``Schedule(every=1)``) to compare consecutive minibatches. The previous gradient is kept in one copy of the
-trainable weights' size. NaN on the first recorded step. Single-process only.
+trainable weights' size. NaN on the first recorded step. Single-process only. On the seed bank's 100-seed cell its
+change over the early window did not separate the seeds of one configuration (docs/verdicts.md), so the runner
+does not record it and the predictor does not read it; it is here for your own banks.
 """
 from __future__ import annotations
 
