@@ -13,14 +13,15 @@ reading, the last dev evaluation seen against the majority baseline, with how ma
 configuration that stood there failed and that rule's measured within-cell AUC; ``predicted_failure`` is what this
 run's early signals change the prior to, the predictor's P(fail) (:mod:`probes.early_failure.predictor_file`: the
 shipped file fitted on the seed bank, or ``--predictor``) from the model of the largest fraction of the steps seen
-(for a finished run: 30%), null before 5% of the steps, with ``update_auc``, that update's measured within-cell
-AUC and interval. A run outside the predictor's domain (architecture, depth, width, classes, run length, recipe)
-gets ``predicted_failure: null``, ``calibrated: false``, no bank numbers, and ``calibration``, one line saying why and how to calibrate (docs/verdicts-usage.md). The evidence reads the
-records: vanishing encoder gradients (from which step, in which depths), the loss plateau at ln C, prediction
-collapse, Adam without bias correction, and the forgetting curve where one was measured; the advice is ranked by
-that evidence, after Mosbach et al. (2020) and Zhang et al. (2020), and never asks for what the run already does.
-``--until F`` cuts every record at the first F of the run's steps and ignores the outcome, so a finished run shows
-what the diagnosis said at that point. A file still being written is read as it stands.
+(for a finished run: 30%), null before 5% of the steps, with ``update_auc``, that update's measured within-cell AUC
+and interval. A run outside the predictor's domain (architecture, depth, width, classes, run length, recipe) gets
+``predicted_failure: null``, ``calibrated: false``, no bank numbers, and ``calibration``, one line saying why and
+how to calibrate (docs/verdicts-usage.md). The evidence reads the records: vanishing encoder gradients (from which
+step, in which depths), the loss plateau at ln C, prediction collapse, Adam without bias correction, and the
+forgetting curve where one was measured; the advice is ranked by that evidence, after Mosbach et al. (2020) and
+Zhang et al. (2020), and never asks for what the run already does. ``--until F`` cuts every record at the first F of
+the run's steps and ignores the outcome, so a finished run shows what the diagnosis said at that point. A file still
+being written is read as it stands.
 """
 from __future__ import annotations
 

@@ -236,9 +236,10 @@ def standard_probes(total: int, enabled: bool = True, sample: list[dict] | None 
     (:class:`~probes.RunScalars`, always); unless ``enabled`` is False, per-layer and per-matrix gradient norms,
     per-depth activation gradients, the early-failure signals (prediction collapse, loss plateau, head-to-encoder
     ratio, Adam's second moment; parameter norms and update ratios, sign-like Adam steps, [CLS] collapse), the
-    early warning (the seed bank's predictor) over the first 15% of steps (runs of 30 steps or more) and, given a held ``sample``, loss and accuracy on the line from the start to the current
-    weights ``times`` times per run (64 examples at 7 points: the forward passes of 28 training batches of 16 each
-    time, so the runner ties ``times`` to its dev evaluations, ``--evals``)."""
+    early warning (the seed bank's predictor) over the first 15% of steps (runs of 30 steps or more) and, given a
+    held ``sample``, loss and accuracy on the line from the start to the current weights ``times`` times per run
+    (64 examples at 7 points: the forward passes of 28 training batches of 16 each time, so the runner ties
+    ``times`` to its dev evaluations, ``--evals``)."""
     import probes
     from probes.early_failure import signals as early_signals
 
