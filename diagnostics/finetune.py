@@ -230,6 +230,17 @@ def planned_steps(configs: list[FinetuneConfig]) -> dict[int, int]:
     return planned
 
 
+def signal_probes() -> list:
+    """The probes this runner records at every step besides its loss and learning rate: per-layer and per-matrix
+    gradient norms, per-depth activation gradients and the early-failure signals (``bench/probe_overhead.py`` times
+    them as a set)."""
+    import probes
+
+    return [probes.GradientNorms(), probes.ActivationGradients(), probes.PredictionCollapse(), probes.LossPlateau(),
+            probes.HeadEncoderRatio(), probes.AdamSecondMoment(), probes.ParameterNorms(), probes.AdamSignShare(),
+            probes.ClsCollapse()]
+
+
 def standard_probes(total: int, enabled: bool = True, sample: list[dict] | None = None,
                     autocast: torch.dtype | None = None, times: int = 10) -> Probes:
     """What every run of this runner records at every step: loss, learning rate and total gradient norms
@@ -244,9 +255,7 @@ def standard_probes(total: int, enabled: bool = True, sample: list[dict] | None 
     from probes.early_failure import signals as early_signals
 
     def attach(model: nn.Module, optimizer: torch.optim.Optimizer, writer: records.RunWriter):
-        chosen = [probes.GradientNorms(), probes.ActivationGradients(), probes.PredictionCollapse(),
-                  probes.LossPlateau(), probes.HeadEncoderRatio(), probes.AdamSecondMoment(), probes.ParameterNorms(),
-                  probes.AdamSignShare(), probes.ClsCollapse()] if enabled else []
+        chosen = signal_probes() if enabled else []
         window_end = early_signals.window_end(total, EARLY_WARNING_FRACTION)
         if enabled and window_end >= 4:
             chosen.append(probes.EarlyWarning(window_end, total_steps=total))
