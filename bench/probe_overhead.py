@@ -10,7 +10,8 @@ same training step (forward, backward, clipping at 1.0, AdamW) is timed with:
   step costs: hooks that return at once);
 * a per-tensor ``p.grad.norm().item()`` loop every step (how the papers' code logged);
 * the probes the fine-tuning runner records every step (``diagnostics.finetune.signal_probes``: the above plus the
-  early-failure signals), and the same with the consecutive-gradient cosine it no longer records;
+  early-failure signals), the same past the early window (where the signals only the early-failure features read
+  are off), and with the consecutive-gradient cosine it no longer records;
 * per-tensor histograms every step (how ``wandb.watch`` logs: ``torch.histc``, 64 bins, copied to the host).
 
 Blocks of ``--steps`` steps are interleaved round-robin (the order rotating each repetition) to cancel drift; the
@@ -61,9 +62,10 @@ DISTRIBUTED_VARIANTS = ("no probe", "probes every step", "probes every 10 steps"
 WRAPPERS = ("ddp", "fsdp1", "zero2")
 UNRECORDED = "probes attached, no step recorded"
 RUNNER = "the runner's probes every step (early-failure signals)"
+RUNNER_LATE = "the runner's probes past the early window"
 RUNNER_COSINE = "the runner's probes + gradient cosine every step"
 VARIANTS = ("no probe", "probes every step", "probes every step, post_clip=False", "probes every 10 steps", UNRECORDED,
-            RUNNER, RUNNER_COSINE, "per-tensor .norm().item()", "per-tensor histc (wandb.watch)")
+            RUNNER, RUNNER_LATE, RUNNER_COSINE, "per-tensor .norm().item()", "per-tensor histc (wandb.watch)")
 AGAINST = ("probes every step", "probes every 10 steps")  # timed again with the probes of --against
 FLUSH_EVERY = 50  # recorded rows per flush in a run (probes.attach's default)
 
@@ -169,8 +171,9 @@ def time_model(model, config: BenchConfig, other=None) -> dict[str, tuple[float,
 
 def _session(name: str, model, optimizer, path: Path, package):
     """The probe session of variant ``name`` (None for the variants without probes), from ``package``."""
-    if name in (RUNNER, RUNNER_COSINE):
-        chosen = signal_probes() + ([package.GradientCosine()] if name == RUNNER_COSINE else [])
+    if name in (RUNNER, RUNNER_LATE, RUNNER_COSINE):
+        chosen = signal_probes(-1 if name == RUNNER_LATE else None)  # until -1: past the early signals' window
+        chosen += [package.GradientCosine()] if name == RUNNER_COSINE else []
         return package.attach(model, optimizer, path, probes=chosen, schedule=probes.Schedule(every=1, dense=0))
     if not name.startswith("probes"):
         return None

@@ -230,15 +230,20 @@ def planned_steps(configs: list[FinetuneConfig]) -> dict[int, int]:
     return planned
 
 
-def signal_probes() -> list:
-    """The probes this runner records at every step besides its loss and learning rate: per-layer and per-matrix
-    gradient norms, per-depth activation gradients and the early-failure signals (``bench/probe_overhead.py`` times
-    them as a set)."""
+def signal_probes(until: int | None = None) -> list:
+    """The probes this runner records besides its loss and learning rate: per-layer and per-matrix gradient norms,
+    per-depth activation gradients, prediction collapse and the loss plateau at every step (``diagnose`` reads
+    them to the end), and the signals only the early-failure features read (head-to-encoder ratio, Adam's second
+    moment and sign-like steps, parameter norms and update ratios, [CLS] collapse) up to step ``until``, the end of
+    the features' last window (they cost about half a training step on a CPU: ``bench/probe_overhead.py``)."""
     import probes
 
+    early = [probes.HeadEncoderRatio(), probes.AdamSecondMoment(), probes.ParameterNorms(), probes.AdamSignShare(),
+             probes.ClsCollapse()]
+    for probe in early:
+        probe.until = until
     return [probes.GradientNorms(), probes.ActivationGradients(), probes.PredictionCollapse(), probes.LossPlateau(),
-            probes.HeadEncoderRatio(), probes.AdamSecondMoment(), probes.ParameterNorms(), probes.AdamSignShare(),
-            probes.ClsCollapse()]
+            *early]
 
 
 def standard_probes(total: int, enabled: bool = True, sample: list[dict] | None = None,
@@ -246,16 +251,17 @@ def standard_probes(total: int, enabled: bool = True, sample: list[dict] | None 
     """What every run of this runner records at every step: loss, learning rate and total gradient norms
     (:class:`~probes.RunScalars`, always); unless ``enabled`` is False, per-layer and per-matrix gradient norms,
     per-depth activation gradients, the early-failure signals (prediction collapse, loss plateau, head-to-encoder
-    ratio, Adam's second moment; parameter norms and update ratios, sign-like Adam steps, [CLS] collapse), the
-    early warning (the seed bank's predictor) over the first 15% of steps (runs of 30 steps or more) and, given a
-    held ``sample``, loss and accuracy on the line from the start to the current weights ``times`` times per run
+    ratio, Adam's second moment; parameter norms and update ratios, sign-like Adam steps, [CLS] collapse; the last
+    five only over the first 30% of the steps, all the early-failure features read), the early warning (the seed
+    bank's predictor) over the first 15% of steps (runs of 30 steps or more) and, given a held ``sample``, loss and accuracy on the line from the start to the current weights ``times`` times per run
     (64 examples at 7 points: the forward passes of 28 training batches of 16 each time, so the runner ties
     ``times`` to its dev evaluations, ``--evals``)."""
     import probes
     from probes.early_failure import signals as early_signals
+    from probes.early_failure.benchmark import FRACTIONS
 
     def attach(model: nn.Module, optimizer: torch.optim.Optimizer, writer: records.RunWriter):
-        chosen = signal_probes() if enabled else []
+        chosen = signal_probes(early_signals.window_end(total, FRACTIONS[-1])) if enabled else []
         window_end = early_signals.window_end(total, EARLY_WARNING_FRACTION)
         if enabled and window_end >= 4:
             chosen.append(probes.EarlyWarning(window_end, total_steps=total))

@@ -89,7 +89,7 @@ class ActivationGradients(Probe):
         depth = depths[self.calls[key] % len(depths)]
         self.calls[key] += 1
         hidden = output[0] if isinstance(output, (tuple, list)) else output
-        if session.recording and torch.is_tensor(hidden) and hidden.requires_grad and session.active:
+        if self.live(session) and torch.is_tensor(hidden) and hidden.requires_grad and session.active:
             hidden.register_hook(partial(self._output_grad, depth))
 
     def _output_grad(self, depth: int, grad: torch.Tensor) -> None:

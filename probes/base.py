@@ -46,6 +46,12 @@ class Probe:
 
     width: int = 0
     measured_only: bool = False  # True: rows left all NaN (a step the probe's own schedule skipped) are not written
+    until: int | None = None  # the last step (0-based) it records, for signals read only early; None: every step
+
+    def live(self, session: "ProbeSession") -> bool:
+        """Whether this probe records the step in progress: the session's schedule records it and it is at or
+        before ``until``. Probes with hooks of their own ask this before doing any work."""
+        return session.recording and (self.until is None or session.step <= self.until)
 
     def bind(self, session: "ProbeSession") -> None:
         """Learn the model (``session.table``, ``session.layers``) and set ``width``; called once, first."""
@@ -95,6 +101,8 @@ class Probe:
         """Append the host copy of this probe's rows to its series (rank 0 only)."""
         for declared, values in zip(self.series(), self.rows(block)):
             keep = ~np.isnan(values).all(axis=1) if self.measured_only else np.ones(len(steps), dtype=bool)
+            if self.until is not None:
+                keep &= np.asarray(steps) <= self.until
             writer.extend(declared.spec.name, [step for step, kept in zip(steps, keep) if kept], values[keep])
 
     def detach(self, session: "ProbeSession") -> None:

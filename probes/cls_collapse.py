@@ -50,7 +50,7 @@ class ClsCollapse(Probe):
 
     def _seen(self, session):
         def hook(module, inputs, output) -> None:
-            if not (session.recording and module.training and torch.is_grad_enabled() and session.active):
+            if not (self.live(session) and module.training and torch.is_grad_enabled() and session.active):
                 return
             hidden = output[0] if isinstance(output, tuple) else getattr(output, "last_hidden_state", output)
             if hidden.shape[0] < 2:

@@ -51,7 +51,7 @@ class PredictionCollapse(Probe):
     def _seen(self, session):
         def hook(module, inputs, output) -> None:
             logits = output[0] if isinstance(output, tuple) else output
-            if not (session.recording and module.training and torch.is_grad_enabled() and session.active):
+            if not (self.live(session) and module.training and torch.is_grad_enabled() and session.active):
                 return
             with torch.no_grad():
                 logits = logits.detach().float().reshape(-1, logits.shape[-1])

@@ -162,13 +162,15 @@ class ProbeSession:
         if self.active and self.recording:
             parts = self._parts()
             for probe, part in zip(self.probes, parts):
-                self._guarded(probe.on_step, self, part)
+                if probe.live(self):
+                    self._guarded(probe.on_step, self, part)
 
     def step_ended(self, stepped: bool) -> None:
         if self.active and self.recording and stepped:
             parts = self._parts()
             for probe, part in zip(self.probes, parts):
-                self._guarded(probe.after_step, self, part)
+                if probe.live(self):
+                    self._guarded(probe.after_step, self, part)
         if self.active:
             self._guarded(self._end_step, stepped)
 
@@ -180,7 +182,8 @@ class ProbeSession:
         self.grad_total = total_norm(self.grad_norms)
         first = not self.rows.is_open
         for probe, part in zip(self.probes, self._parts()):
-            probe.on_backward(self, part, first)
+            if probe.live(self):
+                probe.on_backward(self, part, first)
 
     def _parts(self) -> list[torch.Tensor]:
         """Each probe's part of the row of the step in progress; a flush that is due happens first (so the last
@@ -195,7 +198,8 @@ class ProbeSession:
             parts = self._parts()
             if not stepped:
                 for probe, part in zip(self.probes, parts):
-                    probe.on_skip(self, part)
+                    if probe.live(self):
+                        probe.on_skip(self, part)
             self.rows.commit(self.step)
         self.step += 1
         self.recording = self.schedule(self.step)

@@ -113,3 +113,35 @@ def test_seed_features_compare_the_window_with_the_runs_own_warm_up():
     found = window_features({"lr": (steps, lr), "lower_norm": (steps, values)}, 39)
     assert found["lower_growth"] == pytest.approx(-2.0)
     assert math.isnan(found["cls_rank_growth"])  # a signal the run did not record
+
+
+def test_a_probe_read_only_early_records_up_to_its_last_step_and_costs_nothing_after(tmp_path):
+    """The runner's probes with ``until`` set: the early-only series hold the same rows as without it up to that
+    step and none after, every other series is whole, and past it those probes dispatch no operation (counted
+    against the same set without them)."""
+    from diagnostics.finetune import signal_probes
+    from probes.op_count import probe_step_ops
+
+    def run(until, path):
+        model = tiny.classifier("bert", seed=0, layers=4).train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+        with probes.attach(model, optimizer, path, probes=signal_probes(until), schedule=probes.Schedule(every=1)):
+            for step in range(STEPS):
+                model(**tiny.batch(8, 12, seed=step)).loss.backward()
+                optimizer.step()
+                optimizer.zero_grad()
+        return open_run(path)
+
+    whole, early = run(None, tmp_path / "whole.h5"), run(1, tmp_path / "early.h5")
+    for kind, named in whole.records.items():
+        for name, series in named.items():
+            cut = early.records[kind][name]
+            limited = name in {"head_ratio", "second_moment", "parameters", "updates", "sign_share", "cls"}
+            expected = series.steps[series.steps <= 1] if limited else series.steps
+            np.testing.assert_array_equal(cut.steps, expected, err_msg=f"{kind}/{name}")
+            np.testing.assert_allclose(cut.values, series.values[: len(expected)], rtol=1e-6, err_msg=name)
+    batch = tiny.batch(8, 12, seed=0)
+    model = lambda: tiny.classifier("bert", seed=0, layers=4).train()  # noqa: E731
+    past = probe_step_ops(model, batch, probes=signal_probes(-1))
+    without = probe_step_ops(model, batch, probes=signal_probes(None)[:4])
+    assert [step.total for step in past] == [step.total for step in without]
