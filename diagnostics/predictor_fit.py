@@ -23,7 +23,7 @@ from probes.early_failure.protocol import RESAMPLES, evaluate
 from probes.early_failure.signals import FEATURES
 from probes.early_failure.predictor import Predictor
 from probes.early_failure.predictor_file import DevCell, PredictorFile, PriorCell, UpdateAuc
-from probes.early_failure.verdict import AT_BASELINE
+from probes.early_failure.verdict import at_baseline
 
 METHOD = "signals"  # the protocol's method the file's models are: the logistic model on the early features
 DODGE = "Dodge"  # the protocol's name of Dodge et al.'s rule (the dev metric so far)
@@ -54,9 +54,8 @@ def prior_cells(rows: list[dict]) -> tuple[PriorCell, ...]:
     learning rate or bias correction is not recorded are in no cell)."""
     cells: dict[tuple[bool, float], list[dict]] = {}
     for row in rows:
-        if not math.isfinite(float(row["lr"])) or str(row["correct_bias"]) in ("", "nan", "None"):
-            continue
-        cells.setdefault((_corrected(row), float(row["lr"])), []).append(row)
+        if _configuration(row) is not None:
+            cells.setdefault(_configuration(row), []).append(row)
     return tuple(PriorCell(bias, lr, len(found), sum(bool(row["failed"]) for row in found),
                            tuple(sorted({row["recipe"] for row in found})))
                  for (bias, lr), found in sorted(cells.items()))
@@ -68,10 +67,9 @@ def dev_cells(rows: list[dict]) -> tuple[DevCell, ...]:
     cells: dict[tuple[bool, float, float, bool], list[bool]] = {}
     for row in rows:
         dev, majority = float(row.get("dev_metric", math.nan)), float(row["majority"])
-        if not (math.isfinite(dev) and math.isfinite(majority) and math.isfinite(float(row["lr"]))) \
-                or str(row["correct_bias"]) in ("", "nan", "None"):
+        if _configuration(row) is None or not (math.isfinite(dev) and math.isfinite(majority)):
             continue
-        key = (_corrected(row), float(row["lr"]), float(row["fraction"]), bool(dev <= majority + AT_BASELINE))
+        key = (*_configuration(row), float(row["fraction"]), at_baseline(dev, majority))
         cells.setdefault(key, []).append(bool(row["failed"]))
     return tuple(DevCell(bias, lr, fraction, at, len(failed), sum(failed))
                  for (bias, lr, fraction, at), failed in sorted(cells.items()))
@@ -101,5 +99,8 @@ def backfill(rows: list[dict], table: Path) -> list[dict]:
     return [row if row.get("model_type") else {**row, **filled, "classes": classes[row["task"]]} for row in rows]
 
 
-def _corrected(row: dict) -> bool:
-    return str(row["correct_bias"]) in ("True", "true", "1")
+def _configuration(row: dict) -> tuple[bool, float] | None:
+    """A row's (bias corrected, learning rate), or None where the table does not record them."""
+    if not math.isfinite(float(row["lr"])) or str(row["correct_bias"]) in ("", "nan", "None"):
+        return None
+    return str(row["correct_bias"]) in ("True", "true", "1"), float(row["lr"])

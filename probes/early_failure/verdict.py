@@ -20,6 +20,11 @@ from probes.early_failure.predictor_file import DevCell, PredictorFile, PriorCel
 AT_BASELINE = 1e-9  # a dev metric this close to the majority baseline is at it (the runner's failed flag too)
 
 
+def at_baseline(value: float, majority: float) -> bool:
+    """Whether a dev metric is at (or below) the majority baseline: Dodge et al.'s reading of a run."""
+    return value <= majority + AT_BASELINE
+
+
 @dataclass(frozen=True)
 class DevSoFar:
     """The run's last dev evaluation in what was seen, against the majority baseline (Dodge et al.'s rule), and
@@ -36,7 +41,7 @@ class DevSoFar:
 
     @property
     def at_baseline(self) -> bool | None:
-        return None if self.majority is None else self.value <= self.majority + AT_BASELINE
+        return None if self.majority is None else at_baseline(self.value, self.majority)
 
     def words(self) -> str:
         """"mcc 0.000 after 40 steps, at the majority baseline (0.000); of the bank's ...; Dodge's rule ..."."""
@@ -71,7 +76,8 @@ def dev_so_far(predictors: PredictorFile, profile: Profile, evaluation: tuple[st
     found = DevSoFar(metric, value, step, majority)
     if majority is None or profile.steps is None or predictors.note(profile) is not None:
         return found
-    reached = [cell.fraction for cell in predictors.dev if cell.fraction * profile.steps <= step + AT_BASELINE]
+    # the fractions whose evaluation the bank read at or before this one (probes.early_failure.benchmark.dev_metric_at)
+    reached = [cell.fraction for cell in predictors.dev if cell.fraction * profile.steps - 1e-9 <= step]
     if not reached:
         return found
     fraction = max(reached)
