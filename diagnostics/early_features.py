@@ -34,7 +34,14 @@ def read_table(path: str | Path) -> list[dict]:
     ``failed`` as a bool, ``layers``/``hidden``/``classes`` as ints; a column an older table lacks (a feature or a
     model column added since) reads as NaN (``model_type``: blank)."""
     with open(path, newline="") as file:
-        rows = list(csv.DictReader(file))
+        reader = csv.DictReader(file)
+        rows = list(reader)
+    missing = [name for name in ("run", "task", "lr", "correct_bias", "seed", "steps", "majority", "failed", "fraction")
+               if name not in (reader.fieldnames or ())]
+    if missing or not rows:
+        what = f"lacks the columns {', '.join(missing)}" if missing else "has no rows"
+        raise ValueError(f"{path} {what}: it is not a seed bank's feature table; write one with python -m "
+                         "diagnostics.seed_bank --out RUNS --features CSV")
     for row in rows:
         for key in NUMBERS:
             row[key] = float(row[key]) if row.get(key) not in (None, "", "nan") else math.nan

@@ -173,6 +173,7 @@ CASES = [
     Case("seed_bank", "missing-argument", ("--workers", "1"), "pass --out"),
     Case("seed_bank", "non-positive-number", ("--out", "{runs}", "--workers", "0"), "--workers, --seeds"),
     Case("seed_bank", "missing-path", ("--benchmark", "{missing}"), "not found"),
+    Case("seed_bank", "not-a-table", ("--benchmark", "{notes}"), "not a seed bank's feature table"),
 
     Case("report", "missing-path", ("{missing}",), "does not exist"),
     Case("report", "no-records", ("{not_checkpoint}",), "no finished runs"),
