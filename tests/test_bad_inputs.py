@@ -51,6 +51,7 @@ KINDS = {
     "truncated-hdf5": "a records file cut short",
     "foreign-hdf5": "an HDF5 file not written by this toolkit",
     "not-hdf5": "a text file where a records file is expected",
+    "not-a-table": "a text file where a seed bank's feature table is expected",
     "newer-schema": "a records file of a newer schema version",
     "existing-output": "an output that exists (never overwritten)",
     "output-under-file": "an output path under a regular file (unwritable without privileges)",
